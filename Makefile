@@ -1,0 +1,236 @@
+# SPDX-License-Identifier: MIT
+# uhmm: plain GNU make build. Everything is written under $(BUILD)/, never
+# into the source tree.
+#
+#   make [-j2]                          libs, CLI, tests, benchmarks, examples
+#   make check                          build, then run tests/run.sh
+#   make run                            build, then run the main job (uhmm info)
+#   make bench                          build, then run every benchmark
+#   make check SANITIZE=address,undefined   (BUILD defaults to build-asan)
+#   make check SANITIZE=thread              (BUILD defaults to build-tsan)
+#   make install PREFIX=/usr/local DESTDIR=/staging
+#   make uninstall / make clean
+#
+# Knobs: CC (gcc or clang), CFLAGS (default -O2 -g), CPPFLAGS, LDFLAGS,
+# LDLIBS, WERROR=1 (adds -Werror), BUILD, SANITIZE, PREFIX, LIBDIR,
+# INCLUDEDIR, BINDIR, DESTDIR.
+
+comma := ,
+SANITIZE ?=
+ifneq ($(SANITIZE),)
+  ifneq ($(filter thread,$(subst $(comma), ,$(SANITIZE))),)
+    BUILD ?= build-tsan
+  else
+    BUILD ?= build-asan
+  endif
+endif
+BUILD ?= build
+
+# The version comes from the public header, the single source of truth.
+VERSION_MAJOR := $(shell sed -n 's/^\#define UHMM_VERSION_MAJOR[[:space:]]*\([0-9]*\).*/\1/p' include/uhmm/uhmm.h)
+VERSION_MINOR := $(shell sed -n 's/^\#define UHMM_VERSION_MINOR[[:space:]]*\([0-9]*\).*/\1/p' include/uhmm/uhmm.h)
+VERSION_PATCH := $(shell sed -n 's/^\#define UHMM_VERSION_PATCH[[:space:]]*\([0-9]*\).*/\1/p' include/uhmm/uhmm.h)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+CC ?= cc
+AR ?= ar
+CFLAGS ?= -O2 -g
+WARNINGS := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+ifeq ($(WERROR),1)
+  WARNINGS += -Werror
+endif
+
+SAN_FLAGS :=
+ifneq ($(SANITIZE),)
+  SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+endif
+
+# Flags every object gets; CFLAGS from the command line only replaces the
+# optimisation/debug part.
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARNINGS) -fPIC -pthread \
+	$(SAN_FLAGS) -Iinclude -Isrc $(CPPFLAGS) -MMD -MP
+LIB_CFLAGS = $(ALL_CFLAGS) -fvisibility=hidden
+ALL_LDFLAGS = $(LDFLAGS) $(SAN_FLAGS) -pthread
+ALL_LDLIBS = $(LDLIBS) -pthread
+
+# -z defs cannot hold for a sanitized shared library built by clang, whose
+# sanitizer runtime is only linked into executables.
+SO_ZDEFS := -Wl,-z,defs
+ifneq ($(SANITIZE),)
+  SO_ZDEFS :=
+endif
+
+LIB_SRCS   := $(sort $(wildcard src/*.c dmirror/*.c))
+CLI_SRCS   := $(wildcard cli/*.c)
+TEST_SRCS  := $(sort $(wildcard tests/test_*.c))
+BENCH_SRCS := $(sort $(wildcard bench/*.c))
+EX_SRCS    := $(sort $(wildcard examples/*.c))
+
+LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
+
+SONAME   := libuhmm.so.$(VERSION_MAJOR)
+SOREAL   := libuhmm.so.$(VERSION)
+STATIC   := $(BUILD)/libuhmm.a
+SHARED   := $(BUILD)/$(SOREAL)
+SHARED_LINKS := $(BUILD)/$(SONAME) $(BUILD)/libuhmm.so
+CLI      := $(BUILD)/uhmm
+TESTS    := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+BENCHES  := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
+EXAMPLES := $(EX_SRCS:examples/%.c=$(BUILD)/examples/%)
+
+# A shared library needs at least one object; while src/ is still empty
+# only the (empty) static archive is built.
+ifneq ($(LIB_OBJS),)
+  LIBS := $(STATIC) $(SHARED) $(SHARED_LINKS)
+else
+  LIBS := $(STATIC)
+endif
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+HEADERS := $(wildcard include/uhmm/*.h)
+
+# With the standard layout the .pc file locates itself (${pcfiledir}), so
+# it works both at its final place and in a DESTDIR staging tree.
+ifeq ($(LIBDIR)|$(INCLUDEDIR),$(PREFIX)/lib|$(PREFIX)/include)
+  PC_PREFIX := $${pcfiledir}/../..
+  PC_LIBDIR := $${prefix}/lib
+  PC_INCLUDEDIR := $${prefix}/include
+else
+  PC_PREFIX := $(PREFIX)
+  PC_LIBDIR := $(LIBDIR)
+  PC_INCLUDEDIR := $(INCLUDEDIR)
+endif
+
+TEST_TIMEOUT_SCALE_DEFAULT := 1
+ifneq ($(SANITIZE),)
+  TEST_TIMEOUT_SCALE_DEFAULT := 3
+endif
+
+.PHONY: all libs cli tests benches examples check run bench install \
+	uninstall clean
+.DEFAULT_GOAL := all
+
+all: libs cli tests benches examples
+libs: $(LIBS)
+cli: $(CLI)
+tests: $(TESTS)
+benches: $(BENCHES)
+examples: $(EXAMPLES)
+
+# ---------------------------------------------------------------- objects
+
+$(BUILD)/obj/src/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(LIB_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/dmirror/%.o: dmirror/%.c
+	@mkdir -p $(@D)
+	$(CC) $(LIB_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/cli/%.o: cli/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/tests/%.o: tests/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Itests -c -o $@ $<
+
+$(BUILD)/obj/bench/%.o: bench/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Ibench -c -o $@ $<
+
+$(BUILD)/obj/examples/%.o: examples/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# -------------------------------------------------------------- libraries
+
+# The archive is rebuilt from scratch so objects of deleted sources vanish.
+$(STATIC): $(LIB_OBJS)
+	@mkdir -p $(@D)
+	@rm -f $@
+	$(AR) rcs $@ $(LIB_OBJS)
+
+$(SHARED): $(LIB_OBJS) src/uhmm.map
+	@mkdir -p $(@D)
+	$(CC) -shared -o $@ $(LIB_OBJS) -Wl,-soname,$(SONAME) \
+		-Wl,--version-script=src/uhmm.map $(SO_ZDEFS) $(ALL_LDFLAGS) \
+		$(ALL_LDLIBS)
+
+$(BUILD)/$(SONAME) $(BUILD)/libuhmm.so: $(SHARED)
+	ln -sf $(SOREAL) $@
+
+# ------------------------------------------------------------ executables
+# Everything links the static library, so it runs from the build
+# directory without LD_LIBRARY_PATH and tests may use internal symbols.
+
+$(CLI): $(CLI_OBJS) $(STATIC)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJS) $(STATIC) $(ALL_LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
+
+$(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
+
+# ---------------------------------------------------------------- actions
+
+check: all
+	UHMM_TEST_TIMEOUT_SCALE=$${UHMM_TEST_TIMEOUT_SCALE:-$(TEST_TIMEOUT_SCALE_DEFAULT)} \
+		sh tests/run.sh $(BUILD)/tests
+
+run: all
+	$(CLI) info
+
+bench: all
+	@set -e; for b in $(BENCHES); do \
+		echo "# $$b"; \
+		$$b || { echo "# $$b failed (exit $$?)" >&2; exit 1; }; \
+	done
+
+# uhmm.pc is generated at install time: its paths depend on PREFIX.
+install: libs cli
+	install -d $(DESTDIR)$(INCLUDEDIR)/uhmm $(DESTDIR)$(LIBDIR) \
+		$(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(BINDIR)
+	install -m 644 $(HEADERS) $(DESTDIR)$(INCLUDEDIR)/uhmm/
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/
+ifneq ($(LIB_OBJS),)
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(SOREAL) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SOREAL) $(DESTDIR)$(LIBDIR)/libuhmm.so
+endif
+	sed -e 's|@PREFIX@|$(PC_PREFIX)|g' -e 's|@LIBDIR@|$(PC_LIBDIR)|g' \
+		-e 's|@INCLUDEDIR@|$(PC_INCLUDEDIR)|g' \
+		-e 's|@VERSION@|$(VERSION)|g' uhmm.pc.in \
+		> $(DESTDIR)$(PKGCONFIGDIR)/uhmm.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/uhmm.pc
+	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/uhmm
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/uhmm/,$(notdir $(HEADERS)))
+	rmdir $(DESTDIR)$(INCLUDEDIR)/uhmm 2>/dev/null || true
+	rm -f $(DESTDIR)$(LIBDIR)/libuhmm.a $(DESTDIR)$(LIBDIR)/libuhmm.so \
+		$(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/$(SOREAL)
+	rm -f $(DESTDIR)$(PKGCONFIGDIR)/uhmm.pc $(DESTDIR)$(BINDIR)/uhmm
+
+clean:
+	rm -rf $(BUILD)
+
+# Keep objects of executables (no implicit-chain deletion).
+.SECONDARY:
+
+ALL_OBJS := $(LIB_OBJS) $(CLI_OBJS) \
+	$(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o) \
+	$(EX_SRCS:%.c=$(BUILD)/obj/%.o)
+-include $(ALL_OBJS:.o=.d)
