@@ -201,6 +201,7 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
 			  uint64_t s, uint64_t e)
 {
 	unsigned int shift = PT_BITS * l;
+	uint64_t span = 1ULL << shift;
 	uint64_t i = (s - base) >> shift;
 	uint64_t last = (e - 1 - base) >> shift;
 	bool hit = false;
@@ -208,7 +209,7 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
 	for (; i <= last; i++) {
 		uint64_t cb = base + (i << shift);
 		uint64_t cs = s > cb ? s : cb;
-		uint64_t ce = e - cb > (1ULL << shift) ? cb + (1ULL << shift) : e;
+		uint64_t ce = e - cb > span ? cb + span : e;
 
 		if (!node[i])
 			continue;
