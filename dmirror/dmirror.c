@@ -27,6 +27,8 @@
 #define DMIRROR_TIMEOUT_NS	1000000000ULL
 /* Copies that fault under the device before READ/WRITE give up. */
 #define DMIRROR_COPY_RETRIES	3
+/* Passes of a READ whose checked pages were invalidated before -EBUSY. */
+#define DMIRROR_READ_RESTARTS	64
 
 /* Entries that name device memory rather than a system page. */
 #define DMIRROR_PFN_DEVICE	(UHMM_PFN_DEVICE_PRIVATE | \
@@ -630,7 +632,7 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 	uint64_t npages = cmd->npages;
 	uint64_t vpn = start >> dmirror_page_shift;
 	uint64_t ok = 0, gen = 0;
-	unsigned int copy_faults = 0;
+	unsigned int copy_faults = 0, restarts = 0;
 	bool first = true;
 	int ret;
 
@@ -641,6 +643,13 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 	for (;;) {
 		pthread_mutex_lock(&dm->lock);
 		if (first || dm->inv_count != gen) {
+			/* Unlike the kernel's bounce buffer, progress can be
+			 * lost here: bound it. */
+			if (ok && ++restarts > DMIRROR_READ_RESTARTS) {
+				pthread_mutex_unlock(&dm->lock);
+				cmd->cpages = 0;
+				return -EBUSY;
+			}
 			ok = 0;
 			gen = dm->inv_count;
 			first = false;
