@@ -100,10 +100,12 @@ UHMM_API int uhmm_features(struct uhmm_features *f);
 /**
  * uhmm_shutdown() - tear the runtime down as the kernel does at exit_mmap
  *
- * Every notifier still inserted gets one RELEASE invalidation over its
- * whole range and is then removed (its memory is freed: the caller must
+ * Every notifier still inserted gets one RELEASE invalidation (start 0,
+ * end ULONG_MAX, as the kernel's) and is then removed (its memory is freed: the caller must
  * not use it again). The monitor threads stop. The next call that needs
- * the runtime starts a new one. Also run automatically at exit().
+ * the runtime starts a new one. RELEASE is not sent at exit(): other
+ * threads still run then and may hold the locks callbacks take (see
+ * docs/semantics.md).
  *
  * Context: must not be called from an invalidate callback.
  * Return: 0.

@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uhmm_copy_nofault(): a memcpy whose faults become -EFAULT, the user-space
+ * counterpart of the kernel's exception-table fixups for copy_from_user.
+ * SIGSEGV/SIGBUS handlers check a per-thread landing pad; a fault outside
+ * a guarded copy goes to whatever handler was installed before uhmm.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <string.h>
+
+#include "internal.h"
+
+static _Thread_local sigjmp_buf *guard_pad;
+static _Thread_local unsigned long guard_addr;
+static struct sigaction prev_segv, prev_bus;
+static bool installed;
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void chain(int sig, siginfo_t *si, void *uc)
+{
+	const struct sigaction *prev = sig == SIGSEGV ? &prev_segv : &prev_bus;
+
+	if (prev->sa_flags & SA_SIGINFO) {
+		prev->sa_sigaction(sig, si, uc);
+		return;
+	}
+	if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
+		prev->sa_handler(sig);
+		return;
+	}
+	/*
+	 * Default action: restore it and let the access fault again (or,
+	 * for a signal sent by kill(), raise it again).
+	 */
+	struct sigaction dfl;
+
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	os_sigaction(sig, &dfl, NULL);
+	if (si->si_code <= 0)
+		os_raise(sig);
+}
+
+static void guard_handler(int sig, siginfo_t *si, void *uc)
+{
+	sigjmp_buf *pad = guard_pad;
+
+	if (pad && si->si_code > 0) {
+		guard_pad = NULL;
+		guard_addr = (unsigned long)si->si_addr;
+		siglongjmp(*pad, 1);
+	}
+	chain(sig, si, uc);
+}
+
+int uhmm__guard_install(void)
+{
+	struct sigaction sa;
+	int r = 0;
+
+	pthread_mutex_lock(&install_lock);
+	if (installed)
+		goto out;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = guard_handler;
+	/* NODEFER: the landing pad is left with siglongjmp without
+	 * restoring the mask, so the signal must not stay blocked. */
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+	sigemptyset(&sa.sa_mask);
+	r = os_sigaction(SIGSEGV, &sa, &prev_segv);
+	if (r == 0) {
+		r = os_sigaction(SIGBUS, &sa, &prev_bus);
+		if (r < 0)
+			os_sigaction(SIGSEGV, &prev_segv, NULL);
+	}
+	installed = r == 0;
+out:
+	pthread_mutex_unlock(&install_lock);
+	return r;
+}
+
+/* Kept out of line so the compiler cannot move the copy around the pad. */
+__attribute__((noinline)) static void guarded_memcpy(void *dst, const void *src,
+						     size_t len)
+{
+	memcpy(dst, src, len);
+	__asm__ volatile("" ::: "memory");
+}
+
+int uhmm_copy_nofault(void *dst, const void *src, size_t len,
+		      unsigned long *fault_addr)
+{
+	struct uhmm_rt *rt;
+	sigjmp_buf pad;
+	int err = 0;
+
+	if (!len)
+		return 0;
+	rt = uhmm__rt_get(&err);
+	if (!rt)
+		return err;
+	if (sigsetjmp(pad, 0)) {
+		unsigned long a = guard_addr & ~(rt->page_size - 1);
+
+		if (fault_addr)
+			*fault_addr = guard_addr;
+		/* Whatever led the device here is stale: tell the mirrors. */
+		uhmm__revalidate(rt, a, a + rt->page_size);
+		return -EFAULT;
+	}
+	guard_pad = &pad;
+	guarded_memcpy(dst, src, len);
+	guard_pad = NULL;
+	return 0;
+}

@@ -1,0 +1,167 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Library-internal declarations: the per-process runtime (the counterpart
+ * of the kernel's mm plus its mmu_notifier_subscriptions) and the helpers
+ * shared between runtime.c, notifier.c, track.c, range.c, guard.c, uffd.c.
+ * Never installed.
+ */
+#ifndef UHMM_INTERNAL_H
+#define UHMM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <linux/userfaultfd.h>
+
+#include <uhmm/uhmm.h>
+#include "os.h"
+
+#define UHMM_INTERNAL __attribute__((visibility("hidden")))
+
+/* Access granted by range_fault in a tracked interval (track.c). */
+#define TRACK_R		1u
+#define TRACK_W		2u
+#define TRACK_SHARED	4u
+
+struct ival {
+	unsigned long start;
+	unsigned long end;
+	unsigned int prot;	/* TRACK_* */
+};
+
+/* A sorted set of disjoint intervals, each with a value. */
+struct ivset {
+	struct ival *v;
+	size_t n;
+	size_t cap;
+};
+
+struct uhmm_interval_notifier {
+	unsigned long start;
+	unsigned long end;	/* exclusive; start + length */
+	const struct uhmm_interval_notifier_ops *ops;
+	void *priv;
+	struct uhmm_rt *rt;
+	_Atomic unsigned long invalidate_seq;
+	bool in_tree;		/* in rt->subs (not a deferred add) */
+	bool deferred_add;
+	bool deferred_remove;
+	struct uhmm_interval_notifier *dnext;	/* rt->deferred list */
+};
+
+#define EVQ_LEN 1024
+
+struct uhmm_rt {
+	unsigned long page_size;
+	unsigned int page_shift;
+	unsigned int pmd_order;
+	pid_t pid;
+
+	int maps_fd;		/* /proc/self/maps, for PROCMAP_QUERY */
+	int pagemap_fd;		/* /proc/self/pagemap, for PAGEMAP_SCAN */
+	uint64_t scan_mask;	/* PAGEMAP_SCAN categories this kernel knows */
+	unsigned int flags;	/* UHMM_FEAT_* */
+
+	int uffd;		/* -1 when none */
+	int uffd_path;
+	int uffd_err;
+	uint64_t uffd_avail;	/* features the kernel offers */
+	uint64_t uffd_features;	/* features enabled on uffd */
+	uint64_t uffd_ioctls;
+	int evfd;		/* shutdown signal for the reader */
+
+	/* Monitor threads (runtime.c): a reader that only reads the uffd
+	 * and a worker that runs the invalidations, so that a callback
+	 * that triggers an event can never block the only reader. */
+	bool threads;
+	pthread_t reader;
+	pthread_t worker;
+	pthread_mutex_t qlock;
+	pthread_cond_t qcond;	/* worker: queue not empty / stop */
+	pthread_cond_t qread;	/* the reader has read a batch */
+	struct uffd_msg evq[EVQ_LEN];
+	unsigned int qhead, qtail;
+	bool qoverflow;
+	bool qstop;
+	uint64_t nread;		/* batches read, under qlock */
+
+	/* Interval notifiers (notifier.c), the mmu_notifier_subscriptions
+	 * counterpart. subs is sorted by start and changes only while no
+	 * invalidation runs (active == 0 or the sequence is even). */
+	pthread_mutex_t lock;
+	pthread_cond_t wq;
+	unsigned long invalidate_seq;
+	unsigned long active;
+	struct uhmm_interval_notifier **subs;
+	size_t nsubs, subs_cap;
+	struct uhmm_interval_notifier *deferred;
+
+	/* What range_fault handed out (track.c). */
+	pthread_mutex_t tlock;
+	struct ivset grants;	/* access reported, for revalidation */
+	struct ivset regs;	/* ranges registered on uffd */
+	struct ivset noreg;	/* VMAs that cannot be registered */
+	bool forked;		/* fork() happened since start */
+	unsigned long fork_inv;	/* invalidations held open across fork */
+};
+
+/* runtime.c */
+UHMM_INTERNAL struct uhmm_rt *uhmm__rt_get(int *err);
+UHMM_INTERNAL struct uhmm_rt *uhmm__rt_peek(void);
+UHMM_INTERNAL int uhmm__rt_start_threads(struct uhmm_rt *rt);
+
+/* notifier.c */
+UHMM_INTERNAL void uhmm__invalidate(struct uhmm_rt *rt, unsigned long start,
+				    unsigned long end,
+				    enum uhmm_notifier_event event,
+				    const void *owner);
+UHMM_INTERNAL bool uhmm__inv_begin(struct uhmm_rt *rt,
+				   const struct uhmm_notifier_range *r);
+UHMM_INTERNAL void uhmm__inv_end(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__release_all(struct uhmm_rt *rt);
+UHMM_INTERNAL bool uhmm__sub_valid(const struct uhmm_interval_notifier *sub,
+				   struct uhmm_rt *rt);
+
+/* track.c */
+UHMM_INTERNAL int uhmm__ivset_set(struct ivset *s, unsigned long start,
+				  unsigned long end, unsigned int prot);
+UHMM_INTERNAL bool uhmm__ivset_covers(const struct ivset *s,
+				      unsigned long start, unsigned long end);
+UHMM_INTERNAL void uhmm__ivset_free(struct ivset *s);
+UHMM_INTERNAL int uhmm__track_vma(struct uhmm_rt *rt,
+				  const struct os_procmap_query *q,
+				  unsigned long start, unsigned long end);
+UHMM_INTERNAL void uhmm__track_event(struct uhmm_rt *rt,
+				     const struct uffd_msg *m);
+UHMM_INTERNAL void uhmm__track_overflow(struct uhmm_rt *rt);
+UHMM_INTERNAL int uhmm__revalidate(struct uhmm_rt *rt, unsigned long start,
+				   unsigned long end);
+UHMM_INTERNAL void uhmm__fork_prepare(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__fork_parent(struct uhmm_rt *rt);
+
+/* range.c */
+UHMM_INTERNAL int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
+				  struct os_procmap_query *q);
+
+/* guard.c */
+UHMM_INTERNAL int uhmm__guard_install(void);
+
+/* uffd.c: the userfaultfd error model (EAGAIN, EEXIST, ENOENT) */
+UHMM_INTERNAL int uhmm__uffd_copy(struct uhmm_rt *rt, unsigned long dst,
+				  unsigned long src, unsigned long len,
+				  uint64_t mode);
+UHMM_INTERNAL int uhmm__uffd_zeropage(struct uhmm_rt *rt, unsigned long dst,
+				      unsigned long len, uint64_t mode);
+UHMM_INTERNAL int uhmm__uffd_move(struct uhmm_rt *rt, unsigned long dst,
+				  unsigned long src, unsigned long len,
+				  uint64_t mode);
+UHMM_INTERNAL void uhmm__wait_events_read(struct uhmm_rt *rt);
+
+static inline bool uhmm__aligned(const struct uhmm_rt *rt, unsigned long a)
+{
+	return (a & (rt->page_size - 1)) == 0;
+}
+
+#endif /* UHMM_INTERNAL_H */

@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The system-call layer: the only place in the library that issues system
+ * calls (mmap, madvise, userfaultfd ioctls, procfs ioctls, signals, ...).
+ *
+ * Contract for every wrapper: returns >= 0 on success or -errno, never
+ * sets errno for the caller, never logs. Addresses are page aligned and
+ * lengths > 0 where the kernel requires it; callers check, wrappers do not.
+ * Kernel constants newer than the build headers are defined here: features
+ * are probed at run time, never taken from the headers.
+ */
+#ifndef UHMM_OS_H
+#define UHMM_OS_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <linux/userfaultfd.h>
+
+/* userfaultfd bits newer than Debian 12's headers (6.1). */
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1ULL << 13)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1ULL << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1ULL << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1ULL << 16)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+#ifndef _UFFDIO_MOVE
+#define _UFFDIO_MOVE (0x05)
+struct uffdio_move {
+	uint64_t dst;
+	uint64_t src;
+	uint64_t len;
+	uint64_t mode;
+	int64_t move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
+#endif
+#ifndef UFFDIO_MOVE_MODE_DONTWAKE
+#define UFFDIO_MOVE_MODE_DONTWAKE ((uint64_t)1 << 0)
+#define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES ((uint64_t)1 << 1)
+#endif
+
+/* PAGEMAP_SCAN (6.7), from linux/fs.h. */
+#define OS_PAGE_IS_WPALLOWED	(1ULL << 0)
+#define OS_PAGE_IS_WRITTEN	(1ULL << 1)
+#define OS_PAGE_IS_FILE		(1ULL << 2)
+#define OS_PAGE_IS_PRESENT	(1ULL << 3)
+#define OS_PAGE_IS_SWAPPED	(1ULL << 4)
+#define OS_PAGE_IS_PFNZERO	(1ULL << 5)
+#define OS_PAGE_IS_HUGE		(1ULL << 6)
+#define OS_PAGE_IS_SOFT_DIRTY	(1ULL << 7)
+#define OS_PAGE_IS_GUARD	(1ULL << 8)
+
+struct os_page_region {
+	uint64_t start;
+	uint64_t end;
+	uint64_t categories;
+};
+
+struct os_pm_scan_arg {
+	uint64_t size;
+	uint64_t flags;
+	uint64_t start;
+	uint64_t end;
+	uint64_t walk_end;
+	uint64_t vec;
+	uint64_t vec_len;
+	uint64_t max_pages;
+	uint64_t category_inverted;
+	uint64_t category_mask;
+	uint64_t category_anyof_mask;
+	uint64_t return_mask;
+};
+
+/* PROCMAP_QUERY (6.11), from linux/fs.h. */
+#define OS_PROCMAP_QUERY_VMA_READABLE		0x01
+#define OS_PROCMAP_QUERY_VMA_WRITABLE		0x02
+#define OS_PROCMAP_QUERY_VMA_EXECUTABLE		0x04
+#define OS_PROCMAP_QUERY_VMA_SHARED		0x08
+#define OS_PROCMAP_QUERY_COVERING_OR_NEXT_VMA	0x10
+
+struct os_procmap_query {
+	uint64_t size;
+	uint64_t query_flags;
+	uint64_t query_addr;
+	uint64_t vma_start;
+	uint64_t vma_end;
+	uint64_t vma_flags;
+	uint64_t vma_page_size;
+	uint64_t vma_offset;
+	uint64_t inode;
+	uint32_t dev_major;
+	uint32_t dev_minor;
+	uint32_t vma_name_size;
+	uint32_t build_id_size;
+	uint64_t vma_name_addr;
+	uint64_t build_id_addr;
+};
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* Fault injection hook points (compiled in only with UHMM_FAULT_INJECT). */
+enum os_call {
+	OS_CALL_MMAP, OS_CALL_MADVISE, OS_CALL_UFFD_OPEN, OS_CALL_UFFD_API,
+	OS_CALL_UFFD_REGISTER, OS_CALL_UFFD_COPY, OS_CALL_UFFD_ZEROPAGE,
+	OS_CALL_UFFD_MOVE, OS_CALL_UFFD_WAKE, OS_CALL_PAGEMAP_SCAN,
+	OS_CALL_PROCMAP_QUERY, OS_CALL_READ, OS_CALL_NR,
+};
+
+/* memory */
+void *os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
+	      int *err);
+int os_munmap(void *addr, size_t len);
+int os_madvise(void *addr, size_t len, int advice);
+int os_mprotect(void *addr, size_t len, int prot);
+
+/* files and descriptors */
+int os_open(const char *path, int flags);
+int os_close(int fd);
+ssize_t os_read(int fd, void *buf, size_t len);
+ssize_t os_write(int fd, const void *buf, size_t len);
+ssize_t os_pread(int fd, void *buf, size_t len, off_t off);
+int os_eventfd(unsigned int initval, int flags);
+int os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2);
+int os_fstat_mode(int fd, unsigned int *mode, unsigned int *uid);
+int os_access(const char *path, int mode);
+
+/* userfaultfd */
+int os_uffd_open_dev(int flags);
+int os_uffd_open_syscall(int flags);
+int os_uffd_api(int fd, uint64_t features, uint64_t *out_features,
+		uint64_t *out_ioctls);
+int os_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode,
+		     uint64_t *out_ioctls);
+int os_uffd_unregister(int fd, uint64_t start, uint64_t len);
+/* The three return 0 or -errno and always set *done (bytes done). */
+int os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
+		 uint64_t mode, int64_t *done);
+int os_uffd_zeropage(int fd, uint64_t start, uint64_t len, uint64_t mode,
+		     int64_t *done);
+int os_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len,
+		 uint64_t mode, int64_t *done);
+int os_uffd_wake(int fd, uint64_t start, uint64_t len);
+
+/* procfs */
+int os_pagemap_scan(int fd, struct os_pm_scan_arg *arg);
+int os_procmap_query(int fd, struct os_procmap_query *q);
+
+/* signals and processes */
+int os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old);
+pid_t os_getpid(void);
+int os_raise(int sig);
+int os_yield(void);
+int os_uname_release(char *buf, size_t len);
+
+#ifdef UHMM_FAULT_INJECT
+/* Make the @nth next call of @call fail with -@err (nth = 1 is the next). */
+void uhmm__fault_inject(enum os_call call, unsigned long nth, int err);
+#endif
+
+#endif /* UHMM_OS_H */

@@ -1,0 +1,357 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * uhmm_range_fault(): the hmm_range_fault() walk on public interfaces.
+ * PROCMAP_QUERY gives each VMA and its protection, PAGEMAP_SCAN the state
+ * of its pages in runs, MADV_POPULATE_READ/WRITE faults in what is
+ * requested (a CPU fault, copy-on-write included), and the walk repeats
+ * until the requests are met, as hmm_range_fault re-walks after a fault.
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "internal.h"
+
+#define SCAN_VEC 512
+#define FAULT_TRIES 16
+
+int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
+		    struct os_procmap_query *q)
+{
+	memset(q, 0, sizeof(*q));
+	q->size = sizeof(*q);
+	q->query_flags = OS_PROCMAP_QUERY_COVERING_OR_NEXT_VMA;
+	q->query_addr = addr;
+	return os_procmap_query(rt->maps_fd, q);
+}
+
+void *uhmm_pfn_to_addr(uint64_t pfn)
+{
+	struct uhmm_rt *rt = uhmm__rt_peek();
+	unsigned int shift = rt ? rt->page_shift : 12;
+
+	return (void *)(uintptr_t)((pfn & UHMM_PFN_FRAME_MASK) << shift);
+}
+
+static inline uint64_t request(const struct uhmm_range *range, size_t i)
+{
+	return ((range->hmm_pfns[i] & range->pfn_flags_mask) |
+		range->default_flags) & (UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE);
+}
+
+/* Pages that cannot be accessed at all: a hole, PROT_NONE, VM_PFNMAP. */
+static int fill_error(const struct uhmm_range *range, size_t i, size_t n)
+{
+	for (size_t k = i; k < i + n; k++)
+		if (request(range, k) & UHMM_PFN_REQ_FAULT)
+			return -EFAULT;
+	for (size_t k = i; k < i + n; k++)
+		range->hmm_pfns[k] = (range->hmm_pfns[k] & UHMM_PFN_INOUT_FLAGS) |
+				     UHMM_PFN_ERROR;
+	return 0;
+}
+
+struct vma_ctx {
+	struct uhmm_rt *rt;
+	struct uhmm_range *range;
+	bool writable;
+	bool shared;
+	uint64_t order_bits;	/* for huge pages */
+};
+
+/* The output flags for a run of pages with PAGEMAP_SCAN categories @cat. */
+static uint64_t cat_flags(const struct vma_ctx *v, uint64_t cat)
+{
+	uint64_t f;
+
+	if (cat & OS_PAGE_IS_GUARD)
+		return UHMM_PFN_ERROR;
+	if (!(cat & OS_PAGE_IS_PRESENT))
+		return 0;
+	f = UHMM_PFN_VALID;
+	if (cat & OS_PAGE_IS_PFNZERO)
+		f |= UHMM_PFN_ZERO;
+	/* Writable PTE: a writable VMA, not the zero page, and for private
+	 * mappings a page of our own rather than the file's page cache. */
+	else if (v->writable && (v->shared || !(cat & OS_PAGE_IS_FILE)))
+		f |= UHMM_PFN_WRITE;
+	if (cat & OS_PAGE_IS_HUGE)
+		f |= v->order_bits;
+	return f;
+}
+
+static bool satisfied(uint64_t req, uint64_t out)
+{
+	if (!(req & UHMM_PFN_REQ_FAULT))
+		return true;
+	if (!(out & UHMM_PFN_VALID))
+		return false;
+	return !(req & UHMM_PFN_REQ_WRITE) || (out & UHMM_PFN_WRITE);
+}
+
+/* Fault in [a, b) of the range, as a CPU access would. */
+static int populate(struct uhmm_rt *rt, unsigned long a, unsigned long b,
+		    bool write)
+{
+	int r;
+
+	do {
+		r = os_madvise((void *)a, b - a,
+			       write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+	} while (r == -EINTR || r == -EAGAIN);
+	(void)rt;
+	if (r == -EPERM)
+		return -EPERM;
+	return r < 0 ? -EFAULT : 0;
+}
+
+struct run {
+	unsigned long start, end;
+	bool write;
+	int faulted;
+};
+
+static int run_flush(struct uhmm_rt *rt, struct run *run)
+{
+	int r;
+
+	if (run->start == run->end)
+		return 0;
+	r = populate(rt, run->start, run->end, run->write);
+	run->start = run->end = 0;
+	run->write = false;
+	run->faulted = 1;
+	return r;
+}
+
+/* Add [a, b) to the run of pages to fault; flush when not contiguous. */
+static int run_add(struct uhmm_rt *rt, struct run *run, unsigned long a,
+		   unsigned long b, bool write)
+{
+	int r = 0;
+
+	if (run->start != run->end && run->end != a)
+		r = run_flush(rt, run);
+	if (run->start == run->end)
+		run->start = a;
+	run->end = b;
+	run->write |= write;
+	return r;
+}
+
+/*
+ * Decide what must be faulted among the regions of [from, to) and fault
+ * it. Returns 1 when something was faulted (the chunk must be scanned
+ * again), 0 when every request is met, or -errno.
+ */
+static int fault_regions(const struct vma_ctx *v, const struct os_page_region *reg,
+			 size_t nreg, unsigned long from, unsigned long to)
+{
+	struct uhmm_range *range = v->range;
+	unsigned int shift = v->rt->page_shift;
+	unsigned long pg = 1ul << shift, addr = from;
+	bool uniform = !range->pfn_flags_mask;
+	struct run run = { 0 };
+	int r;
+
+	if (uniform && !(range->default_flags & UHMM_PFN_REQ_FAULT))
+		return 0;
+	for (size_t k = 0; k <= nreg; k++) {
+		unsigned long rs = k < nreg ? reg[k].start : to;
+		unsigned long re = k < nreg ? reg[k].end : to;
+		uint64_t f;
+
+		/* Pages between regions were not walked: errors. */
+		for (unsigned long a = addr; a < rs; a += pg)
+			if (request(range, (a - range->start) >> shift) &
+			    UHMM_PFN_REQ_FAULT)
+				return -EFAULT;
+		if (k == nreg)
+			break;
+		f = cat_flags(v, reg[k].categories);
+		if (uniform) {
+			uint64_t req = request(range, (rs - range->start) >> shift);
+
+			if (!satisfied(req, f)) {
+				if (f & UHMM_PFN_ERROR)
+					return -EFAULT;
+				r = run_add(v->rt, &run, rs, re,
+					    req & UHMM_PFN_REQ_WRITE);
+				if (r)
+					return r;
+			}
+		} else {
+			for (unsigned long a = rs; a < re; a += pg) {
+				uint64_t req = request(range, (a - range->start) >> shift);
+
+				if (satisfied(req, f))
+					continue;
+				if (f & UHMM_PFN_ERROR)
+					return -EFAULT;
+				r = run_add(v->rt, &run, a, a + pg,
+					    req & UHMM_PFN_REQ_WRITE);
+				if (r)
+					return r;
+			}
+		}
+		addr = re;
+	}
+	r = run_flush(v->rt, &run);
+	return r ? r : run.faulted;
+}
+
+static void fill_regions(const struct vma_ctx *v, const struct os_page_region *reg,
+			 size_t nreg, unsigned long from, unsigned long to)
+{
+	struct uhmm_range *range = v->range;
+	uint64_t *pfns = range->hmm_pfns;
+	unsigned int shift = v->rt->page_shift;
+	unsigned long addr = from;
+
+	for (size_t k = 0; k <= nreg; k++) {
+		unsigned long rs = k < nreg ? reg[k].start : to;
+		unsigned long re = k < nreg ? reg[k].end : to;
+		size_t i = (addr - range->start) >> shift;
+		size_t n = (rs - addr) >> shift;
+		uint64_t f, frame;
+
+		for (size_t x = i; x < i + n; x++)
+			pfns[x] = (pfns[x] & UHMM_PFN_INOUT_FLAGS) |
+				  UHMM_PFN_ERROR;
+		if (k == nreg)
+			break;
+		f = cat_flags(v, reg[k].categories);
+		i = (rs - range->start) >> shift;
+		n = (re - rs) >> shift;
+		if (f & UHMM_PFN_VALID) {
+			frame = rs >> shift;
+			for (size_t x = 0; x < n; x++)
+				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) |
+					      f | (frame + x);
+		} else {
+			for (size_t x = 0; x < n; x++)
+				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) | f;
+		}
+		addr = re;
+	}
+}
+
+static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
+		    const struct os_procmap_query *q, unsigned long s,
+		    unsigned long e)
+{
+	struct os_page_region reg[SCAN_VEC];
+	struct vma_ctx v = {
+		.rt = rt,
+		.range = range,
+		.writable = q->vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE,
+		.shared = q->vma_flags & OS_PROCMAP_QUERY_VMA_SHARED,
+	};
+	unsigned long cur = s;
+	unsigned int shift = rt->page_shift;
+	int tries = 0, r;
+
+	if (q->vma_page_size > rt->page_size)
+		v.order_bits = (uint64_t)(__builtin_ctzll(q->vma_page_size) - shift)
+			       << UHMM_PFN_ORDER_SHIFT;
+	else
+		v.order_bits = (uint64_t)rt->pmd_order << UHMM_PFN_ORDER_SHIFT;
+
+	/* A write request on a mapping that cannot be written. */
+	if (!v.writable) {
+		size_t i = (s - range->start) >> shift;
+
+		for (size_t k = 0; k < (e - s) >> shift; k++) {
+			uint64_t req = request(range, i + k);
+
+			if ((req & UHMM_PFN_REQ_FAULT) && (req & UHMM_PFN_REQ_WRITE))
+				return -EPERM;
+			if (!range->pfn_flags_mask)
+				break;
+		}
+	}
+	r = uhmm__track_vma(rt, q, s, e);
+	if (r < 0)
+		return r;
+
+	while (cur < e) {
+		struct os_pm_scan_arg a = {
+			.size = sizeof(a),
+			.start = cur,
+			.end = e,
+			.vec = (uintptr_t)reg,
+			.vec_len = SCAN_VEC,
+			.return_mask = rt->scan_mask,
+		};
+		unsigned long to;
+		int n = os_pagemap_scan(rt->pagemap_fd, &a);
+
+		if (n < 0)
+			return n == -ENOMEM ? -ENOMEM : -EFAULT;
+		to = n == SCAN_VEC || a.walk_end < e ? a.walk_end : e;
+		if (to <= cur)
+			to = e;
+		r = fault_regions(&v, reg, (size_t)n, cur, to);
+		if (r < 0)
+			return r;
+		if (r > 0) {
+			if (++tries > FAULT_TRIES)
+				return -EBUSY;
+			continue;	/* scan the same chunk again */
+		}
+		fill_regions(&v, reg, (size_t)n, cur, to);
+		cur = to;
+	}
+	return 0;
+}
+
+int uhmm_range_fault(struct uhmm_range *range)
+{
+	struct uhmm_rt *rt = uhmm__rt_peek();
+	unsigned long addr, start, end;
+	unsigned int shift;
+	int r;
+
+	if (!range || !range->hmm_pfns || !uhmm__sub_valid(range->notifier, rt))
+		return -EINVAL;
+	start = range->start;
+	end = range->end;
+	if (start >= end || !uhmm__aligned(rt, start) || !uhmm__aligned(rt, end) ||
+	    start < range->notifier->start || end > range->notifier->end)
+		return -EINVAL;
+	shift = rt->page_shift;
+	if (uhmm_interval_check_retry(range->notifier, range->notifier_seq))
+		return -EBUSY;
+
+	for (addr = start; addr < end;) {
+		struct os_procmap_query q;
+		unsigned long seg_end;
+		bool bad;
+
+		r = uhmm__vma_query(rt, addr, &q);
+		if (r < 0 && r != -ENOENT)
+			return r;
+		if (r == -ENOENT || q.vma_start >= end) {
+			seg_end = end;
+			bad = true;
+		} else if (q.vma_start > addr) {
+			seg_end = q.vma_start;
+			bad = true;
+		} else {
+			seg_end = q.vma_end < end ? q.vma_end : end;
+			bad = !(q.vma_flags & OS_PROCMAP_QUERY_VMA_READABLE);
+		}
+		if (bad)
+			r = fill_error(range, (addr - start) >> shift,
+				       (seg_end - addr) >> shift);
+		else
+			r = walk_vma(rt, range, &q, addr, seg_end);
+		if (r < 0)
+			return r;
+		addr = seg_end;
+		if (uhmm_interval_check_retry(range->notifier,
+					      range->notifier_seq))
+			return -EBUSY;
+	}
+	return 0;
+}
