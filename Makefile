@@ -40,9 +40,13 @@ ifeq ($(WERROR),1)
   WARNINGS += -Werror
 endif
 
+# UBSan only prints by default; make every report end the test (a failure).
 SAN_FLAGS :=
 ifneq ($(SANITIZE),)
   SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+  ifneq ($(filter undefined,$(subst $(comma), ,$(SANITIZE))),)
+    SAN_FLAGS += -fno-sanitize-recover=undefined
+  endif
 endif
 
 # Flags every object gets; CFLAGS from the command line only replaces the
