@@ -201,22 +201,23 @@ TH_UNUSED static void th_cmp_failed(const char *file, int line, const char *what
 	th_exit(1);
 }
 
-#define TH_ASSERT_CMP(op, what, a, b)					\
+/* Stringified by the ASSERT_* macro itself, before macro expansion. */
+#define TH_ASSERT_CMP(op, what, ea, eb, a, b)				\
 	do {								\
 		const bool th_u_ = TH_IS_UNSIGNED(a) && TH_IS_UNSIGNED(b); \
 		const uintmax_t th_a_ = TH_TO_UMAX(a);			\
 		const uintmax_t th_b_ = TH_TO_UMAX(b);			\
 		if (!th_cmp(op, th_u_, th_a_, th_b_))			\
-			th_cmp_failed(__FILE__, __LINE__, what, #a, #b,	\
+			th_cmp_failed(__FILE__, __LINE__, what, ea, eb,	\
 				      th_u_, th_a_, th_b_);		\
 	} while (0)
 
-#define ASSERT_EQ(a, b) TH_ASSERT_CMP(0, "ASSERT_EQ", a, b)
-#define ASSERT_NE(a, b) TH_ASSERT_CMP(1, "ASSERT_NE", a, b)
-#define ASSERT_LT(a, b) TH_ASSERT_CMP(2, "ASSERT_LT", a, b)
-#define ASSERT_LE(a, b) TH_ASSERT_CMP(3, "ASSERT_LE", a, b)
-#define ASSERT_GT(a, b) TH_ASSERT_CMP(4, "ASSERT_GT", a, b)
-#define ASSERT_GE(a, b) TH_ASSERT_CMP(5, "ASSERT_GE", a, b)
+#define ASSERT_EQ(a, b) TH_ASSERT_CMP(0, "ASSERT_EQ", #a, #b, a, b)
+#define ASSERT_NE(a, b) TH_ASSERT_CMP(1, "ASSERT_NE", #a, #b, a, b)
+#define ASSERT_LT(a, b) TH_ASSERT_CMP(2, "ASSERT_LT", #a, #b, a, b)
+#define ASSERT_LE(a, b) TH_ASSERT_CMP(3, "ASSERT_LE", #a, #b, a, b)
+#define ASSERT_GT(a, b) TH_ASSERT_CMP(4, "ASSERT_GT", #a, #b, a, b)
+#define ASSERT_GE(a, b) TH_ASSERT_CMP(5, "ASSERT_GE", #a, #b, a, b)
 
 #define ASSERT_TRUE(x)							\
 	do {								\
