@@ -275,8 +275,12 @@ void *uhmm_interval_notifier_priv(const struct uhmm_interval_notifier *sub)
 
 unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub)
 {
-	struct uhmm_rt *rt = sub->rt;
+	struct uhmm_rt *rt = sub ? sub->rt : NULL;
 	unsigned long seq;
+
+	/* 0 is even: never a valid sequence, so read_retry() says retry. */
+	if (!rt)
+		return 0;
 
 	pthread_mutex_lock(&rt->lock);
 	seq = atomic_load(&sub->invalidate_seq);
@@ -291,20 +295,21 @@ unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub)
 bool uhmm_interval_read_retry(struct uhmm_interval_notifier *sub,
 			      unsigned long seq)
 {
-	return atomic_load(&sub->invalidate_seq) != seq;
+	return !sub || atomic_load(&sub->invalidate_seq) != seq;
 }
 
 bool uhmm_interval_check_retry(struct uhmm_interval_notifier *sub,
 			       unsigned long seq)
 {
-	return atomic_load_explicit(&sub->invalidate_seq,
-				    memory_order_relaxed) != seq;
+	return !sub || atomic_load_explicit(&sub->invalidate_seq,
+					    memory_order_relaxed) != seq;
 }
 
 void uhmm_interval_set_seq(struct uhmm_interval_notifier *sub,
 			   unsigned long cur_seq)
 {
-	atomic_store(&sub->invalidate_seq, cur_seq);
+	if (sub)
+		atomic_store(&sub->invalidate_seq, cur_seq);
 }
 
 /* Teardown: RELEASE to every notifier (kernel: mn_itree_release), then free. */

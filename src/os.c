@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
@@ -22,11 +23,11 @@
 #define OS_PAGEMAP_SCAN _IOWR(PROCFS_IOCTL_MAGIC, 16, struct os_pm_scan_arg)
 #define OS_PROCMAP_QUERY _IOWR(PROCFS_IOCTL_MAGIC, 17, struct os_procmap_query)
 
-#ifdef UHMM_FAULT_INJECT
-#include <stdatomic.h>
+/* Fault injection: always built; one relaxed load per call. */
 static _Atomic unsigned long inject_nth[OS_CALL_NR];
 static _Atomic int inject_err[OS_CALL_NR];
 
+__attribute__((visibility("hidden")))
 void uhmm__fault_inject(enum os_call call, unsigned long nth, int err)
 {
 	atomic_store(&inject_err[call], err);
@@ -35,7 +36,8 @@ void uhmm__fault_inject(enum os_call call, unsigned long nth, int err)
 
 static int injected(enum os_call call)
 {
-	unsigned long n = atomic_load(&inject_nth[call]);
+	unsigned long n = atomic_load_explicit(&inject_nth[call],
+					       memory_order_relaxed);
 
 	while (n) {
 		if (atomic_compare_exchange_weak(&inject_nth[call], &n, n - 1))
@@ -49,9 +51,6 @@ static int injected(enum os_call call)
 		if (ij_)                   \
 			return ij_;        \
 	} while (0)
-#else
-#define INJECT(call) do { } while (0)
-#endif
 
 static inline int ret_err(long r)
 {
@@ -61,15 +60,14 @@ static inline int ret_err(long r)
 void *os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
 	      int *err)
 {
-#ifdef UHMM_FAULT_INJECT
 	int ij = injected(OS_CALL_MMAP);
+	void *p;
 
 	if (ij) {
 		*err = ij;
 		return MAP_FAILED;
 	}
-#endif
-	void *p = mmap(addr, len, prot, flags, fd, off);
+	p = mmap(addr, len, prot, flags, fd, off);
 
 	*err = p == MAP_FAILED ? -errno : 0;
 	return p;

@@ -115,7 +115,7 @@ struct os_procmap_query {
 #define MADV_POPULATE_WRITE 23
 #endif
 
-/* Fault injection hook points (compiled in only with UHMM_FAULT_INJECT). */
+/* Fault injection hook points: tests make the Nth call of a kind fail. */
 enum os_call {
 	OS_CALL_MMAP, OS_CALL_MADVISE, OS_CALL_UFFD_OPEN, OS_CALL_UFFD_API,
 	OS_CALL_UFFD_REGISTER, OS_CALL_UFFD_COPY, OS_CALL_UFFD_ZEROPAGE,
@@ -169,9 +169,8 @@ int os_raise(int sig);
 int os_yield(void);
 int os_uname_release(char *buf, size_t len);
 
-#ifdef UHMM_FAULT_INJECT
-/* Make the @nth next call of @call fail with -@err (nth = 1 is the next). */
+/* Make the @nth next call of @call fail with -@err (nth = 1 is the next;
+ * 0 disarms). Internal, for tests. */
 void uhmm__fault_inject(enum os_call call, unsigned long nth, int err);
-#endif
 
 #endif /* UHMM_OS_H */

@@ -56,8 +56,44 @@ struct vma_ctx {
 	struct uhmm_range *range;
 	bool writable;
 	bool shared;
+	bool cow_check;		/* private, writable, and the process forked */
 	uint64_t order_bits;	/* for huge pages */
 };
+
+#define PM_MMAP_EXCLUSIVE (1ULL << 56)
+#define PM_CHUNK 512
+
+/*
+ * After fork(), anonymous pages of private mappings may be shared
+ * copy-on-write with a child: their PTEs are read-only and PAGEMAP_SCAN
+ * cannot tell. /proc/self/pagemap's "exclusively mapped" bit can: clear
+ * WRITE in pfns[i..i+n) for pages that are not. Costs 8 bytes of pagemap
+ * per page, only in processes that forked.
+ */
+static void cow_filter(const struct vma_ctx *v, unsigned long addr, size_t n,
+		       uint64_t *out, bool *need_write)
+{
+	uint64_t pm[PM_CHUNK];
+	unsigned int shift = v->rt->page_shift;
+
+	for (size_t done = 0; done < n;) {
+		size_t k = n - done < PM_CHUNK ? n - done : PM_CHUNK;
+		off_t off = (off_t)(((addr >> shift) + done) * sizeof(uint64_t));
+		ssize_t r = os_pread(v->rt->pagemap_fd, pm, k * sizeof(uint64_t), off);
+
+		if (r < (ssize_t)(k * sizeof(uint64_t)))
+			memset(pm, 0, sizeof(pm));	/* unknown: not writable */
+		for (size_t x = 0; x < k; x++) {
+			if (pm[x] & PM_MMAP_EXCLUSIVE)
+				continue;
+			if (out)
+				out[done + x] &= ~UHMM_PFN_WRITE;
+			if (need_write)
+				need_write[done + x] = true;
+		}
+		done += k;
+	}
+}
 
 /* The output flags for a run of pages with PAGEMAP_SCAN categories @cat. */
 static uint64_t cat_flags(const struct vma_ctx *v, uint64_t cat)
@@ -169,7 +205,22 @@ static int fault_regions(const struct vma_ctx *v, const struct os_page_region *r
 		if (k == nreg)
 			break;
 		f = cat_flags(v, reg[k].categories);
-		if (uniform) {
+		if (v->cow_check && (f & UHMM_PFN_WRITE)) {
+			/* Per page: some may be shared copy-on-write. */
+			for (unsigned long a = rs; a < re; a += pg) {
+				uint64_t req = request(range, (a - range->start) >> shift);
+				bool shared_cow = false;
+
+				if (!(req & UHMM_PFN_REQ_WRITE) || !(req & UHMM_PFN_REQ_FAULT))
+					continue;
+				cow_filter(v, a, 1, NULL, &shared_cow);
+				if (!shared_cow)
+					continue;
+				r = run_add(v->rt, &run, a, a + pg, true);
+				if (r)
+					return r;
+			}
+		} else if (uniform) {
 			uint64_t req = request(range, (rs - range->start) >> shift);
 
 			if (!satisfied(req, f)) {
@@ -228,6 +279,8 @@ static void fill_regions(const struct vma_ctx *v, const struct os_page_region *r
 			for (size_t x = 0; x < n; x++)
 				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) |
 					      f | (frame + x);
+			if (v->cow_check && (f & UHMM_PFN_WRITE))
+				cow_filter(v, rs, n, &pfns[i], NULL);
 		} else {
 			for (size_t x = 0; x < n; x++)
 				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) | f;
@@ -247,6 +300,8 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 		.writable = q->vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE,
 		.shared = q->vma_flags & OS_PROCMAP_QUERY_VMA_SHARED,
 	};
+
+	v.cow_check = rt->forked && v.writable && !v.shared;
 	unsigned long cur = s;
 	unsigned int shift = rt->page_shift;
 	int tries = 0, r;

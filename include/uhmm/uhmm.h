@@ -200,13 +200,14 @@ UHMM_API void *uhmm_interval_notifier_priv(const struct uhmm_interval_notifier *
  * uhmm_interval_read_begin() - begin a read-side critical section
  *
  * Waits while an invalidation that collides with @sub is running. The
- * returned sequence is odd.
+ * returned sequence is odd. For NULL or a notifier of another runtime it
+ * returns 0, which uhmm_interval_read_retry() always rejects.
  */
 UHMM_API unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub);
 
 /*
- * True when an invalidation collided since @seq was read. Call under the
- * same driver lock that the invalidate callback takes.
+ * True when an invalidation collided since @seq was read (and for NULL).
+ * Call under the same driver lock that the invalidate callback takes.
  */
 UHMM_API bool uhmm_interval_read_retry(struct uhmm_interval_notifier *sub,
 				       unsigned long seq);
@@ -215,7 +216,7 @@ UHMM_API bool uhmm_interval_read_retry(struct uhmm_interval_notifier *sub,
 UHMM_API bool uhmm_interval_check_retry(struct uhmm_interval_notifier *sub,
 					unsigned long seq);
 
-/* From invalidate only, under the driver lock, unconditionally. */
+/* From invalidate only, under the driver lock, unconditionally. NULL: no-op. */
 UHMM_API void uhmm_interval_set_seq(struct uhmm_interval_notifier *sub,
 				    unsigned long cur_seq);
 
