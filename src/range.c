@@ -166,12 +166,15 @@ static int run_add(struct uhmm_rt *rt, struct run *run, unsigned long a,
 {
 	int r = 0;
 
-	if (run->start != run->end && run->end != a)
+	/* A run is contiguous and of one kind: a read fault must not
+	 * become a write fault (it would replace the zero page). */
+	if (run->start != run->end && (run->end != a || run->write != write))
 		r = run_flush(rt, run);
-	if (run->start == run->end)
+	if (run->start == run->end) {
 		run->start = a;
+		run->write = write;
+	}
 	run->end = b;
-	run->write |= write;
 	return r;
 }
 
