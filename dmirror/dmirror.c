@@ -68,17 +68,23 @@ struct uhmm_dmirror {
 	struct uhmm_interval_notifier *notifier;
 	unsigned long nend;	/* end of the notifier's range */
 	unsigned long gen;	/* dmirror_gen at open */
-	/*
-	 * The driver lock of the read_begin/read_retry protocol. It is held
-	 * while the device copies through its page table, and
-	 * uhmm_copy_nofault() runs the invalidate callback in the copying
-	 * thread when the copy faults: hence recursive.
-	 */
-	pthread_mutex_t lock;
-	struct dmirror_pt pt;	/* under lock */
-	uint64_t inv_count;	/* under lock: invalidations that hit entries */
-	uint64_t flags;		/* under lock: UHMM_DMIRROR_FLAGS value */
+	struct dmirror_pt pt;	/* under dmirror_lock */
+	uint64_t inv_count;	/* under dmirror_lock: invalidations that
+				 * cleared entries */
+	uint64_t flags;		/* under dmirror_lock: the FLAGS value */
 };
+
+/*
+ * The driver lock of the read_begin/read_retry protocol, one for all opens
+ * (the kernel has one per open). The device copies through its page table
+ * with it held, so that an invalidation waits for device accesses in
+ * flight. When such a copy faults, uhmm_copy_nofault() runs the
+ * invalidate callbacks of every notifier in the copying thread: hence
+ * recursive, and hence shared, since with a lock per open two opens whose
+ * copies fault at once would each wait for the other's lock.
+ */
+static pthread_mutex_t dmirror_lock;
+static pthread_mutexattr_t dmirror_lock_attr;
 
 static struct {
 	pthread_mutex_t lock;
@@ -96,22 +102,27 @@ static unsigned int dmirror_page_shift;
 static void dmirror_atfork_prepare(void)
 {
 	pthread_mutex_lock(&dmirror_table.lock);
+	pthread_mutex_lock(&dmirror_lock);
 }
 
 static void dmirror_atfork_parent(void)
 {
+	pthread_mutex_unlock(&dmirror_lock);
 	pthread_mutex_unlock(&dmirror_table.lock);
 }
 
 /*
  * The child has devices of its own. The parent's device objects are left
- * to the opens that still point at them; those answer -EBADF.
+ * to the opens that still point at them; those answer -EBADF. The locks
+ * are made anew: a recursive mutex remembers its owner's thread id, which
+ * is not the child's.
  */
 static void dmirror_atfork_child(void)
 {
 	atomic_fetch_add(&dmirror_gen, 1);
 	memset(dmirror_table.dev, 0, sizeof(dmirror_table.dev));
-	pthread_mutex_unlock(&dmirror_table.lock);
+	pthread_mutex_init(&dmirror_lock, &dmirror_lock_attr);
+	pthread_mutex_init(&dmirror_table.lock, NULL);
 }
 
 static void dmirror_init_once(void)
@@ -124,6 +135,13 @@ static void dmirror_init_once(void)
 	}
 	dmirror_page_size = (unsigned long)ps;
 	dmirror_page_shift = (unsigned int)__builtin_ctzl(dmirror_page_size);
+	if (pthread_mutexattr_init(&dmirror_lock_attr) ||
+	    pthread_mutexattr_settype(&dmirror_lock_attr,
+				      PTHREAD_MUTEX_RECURSIVE) ||
+	    pthread_mutex_init(&dmirror_lock, &dmirror_lock_attr)) {
+		dmirror_once_err = -ENOMEM;
+		return;
+	}
 	if (pthread_atfork(dmirror_atfork_prepare, dmirror_atfork_parent,
 			   dmirror_atfork_child))
 		dmirror_once_err = -ENOMEM;
@@ -315,8 +333,8 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 		return true;
 
 	if (range->flags & UHMM_NOTIFIER_RANGE_BLOCKABLE)
-		pthread_mutex_lock(&dm->lock);
-	else if (pthread_mutex_trylock(&dm->lock))
+		pthread_mutex_lock(&dmirror_lock);
+	else if (pthread_mutex_trylock(&dmirror_lock))
 		return false;
 
 	uhmm_interval_set_seq(sub, cur_seq);
@@ -324,7 +342,7 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 		     range->end >> dmirror_page_shift))
 		dm->inv_count++;
 
-	pthread_mutex_unlock(&dm->lock);
+	pthread_mutex_unlock(&dmirror_lock);
 	return true;
 }
 
@@ -338,10 +356,10 @@ static const struct uhmm_interval_notifier_ops dmirror_notifier_ops = {
 
 /*
  * The read_begin / range_fault / lock / read_retry loop of
- * dmirror_range_fault(). Returns 0 with dm->lock held and range->hmm_pfns
- * valid until it is dropped, or an error without the lock.
+ * dmirror_range_fault(). Returns 0 with dmirror_lock held and
+ * range->hmm_pfns valid until it is dropped, or an error without the lock.
  */
-static int dmirror_range_lock(struct uhmm_dmirror *dm, struct uhmm_range *range)
+static int dmirror_range_lock(struct uhmm_range *range)
 {
 	uint64_t deadline = dmirror_now_ns() + DMIRROR_TIMEOUT_NS;
 	int ret;
@@ -355,11 +373,11 @@ static int dmirror_range_lock(struct uhmm_dmirror *dm, struct uhmm_range *range)
 			continue;
 		if (ret)
 			return ret;
-		pthread_mutex_lock(&dm->lock);
+		pthread_mutex_lock(&dmirror_lock);
 		if (!uhmm_interval_read_retry(range->notifier,
 					      range->notifier_seq))
 			return 0;
-		pthread_mutex_unlock(&dm->lock);
+		pthread_mutex_unlock(&dmirror_lock);
 	}
 }
 
@@ -413,11 +431,11 @@ static int dmirror_fault(struct uhmm_dmirror *dm, unsigned long start,
 		range.end = addr + (n << dmirror_page_shift);
 		memset(pfns, 0, n * sizeof(pfns[0]));
 
-		ret = dmirror_range_lock(dm, &range);
+		ret = dmirror_range_lock(&range);
 		if (ret)
 			return ret;
 		ret = dmirror_install(dm, &range, write);
-		pthread_mutex_unlock(&dm->lock);
+		pthread_mutex_unlock(&dmirror_lock);
 		if (ret)
 			return ret;
 	}
@@ -511,12 +529,12 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 		range.end = addr + (n << dmirror_page_shift);
 		memset(pfns, 0, n * sizeof(*pfns));
 
-		ret = dmirror_range_lock(dm, &range);
+		ret = dmirror_range_lock(&range);
 		if (ret)
 			goto out_free;
 		for (i = 0; i < n; i++)
 			bytes[off + i] = dmirror_mkentry(dm, pfns[i]);
-		pthread_mutex_unlock(&dm->lock);
+		pthread_mutex_unlock(&dmirror_lock);
 		off += n;
 	}
 
@@ -571,7 +589,7 @@ static int dmirror_copy_run(struct dmirror_copy *c, uint64_t i, uint64_t pfn,
  * Copy pages [0, n) of a command starting at @vpn between the caller's
  * buffer and the memory the device page table points at, all entries
  * present. Runs of virtually contiguous system pages go in one copy.
- * Called with dm->lock held: an invalidation waits for the copy.
+ * Called with dmirror_lock held: an invalidation waits for the copy.
  */
 static int dmirror_copy_pages(struct uhmm_dmirror *dm, uint64_t vpn,
 			      uint64_t n, struct dmirror_copy *c)
@@ -641,12 +659,12 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 		return ret;
 
 	for (;;) {
-		pthread_mutex_lock(&dm->lock);
+		pthread_mutex_lock(&dmirror_lock);
 		if (first || dm->inv_count != gen) {
 			/* Unlike the kernel's bounce buffer, progress can be
 			 * lost here: bound it. */
 			if (ok && ++restarts > DMIRROR_READ_RESTARTS) {
-				pthread_mutex_unlock(&dm->lock);
+				pthread_mutex_unlock(&dmirror_lock);
 				cmd->cpages = 0;
 				return -EBUSY;
 			}
@@ -662,7 +680,7 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 			};
 
 			ret = dmirror_copy_pages(dm, vpn, npages, &c);
-			pthread_mutex_unlock(&dm->lock);
+			pthread_mutex_unlock(&dmirror_lock);
 			if (!ret) {
 				cmd->cpages = npages;
 				return 0;
@@ -679,7 +697,7 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 			}
 			continue;
 		}
-		pthread_mutex_unlock(&dm->lock);
+		pthread_mutex_unlock(&dmirror_lock);
 
 		ret = dmirror_fault(dm, start + (ok << dmirror_page_shift), end,
 				    false);
@@ -712,7 +730,7 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 	for (;;) {
 		uint64_t n;
 
-		pthread_mutex_lock(&dm->lock);
+		pthread_mutex_lock(&dmirror_lock);
 		n = pt_scan(&dm->pt, vpn + done, npages - done,
 			    UHMM_PFN_VALID | UHMM_PFN_WRITE);
 		if (n) {
@@ -724,7 +742,7 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 
 			ret = dmirror_copy_pages(dm, vpn + done, n, &c);
 			if (ret) {
-				pthread_mutex_unlock(&dm->lock);
+				pthread_mutex_unlock(&dmirror_lock);
 				done += c.done;
 				if (ret != -EFAULT || c.buf_fault ||
 				    ++copy_faults > DMIRROR_COPY_RETRIES) {
@@ -735,7 +753,7 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 			}
 			done += n;
 		}
-		pthread_mutex_unlock(&dm->lock);
+		pthread_mutex_unlock(&dmirror_lock);
 		if (done == npages)
 			break;
 
@@ -797,7 +815,6 @@ static void dmirror_device_put(struct dmirror_device *dev)
 
 UHMM_API int uhmm_dmirror_open(int device, struct uhmm_dmirror **out)
 {
-	pthread_mutexattr_t attr;
 	struct uhmm_dmirror *dm;
 	int ret;
 
@@ -820,19 +837,9 @@ UHMM_API int uhmm_dmirror_open(int device, struct uhmm_dmirror **out)
 	if (ret)
 		goto err_free;
 
-	if (pthread_mutexattr_init(&attr)) {
-		ret = -ENOMEM;
-		goto err_pt;
-	}
-	pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
-	ret = -pthread_mutex_init(&dm->lock, &attr);
-	pthread_mutexattr_destroy(&attr);
-	if (ret)
-		goto err_pt;
-
 	ret = dmirror_device_get(device, &dm->dev);
 	if (ret)
-		goto err_lock;
+		goto err_pt;
 
 	ret = uhmm_interval_notifier_insert(&dm->notifier, 0, dm->nend,
 					    &dmirror_notifier_ops, dm);
@@ -844,8 +851,6 @@ UHMM_API int uhmm_dmirror_open(int device, struct uhmm_dmirror **out)
 
 err_dev:
 	dmirror_device_put(dm->dev);
-err_lock:
-	pthread_mutex_destroy(&dm->lock);
 err_pt:
 	pt_destroy(&dm->pt);
 err_free:
@@ -868,7 +873,6 @@ UHMM_API int uhmm_dmirror_close(struct uhmm_dmirror *dm)
 	/* Issue B: migrate this open's device memory back first. */
 	uhmm_interval_notifier_remove(dm->notifier);
 	pt_destroy(&dm->pt);
-	pthread_mutex_destroy(&dm->lock);
 	dmirror_device_put(dm->dev);
 	free(dm);
 	return 0;
@@ -910,9 +914,9 @@ UHMM_API int uhmm_dmirror_cmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
 			return -EFAULT;
 		return dmirror_snapshot(dm, cmd, start, end);
 	case UHMM_DMIRROR_FLAGS:
-		pthread_mutex_lock(&dm->lock);
+		pthread_mutex_lock(&dmirror_lock);
 		dm->flags = cmd->npages;
-		pthread_mutex_unlock(&dm->lock);
+		pthread_mutex_unlock(&dmirror_lock);
 		return 0;
 	case UHMM_DMIRROR_RELEASE:
 		/* No device memory yet (issue B). */
