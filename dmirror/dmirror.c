@@ -65,7 +65,8 @@ struct dmirror_device {
 /* One open (the kernel's per-file struct dmirror). */
 struct uhmm_dmirror {
 	struct dmirror_device *dev;
-	struct uhmm_interval_notifier *notifier;
+	/* NULL once uhmm_shutdown() has released and freed it. */
+	struct uhmm_interval_notifier *notifier;	/* under dmirror_lock */
 	unsigned long nend;	/* end of the notifier's range */
 	unsigned long gen;	/* dmirror_gen at open */
 	struct dmirror_pt pt;	/* under dmirror_lock */
@@ -341,6 +342,9 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 	if (pt_clear(&dm->pt, range->start >> dmirror_page_shift,
 		     range->end >> dmirror_page_shift))
 		dm->inv_count++;
+	/* uhmm_shutdown(): the notifier is freed when this returns. */
+	if (range->event == UHMM_NOTIFY_RELEASE)
+		dm->notifier = NULL;
 
 	pthread_mutex_unlock(&dmirror_lock);
 	return true;
@@ -349,6 +353,36 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 static const struct uhmm_interval_notifier_ops dmirror_notifier_ops = {
 	.invalidate = dmirror_invalidate,
 };
+
+/*
+ * The open's notifier, inserted again if uhmm_shutdown() released it (the
+ * next runtime starts on use, and the open keeps working with it).
+ */
+static int dmirror_notifier_get(struct uhmm_dmirror *dm)
+{
+	struct uhmm_interval_notifier *n;
+	int ret;
+
+	pthread_mutex_lock(&dmirror_lock);
+	n = dm->notifier;
+	pthread_mutex_unlock(&dmirror_lock);
+	if (n)
+		return 0;
+
+	ret = uhmm_interval_notifier_insert(&n, 0, dm->nend,
+					    &dmirror_notifier_ops, dm);
+	if (ret)
+		return ret;
+	pthread_mutex_lock(&dmirror_lock);
+	if (!dm->notifier) {
+		dm->notifier = n;
+		n = NULL;
+	}
+	pthread_mutex_unlock(&dmirror_lock);
+	if (n)
+		uhmm_interval_notifier_remove(n);
+	return 0;
+}
 
 /* ------------------------------------------------------------------ */
 /* Mirroring: fault rounds and snapshots                                */
@@ -498,7 +532,6 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 	uint64_t chunk = npages < DMIRROR_SNAP_CHUNK ? npages :
 			 DMIRROR_SNAP_CHUNK;
 	struct uhmm_range range = {
-		.notifier = dm->notifier,
 		.default_flags = 0,
 		.pfn_flags_mask = 0,
 		.dev_private_owner = dm->dev,
@@ -511,6 +544,10 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 
 	if (npages > SIZE_MAX)
 		return -ENOMEM;
+	ret = dmirror_notifier_get(dm);
+	if (ret)
+		return ret;
+	range.notifier = dm->notifier;
 	bytes = malloc((size_t)npages);
 	pfns = malloc((size_t)chunk * sizeof(*pfns));
 	if (!bytes || !pfns) {
@@ -654,6 +691,9 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 	bool first = true;
 	int ret;
 
+	ret = dmirror_notifier_get(dm);
+	if (ret)
+		return ret;
 	ret = uhmm_range_revalidate(start, end);
 	if (ret)
 		return ret;
@@ -723,6 +763,9 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 	unsigned int copy_faults = 0;
 	int ret;
 
+	ret = dmirror_notifier_get(dm);
+	if (ret)
+		return ret;
 	ret = uhmm_range_revalidate(start, end);
 	if (ret)
 		return ret;
@@ -871,7 +914,8 @@ UHMM_API int uhmm_dmirror_close(struct uhmm_dmirror *dm)
 		return -EBADF;
 
 	/* Issue B: migrate this open's device memory back first. */
-	uhmm_interval_notifier_remove(dm->notifier);
+	if (dm->notifier)
+		uhmm_interval_notifier_remove(dm->notifier);
 	pt_destroy(&dm->pt);
 	dmirror_device_put(dm->dev);
 	free(dm);
