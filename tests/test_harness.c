@@ -119,7 +119,8 @@ static void inner_fail_memeq(void)
 
 static void inner_signal(void)
 {
-	raise(SIGSEGV);
+	/* Not SIGSEGV: sanitizers catch that one and exit instead. */
+	raise(SIGKILL);
 }
 
 #include <sys/mman.h>
@@ -182,7 +183,6 @@ TEST(failed_assert_reports_location)
 	char reason[512];
 
 	ASSERT_EQ(run_inner(inner_fail_eq, 10, reason, sizeof(reason)), TH_FAIL_R);
-	TH_LOG("reason: %s", reason);
 	/* The expressions are printed as written, macros unexpanded. */
 	ASSERT_NOT_NULL(strstr(reason, "ASSERT_EQ(ret, EXPECTED_RET) failed: -22 vs 0"));
 	ASSERT_NOT_NULL(strstr(reason, "test_harness.c:"));
@@ -201,7 +201,7 @@ TEST(signal_is_failure)
 	char reason[512];
 
 	ASSERT_EQ(run_inner(inner_signal, 10, reason, sizeof(reason)), TH_FAIL_R);
-	ASSERT_NOT_NULL(strstr(reason, "killed by signal 11"));
+	ASSERT_NOT_NULL(strstr(reason, "killed by signal 9"));
 }
 
 TEST(timeout_kills_process_group)
