@@ -607,6 +607,67 @@ TEST(madv_free_clear_event)
 	ASSERT_EQ(line, 0);
 }
 
+static bool feat(uint32_t bit)
+{
+	struct uhmm_features f;
+
+	memset(&f, 0, sizeof(f));
+	f.size = sizeof(f);
+	return uhmm_features(&f) == 0 && (f.flags & bit);
+}
+
+/* Shared memory (shmem): MADV_REMOVE discards -> CLEAR; munmap -> UNMAP. */
+TEST(shmem_remove_and_unmap_events)
+{
+	struct rec r;
+	unsigned long len = 4 * ps();
+
+	if (!feat(UHMM_FEAT_WP_SHMEM))
+		SKIP("shmem ranges cannot be tracked here (no UHMM_FEAT_WP_SHMEM)");
+	char *p = mmap(NULL, len, RW, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ASSERT_TRUE(p != MAP_FAILED);
+	unsigned long a = (unsigned long)p;
+	memset(p, 0x44, len);
+	rec_init(&r);
+	ASSERT_EQ(rec_insert(&r, a, len), 0);
+	ASSERT_EQ(fault_range(r.sub, a, a + len, FAULT_W, NULL), 0);
+	unsigned long seq = uhmm_interval_read_begin(r.sub);
+	ASSERT_EQ(madvise(p + ps(), ps(), MADV_REMOVE), 0);
+	ASSERT_TRUE(rec_wait_covers(&r, UHMM_NOTIFY_CLEAR, a + ps(), a + 2 * ps(), WAIT_MS));
+	ASSERT_TRUE(rec_retry(&r, seq));
+	ASSERT_EQ(p[ps()], 0);
+	ASSERT_EQ(fault_range(r.sub, a, a + len, FAULT_W, NULL), 0);
+	ASSERT_EQ(munmap(p, len), 0);
+	ASSERT_TRUE(rec_wait_covers(&r, UHMM_NOTIFY_UNMAP, a, a + len, WAIT_MS));
+	ASSERT_EQ(atomic_load(&r.bad_overlap), 0);
+	ASSERT_EQ(uhmm_interval_notifier_remove(r.sub), 0);
+}
+
+TEST(memfd_munmap_unmap_event)
+{
+	struct rec r;
+	unsigned long len = 4 * ps();
+
+	if (!feat(UHMM_FEAT_WP_SHMEM))
+		SKIP("shmem ranges cannot be tracked here (no UHMM_FEAT_WP_SHMEM)");
+	int fd = memfd_create("uhmm-test", 0);
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(ftruncate(fd, (off_t)len), 0);
+	char *p = mmap(NULL, len, RW, MAP_SHARED, fd, 0);
+	ASSERT_TRUE(p != MAP_FAILED);
+	unsigned long a = (unsigned long)p;
+	rec_init(&r);
+	ASSERT_EQ(rec_insert(&r, a, len), 0);
+	ASSERT_EQ(fault_range(r.sub, a, a + len, FAULT_R, NULL), 0);
+	unsigned long seq = uhmm_interval_read_begin(r.sub);
+	ASSERT_EQ(munmap(p + 2 * ps(), 2 * ps()), 0);
+	ASSERT_TRUE(rec_wait_covers(&r, UHMM_NOTIFY_UNMAP, a + 2 * ps(), a + len, WAIT_MS));
+	ASSERT_TRUE(rec_retry(&r, seq));
+	ASSERT_EQ(uhmm_interval_notifier_remove(r.sub), 0);
+	munmap(p, 2 * ps());
+	close(fd);
+}
+
 TEST(mremap_move_unmap_event)
 {
 	struct rec r;
