@@ -21,8 +21,9 @@
 
 /* Pages per uhmm_range_fault() call in a fault round (kernel: 32). */
 #define DMIRROR_FAULT_CHUNK	512
-/* Pages per uhmm_range_fault() call in a SNAPSHOT. */
-#define DMIRROR_SNAP_CHUNK	4096
+/* Pages per uhmm_range_fault() call in a SNAPSHOT (its cost per call is
+ * microseconds, per THP page a fraction of a nanosecond). */
+#define DMIRROR_SNAP_CHUNK	16384
 /* HMM_RANGE_DEFAULT_TIMEOUT: bound on -EBUSY retries, in nanoseconds. */
 #define DMIRROR_TIMEOUT_NS	1000000000ULL
 /* Copies that fault under the device before READ/WRITE give up. */
@@ -73,6 +74,12 @@ struct uhmm_dmirror {
 	uint64_t inv_count;	/* under dmirror_lock: invalidations that
 				 * cleared entries */
 	uint64_t flags;		/* under dmirror_lock: the FLAGS value */
+	/*
+	 * A SNAPSHOT chunk's pfns, kept between commands (fresh memory of
+	 * that size costs more page faults than the snapshot itself); NULL
+	 * while a command uses it. Under dmirror_lock.
+	 */
+	uint64_t *snap_pfns;
 };
 
 /*
@@ -94,6 +101,16 @@ static struct {
 
 /* Bumped in every child of fork(): opens of an older generation are dead. */
 static atomic_ulong dmirror_gen;
+
+/*
+ * SNAPSHOT byte of each combination of flag bits, for pages that are not
+ * device memory (whose byte depends on the frame too).
+ */
+#define DMIRROR_FLAG_SHIFT	50
+_Static_assert(UHMM_PFN_FLAGS == ~0ULL << DMIRROR_FLAG_SHIFT,
+	       "flag bits are the top 14");
+static uint8_t dmirror_snap_bytes[1U << (64 - DMIRROR_FLAG_SHIFT)];
+static void dmirror_snap_bytes_init(void);
 
 static pthread_once_t dmirror_once = PTHREAD_ONCE_INIT;
 static int dmirror_once_err;
@@ -136,6 +153,7 @@ static void dmirror_init_once(void)
 	}
 	dmirror_page_size = (unsigned long)ps;
 	dmirror_page_shift = (unsigned int)__builtin_ctzl(dmirror_page_size);
+	dmirror_snap_bytes_init();
 	if (pthread_mutexattr_init(&dmirror_lock_attr) ||
 	    pthread_mutexattr_settype(&dmirror_lock_attr,
 				      PTHREAD_MUTEX_RECURSIVE) ||
@@ -524,21 +542,61 @@ static uint8_t dmirror_mkentry(const struct uhmm_dmirror *dm, uint64_t pfn)
 	return b;
 }
 
+static void dmirror_snap_bytes_init(void)
+{
+	uint64_t f;
+
+	for (f = 0; f < sizeof(dmirror_snap_bytes); f++)
+		if (!((f << DMIRROR_FLAG_SHIFT) & DMIRROR_PFN_DEVICE))
+			dmirror_snap_bytes[f] =
+				dmirror_mkentry(NULL, f << DMIRROR_FLAG_SHIFT);
+}
+
+/* SNAPSHOT bytes of @n pages, under dmirror_lock. */
+static void dmirror_snap_convert(const struct uhmm_dmirror *dm,
+				 const uint64_t *pfns, uint8_t *bytes,
+				 uint64_t n)
+{
+	uint64_t i = 0;
+
+	while (i < n) {
+		uint64_t v = pfns[i];
+		uint64_t b8;
+
+		if (v & DMIRROR_PFN_DEVICE) {
+			bytes[i++] = dmirror_mkentry(dm, v);
+			continue;
+		}
+		bytes[i++] = dmirror_snap_bytes[v >> DMIRROR_FLAG_SHIFT];
+		/* Pages with the same flags (a THP, an untouched range) get
+		 * the same byte: skip them 8 at a time. */
+		b8 = 0x0101010101010101ULL * bytes[i - 1];
+		while (i + 8 <= n &&
+		       !(((pfns[i] ^ v) | (pfns[i + 1] ^ v) |
+			  (pfns[i + 2] ^ v) | (pfns[i + 3] ^ v) |
+			  (pfns[i + 4] ^ v) | (pfns[i + 5] ^ v) |
+			  (pfns[i + 6] ^ v) | (pfns[i + 7] ^ v)) &
+			 UHMM_PFN_FLAGS)) {
+			memcpy(bytes + i, &b8, 8);
+			i += 8;
+		}
+	}
+}
+
 static int dmirror_snapshot(struct uhmm_dmirror *dm,
 			    struct uhmm_dmirror_cmd *cmd,
 			    unsigned long start, unsigned long end)
 {
 	uint64_t npages = cmd->npages;
-	uint64_t chunk = npages < DMIRROR_SNAP_CHUNK ? npages :
-			 DMIRROR_SNAP_CHUNK;
+	uint64_t chunk = DMIRROR_SNAP_CHUNK;
 	struct uhmm_range range = {
 		.default_flags = 0,
 		.pfn_flags_mask = 0,
 		.dev_private_owner = dm->dev,
 	};
+	uint64_t off = 0;
 	uint8_t *bytes;
 	uint64_t *pfns;
-	uint64_t off = 0;
 	unsigned long addr;
 	int ret = 0;
 
@@ -549,7 +607,16 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 		return ret;
 	range.notifier = dm->notifier;
 	bytes = malloc((size_t)npages);
-	pfns = malloc((size_t)chunk * sizeof(*pfns));
+	/*
+	 * Zeroed once: with no request bits, outputs carry no sticky bits,
+	 * so they are valid (empty) inputs for the next chunk and command.
+	 */
+	pthread_mutex_lock(&dmirror_lock);
+	pfns = dm->snap_pfns;
+	dm->snap_pfns = NULL;
+	pthread_mutex_unlock(&dmirror_lock);
+	if (!pfns)
+		pfns = calloc(DMIRROR_SNAP_CHUNK, sizeof(*pfns));
 	if (!bytes || !pfns) {
 		ret = -ENOMEM;
 		goto out_free;
@@ -558,19 +625,16 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 
 	for (addr = start; addr < end; addr = range.end) {
 		uint64_t n = (end - addr) >> dmirror_page_shift;
-		uint64_t i;
 
 		if (n > chunk)
 			n = chunk;
 		range.start = addr;
 		range.end = addr + (n << dmirror_page_shift);
-		memset(pfns, 0, n * sizeof(*pfns));
 
 		ret = dmirror_range_lock(&range);
 		if (ret)
 			goto out_free;
-		for (i = 0; i < n; i++)
-			bytes[off + i] = dmirror_mkentry(dm, pfns[i]);
+		dmirror_snap_convert(dm, pfns, bytes + off, n);
 		pthread_mutex_unlock(&dmirror_lock);
 		off += n;
 	}
@@ -581,6 +645,15 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 		cmd->cpages = npages;
 
 out_free:
+	if (pfns) {
+		pthread_mutex_lock(&dmirror_lock);
+		if (!dm->snap_pfns) {
+			dm->snap_pfns = pfns;
+			pfns = NULL;
+		}
+		pthread_mutex_unlock(&dmirror_lock);
+	}
+	/* Not under dmirror_lock: free() may unmap memory. */
 	free(pfns);
 	free(bytes);
 	return ret;
@@ -917,6 +990,7 @@ UHMM_API int uhmm_dmirror_close(struct uhmm_dmirror *dm)
 	if (dm->notifier)
 		uhmm_interval_notifier_remove(dm->notifier);
 	pt_destroy(&dm->pt);
+	free(dm->snap_pfns);
 	dmirror_device_put(dm->dev);
 	free(dm);
 	return 0;
