@@ -21,9 +21,13 @@
 
 /* Pages per uhmm_range_fault() call in a fault round (kernel: 32). */
 #define DMIRROR_FAULT_CHUNK	512
-/* Pages per uhmm_range_fault() call in a SNAPSHOT (its cost per call is
- * microseconds, per THP page a fraction of a nanosecond). */
-#define DMIRROR_SNAP_CHUNK	16384
+/*
+ * Pages per uhmm_range_fault() call in a SNAPSHOT: its cost per call is
+ * microseconds, per THP page a fraction of a nanosecond. The array stays
+ * below malloc's mmap threshold (128 KiB), so that it comes from the heap
+ * and never lands in a hole the application left in its address space.
+ */
+#define DMIRROR_SNAP_CHUNK	8192
 /* HMM_RANGE_DEFAULT_TIMEOUT: bound on -EBUSY retries, in nanoseconds. */
 #define DMIRROR_TIMEOUT_NS	1000000000ULL
 /* Copies that fault under the device before READ/WRITE give up. */
