@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench.h: the helpers every benchmark shares (docs/house-style.md §17).
+ *
+ * A benchmark does a warm-up, then N repetitions, and reports the median
+ * and the best repetition of each figure next to a physical limit (its
+ * baseline) measured in the same run, as the ratio of the two medians
+ * (docs/DESIGN.md: performance is a ratio, never an absolute). One line
+ * per figure, human-readable or, with --json, one JSON object per line.
+ * Benchmarks never decide pass or fail on performance; they fail (exit 1)
+ * only when the data they measured is wrong.
+ *
+ * Header-only: each benchmark is one .c file linked on its own.
+ */
+#ifndef UHMM_BENCH_H
+#define UHMM_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BENCH_EXIT_OK		0
+#define BENCH_EXIT_DATA		1	/* a measured result is wrong */
+#define BENCH_EXIT_SETUP	2	/* bad usage, or cannot run */
+
+static inline uint64_t bench_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static inline size_t bench_page_size(void)
+{
+	long ps = sysconf(_SC_PAGESIZE);
+
+	return ps > 0 ? (size_t)ps : 4096;
+}
+
+/*
+ * Write one byte in every page of [p, p + len). Guest memory the process
+ * has not touched, or freed more than ~2 s ago, is first backed by the
+ * host on its first touch, 5-10x slower than a warm page: buffers are
+ * pre-warmed with this right before each measurement.
+ */
+static inline void bench_prewarm(void *p, size_t len, unsigned char v)
+{
+	volatile unsigned char *c = p;
+	size_t pg = bench_page_size();
+
+	for (size_t o = 0; o < len; o += pg)
+		c[o] = v;
+}
+
+/* ---- statistics over repetitions ---- */
+
+struct bench_stat {
+	double median;
+	double min;
+	double max;
+};
+
+static inline int bench_cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+/* @v is left sorted. */
+static inline struct bench_stat bench_stat(double *v, size_t n)
+{
+	struct bench_stat s = { 0, 0, 0 };
+
+	if (!n)
+		return s;
+	qsort(v, n, sizeof(*v), bench_cmp_double);
+	s.min = v[0];
+	s.max = v[n - 1];
+	s.median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+	return s;
+}
+
+/* ---- options ---- */
+
+struct bench_opts {
+	unsigned int n;		/* repetitions after the warm-up */
+	bool json;
+	size_t size_mib;
+};
+
+static inline void bench_usage(const char *prog, FILE *f)
+{
+	fprintf(f,
+		"usage: %s [-n N] [--size MiB] [--quick] [--json]\n"
+		"  -n N        repetitions after one warm-up (default 7)\n"
+		"  --size MiB  size of each measured range (default 64)\n"
+		"  --quick     n=3, 16 MiB (explicit -n/--size still win)\n"
+		"  --json      one JSON object per figure instead of text\n",
+		prog);
+}
+
+/*
+ * Parse the common options. Returns 0, 1 after --help (exit 0), or -1 on
+ * a usage error (already reported).
+ */
+static inline int bench_parse(int argc, char **argv, struct bench_opts *o)
+{
+	long n = -1, size = -1;
+	bool quick = false;
+
+	o->json = false;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		char *end;
+
+		if (!strcmp(a, "--json")) {
+			o->json = true;
+		} else if (!strcmp(a, "--quick")) {
+			quick = true;
+		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			bench_usage(argv[0], stdout);
+			return 1;
+		} else if ((!strcmp(a, "-n") || !strcmp(a, "--size")) &&
+			   i + 1 < argc) {
+			long v = strtol(argv[++i], &end, 10);
+
+			if (*end || v < 1 || v > 1 << 20) {
+				fprintf(stderr, "%s: bad value for %s: %s\n",
+					argv[0], a, argv[i]);
+				return -1;
+			}
+			if (a[1] == 'n')
+				n = v;
+			else
+				size = v;
+		} else {
+			fprintf(stderr, "%s: unknown option %s\n", argv[0], a);
+			bench_usage(argv[0], stderr);
+			return -1;
+		}
+	}
+	o->n = n > 0 ? (unsigned int)n : quick ? 3 : 7;
+	o->size_mib = size > 0 ? (size_t)size : quick ? 16 : 64;
+	return 0;
+}
+
+/* ---- reporting ---- */
+
+enum bench_target {
+	BENCH_NO_TARGET = 0,	/* informational figure */
+	BENCH_AT_MOST,		/* ratio <= target */
+	BENCH_AT_LEAST,		/* ratio >= target */
+};
+
+struct bench_fig {
+	const char *name;
+	const char *unit;
+	double value;		/* median */
+	double value_best;	/* from the best repetition */
+	const char *baseline_name;
+	double baseline;	/* median */
+	double baseline_best;
+	double ratio;		/* value / baseline, medians */
+	enum bench_target kind;
+	double target;
+	const char *extra_json;	/* ",\"key\":value..." or NULL */
+	const char *extra_text;	/* appended to the text line, or NULL */
+};
+
+static inline bool bench_met(const struct bench_fig *f)
+{
+	return f->kind == BENCH_AT_MOST ? f->ratio <= f->target :
+	       f->kind == BENCH_AT_LEAST ? f->ratio >= f->target : true;
+}
+
+/*
+ * Text:  name: V unit (baseline: B unit, ratio R, target <= T: met) [...]
+ * JSON:  {"bench":name,"value":V,"unit":...,"baseline":B,"ratio":R,
+ *         "target":T,"target_op":"<=","met":true,...}
+ * "best" is the figure of the fastest repetition (the minimum time: the
+ * lowest ns/page or ms, the highest GB/s).
+ */
+static inline void bench_report(const struct bench_opts *o,
+				const struct bench_fig *f)
+{
+	const char *op = f->kind == BENCH_AT_MOST ? "<=" :
+			 f->kind == BENCH_AT_LEAST ? ">=" : NULL;
+	bool met = bench_met(f);
+
+	if (o->json) {
+		printf("{\"bench\":\"%s\",\"value\":%.4g,\"unit\":\"%s\","
+		       "\"baseline\":%.4g,\"ratio\":%.4g,",
+		       f->name, f->value, f->unit, f->baseline, f->ratio);
+		if (op)
+			printf("\"target\":%.4g,\"target_op\":\"%s\","
+			       "\"met\":%s,", f->target, op,
+			       met ? "true" : "false");
+		else
+			printf("\"target\":null,\"target_op\":null,"
+			       "\"met\":null,");
+		printf("\"value_best\":%.4g,\"baseline_best\":%.4g,"
+		       "\"baseline_name\":\"%s\",\"n\":%u,"
+		       "\"size_mib\":%zu%s}\n",
+		       f->value_best, f->baseline_best, f->baseline_name,
+		       o->n, o->size_mib, f->extra_json ? f->extra_json : "");
+	} else {
+		printf("%s: %.3g %s (baseline: %.3g %s, ratio %.2f, ",
+		       f->name, f->value, f->unit, f->baseline, f->unit,
+		       f->ratio);
+		if (op)
+			printf("target %s %.2g: %s)", op, f->target,
+			       met ? "met" : "MISSED");
+		else
+			printf("no target)");
+		printf(" [best %.3g / %.3g %s; baseline: %s%s%s]\n",
+		       f->value_best, f->baseline_best, f->unit,
+		       f->baseline_name, f->extra_text ? "; " : "",
+		       f->extra_text ? f->extra_text : "");
+	}
+	fflush(stdout);
+}
+
+#endif /* UHMM_BENCH_H */
