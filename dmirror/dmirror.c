@@ -71,32 +71,27 @@ struct dmirror_device {
 struct uhmm_dmirror {
 	struct dmirror_device *dev;
 	/* NULL once uhmm_shutdown() has released and freed it. */
-	struct uhmm_interval_notifier *notifier;	/* under dmirror_lock */
+	struct uhmm_interval_notifier *notifier;	/* under dm->lock */
 	unsigned long nend;	/* end of the notifier's range */
 	unsigned long gen;	/* dmirror_gen at open */
-	struct dmirror_pt pt;	/* under dmirror_lock */
-	uint64_t inv_count;	/* under dmirror_lock: invalidations that
+	struct dmirror_pt pt;	/* under dm->lock */
+	uint64_t inv_count;	/* under dm->lock: invalidations that
 				 * cleared entries */
-	uint64_t flags;		/* under dmirror_lock: the FLAGS value */
+	uint64_t flags;		/* under dm->lock: the FLAGS value */
 	/*
 	 * A SNAPSHOT chunk's pfns, kept between commands (fresh memory of
 	 * that size costs more page faults than the snapshot itself); NULL
-	 * while a command uses it. Under dmirror_lock.
+	 * while a command uses it. Under dm->lock.
 	 */
 	uint64_t *snap_pfns;
+	/*
+	 * The driver lock of the read_begin/read_retry protocol (the
+	 * kernel's dmirror->mutex). The device copies through its page
+	 * table with it held, so an invalidation waits for device accesses
+	 * in flight.
+	 */
+	pthread_mutex_t lock;
 };
-
-/*
- * The driver lock of the read_begin/read_retry protocol, one for all opens
- * (the kernel has one per open). The device copies through its page table
- * with it held, so that an invalidation waits for device accesses in
- * flight. When such a copy faults, uhmm_copy_nofault() runs the
- * invalidate callbacks of every notifier in the copying thread: hence
- * recursive, and hence shared, since with a lock per open two opens whose
- * copies fault at once would each wait for the other's lock.
- */
-static pthread_mutex_t dmirror_lock;
-static pthread_mutexattr_t dmirror_lock_attr;
 
 static struct {
 	pthread_mutex_t lock;
@@ -121,29 +116,15 @@ static int dmirror_once_err;
 static unsigned long dmirror_page_size;
 static unsigned int dmirror_page_shift;
 
-static void dmirror_atfork_prepare(void)
-{
-	pthread_mutex_lock(&dmirror_table.lock);
-	pthread_mutex_lock(&dmirror_lock);
-}
-
-static void dmirror_atfork_parent(void)
-{
-	pthread_mutex_unlock(&dmirror_lock);
-	pthread_mutex_unlock(&dmirror_table.lock);
-}
-
 /*
  * The child has devices of its own. The parent's device objects are left
- * to the opens that still point at them; those answer -EBADF. The locks
- * are made anew: a recursive mutex remembers its owner's thread id, which
- * is not the child's.
+ * to the opens that still point at them; those answer -EBADF. The table
+ * lock is made anew: a thread of the parent may have held it.
  */
 static void dmirror_atfork_child(void)
 {
 	atomic_fetch_add(&dmirror_gen, 1);
 	memset(dmirror_table.dev, 0, sizeof(dmirror_table.dev));
-	pthread_mutex_init(&dmirror_lock, &dmirror_lock_attr);
 	pthread_mutex_init(&dmirror_table.lock, NULL);
 }
 
@@ -158,15 +139,7 @@ static void dmirror_init_once(void)
 	dmirror_page_size = (unsigned long)ps;
 	dmirror_page_shift = (unsigned int)__builtin_ctzl(dmirror_page_size);
 	dmirror_snap_bytes_init();
-	if (pthread_mutexattr_init(&dmirror_lock_attr) ||
-	    pthread_mutexattr_settype(&dmirror_lock_attr,
-				      PTHREAD_MUTEX_RECURSIVE) ||
-	    pthread_mutex_init(&dmirror_lock, &dmirror_lock_attr)) {
-		dmirror_once_err = -ENOMEM;
-		return;
-	}
-	if (pthread_atfork(dmirror_atfork_prepare, dmirror_atfork_parent,
-			   dmirror_atfork_child))
+	if (pthread_atfork(NULL, NULL, dmirror_atfork_child))
 		dmirror_once_err = -ENOMEM;
 }
 
@@ -356,8 +329,8 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 		return true;
 
 	if (range->flags & UHMM_NOTIFIER_RANGE_BLOCKABLE)
-		pthread_mutex_lock(&dmirror_lock);
-	else if (pthread_mutex_trylock(&dmirror_lock))
+		pthread_mutex_lock(&dm->lock);
+	else if (pthread_mutex_trylock(&dm->lock))
 		return false;
 
 	uhmm_interval_set_seq(sub, cur_seq);
@@ -368,7 +341,7 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 	if (range->event == UHMM_NOTIFY_RELEASE)
 		dm->notifier = NULL;
 
-	pthread_mutex_unlock(&dmirror_lock);
+	pthread_mutex_unlock(&dm->lock);
 	return true;
 }
 
@@ -385,9 +358,9 @@ static int dmirror_notifier_get(struct uhmm_dmirror *dm)
 	struct uhmm_interval_notifier *n;
 	int ret;
 
-	pthread_mutex_lock(&dmirror_lock);
+	pthread_mutex_lock(&dm->lock);
 	n = dm->notifier;
-	pthread_mutex_unlock(&dmirror_lock);
+	pthread_mutex_unlock(&dm->lock);
 	if (n)
 		return 0;
 
@@ -395,12 +368,12 @@ static int dmirror_notifier_get(struct uhmm_dmirror *dm)
 					    &dmirror_notifier_ops, dm);
 	if (ret)
 		return ret;
-	pthread_mutex_lock(&dmirror_lock);
+	pthread_mutex_lock(&dm->lock);
 	if (!dm->notifier) {
 		dm->notifier = n;
 		n = NULL;
 	}
-	pthread_mutex_unlock(&dmirror_lock);
+	pthread_mutex_unlock(&dm->lock);
 	if (n)
 		uhmm_interval_notifier_remove(n);
 	return 0;
@@ -412,10 +385,10 @@ static int dmirror_notifier_get(struct uhmm_dmirror *dm)
 
 /*
  * The read_begin / range_fault / lock / read_retry loop of
- * dmirror_range_fault(). Returns 0 with dmirror_lock held and
+ * dmirror_range_fault(). Returns 0 with dm->lock held and
  * range->hmm_pfns valid until it is dropped, or an error without the lock.
  */
-static int dmirror_range_lock(struct uhmm_range *range)
+static int dmirror_range_lock(struct uhmm_dmirror *dm, struct uhmm_range *range)
 {
 	uint64_t deadline = dmirror_now_ns() + DMIRROR_TIMEOUT_NS;
 	int ret;
@@ -429,11 +402,11 @@ static int dmirror_range_lock(struct uhmm_range *range)
 			continue;
 		if (ret)
 			return ret;
-		pthread_mutex_lock(&dmirror_lock);
+		pthread_mutex_lock(&dm->lock);
 		if (!uhmm_interval_read_retry(range->notifier,
 					      range->notifier_seq))
 			return 0;
-		pthread_mutex_unlock(&dmirror_lock);
+		pthread_mutex_unlock(&dm->lock);
 	}
 }
 
@@ -487,11 +460,11 @@ static int dmirror_fault(struct uhmm_dmirror *dm, unsigned long start,
 		range.end = addr + (n << dmirror_page_shift);
 		memset(pfns, 0, n * sizeof(pfns[0]));
 
-		ret = dmirror_range_lock(&range);
+		ret = dmirror_range_lock(dm, &range);
 		if (ret)
 			return ret;
 		ret = dmirror_install(dm, &range, write);
-		pthread_mutex_unlock(&dmirror_lock);
+		pthread_mutex_unlock(&dm->lock);
 		if (ret)
 			return ret;
 	}
@@ -556,7 +529,7 @@ static void dmirror_snap_bytes_init(void)
 				dmirror_mkentry(NULL, f << DMIRROR_FLAG_SHIFT);
 }
 
-/* SNAPSHOT bytes of @n pages, under dmirror_lock. */
+/* SNAPSHOT bytes of @n pages, under dm->lock. */
 static void dmirror_snap_convert(const struct uhmm_dmirror *dm,
 				 const uint64_t *pfns, uint8_t *bytes,
 				 uint64_t n)
@@ -615,10 +588,10 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 	 * Zeroed once: with no request bits, outputs carry no sticky bits,
 	 * so they are valid (empty) inputs for the next chunk and command.
 	 */
-	pthread_mutex_lock(&dmirror_lock);
+	pthread_mutex_lock(&dm->lock);
 	pfns = dm->snap_pfns;
 	dm->snap_pfns = NULL;
-	pthread_mutex_unlock(&dmirror_lock);
+	pthread_mutex_unlock(&dm->lock);
 	if (!pfns)
 		pfns = calloc(DMIRROR_SNAP_CHUNK, sizeof(*pfns));
 	if (!bytes || !pfns) {
@@ -635,11 +608,11 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 		range.start = addr;
 		range.end = addr + (n << dmirror_page_shift);
 
-		ret = dmirror_range_lock(&range);
+		ret = dmirror_range_lock(dm, &range);
 		if (ret)
 			goto out_free;
 		dmirror_snap_convert(dm, pfns, bytes + off, n);
-		pthread_mutex_unlock(&dmirror_lock);
+		pthread_mutex_unlock(&dm->lock);
 		off += n;
 	}
 
@@ -650,14 +623,14 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 
 out_free:
 	if (pfns) {
-		pthread_mutex_lock(&dmirror_lock);
+		pthread_mutex_lock(&dm->lock);
 		if (!dm->snap_pfns) {
 			dm->snap_pfns = pfns;
 			pfns = NULL;
 		}
-		pthread_mutex_unlock(&dmirror_lock);
+		pthread_mutex_unlock(&dm->lock);
 	}
-	/* Not under dmirror_lock: free() may unmap memory. */
+	/* Not under dm->lock: free() may unmap memory. */
 	free(pfns);
 	free(bytes);
 	return ret;
@@ -703,7 +676,7 @@ static int dmirror_copy_run(struct dmirror_copy *c, uint64_t i, uint64_t pfn,
  * Copy pages [0, n) of a command starting at @vpn between the caller's
  * buffer and the memory the device page table points at, all entries
  * present. Runs of virtually contiguous system pages go in one copy.
- * Called with dmirror_lock held: an invalidation waits for the copy.
+ * Called with dm->lock held: an invalidation waits for the copy.
  */
 static int dmirror_copy_pages(struct uhmm_dmirror *dm, uint64_t vpn,
 			      uint64_t n, struct dmirror_copy *c)
@@ -776,12 +749,12 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 		return ret;
 
 	for (;;) {
-		pthread_mutex_lock(&dmirror_lock);
+		pthread_mutex_lock(&dm->lock);
 		if (first || dm->inv_count != gen) {
 			/* Unlike the kernel's bounce buffer, progress can be
 			 * lost here: bound it. */
 			if (ok && ++restarts > DMIRROR_READ_RESTARTS) {
-				pthread_mutex_unlock(&dmirror_lock);
+				pthread_mutex_unlock(&dm->lock);
 				cmd->cpages = 0;
 				return -EBUSY;
 			}
@@ -797,24 +770,27 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 			};
 
 			ret = dmirror_copy_pages(dm, vpn, npages, &c);
-			pthread_mutex_unlock(&dmirror_lock);
+			pthread_mutex_unlock(&dm->lock);
 			if (!ret) {
 				cmd->cpages = npages;
 				return 0;
 			}
 			/*
 			 * A mapping vanished or lost access under the
-			 * device: uhmm_copy_nofault() has invalidated it,
-			 * and the next pass faults it again or fails.
+			 * device: revalidating drops the stale entries
+			 * (outside the lock: it runs the callbacks), and
+			 * the next pass faults them again or fails.
 			 */
 			if (ret != -EFAULT || c.buf_fault ||
 			    ++copy_faults > DMIRROR_COPY_RETRIES) {
 				cmd->cpages = c.done;
 				return ret;
 			}
+			uhmm_range_revalidate(start + (c.done << dmirror_page_shift),
+					      end);
 			continue;
 		}
-		pthread_mutex_unlock(&dmirror_lock);
+		pthread_mutex_unlock(&dm->lock);
 
 		ret = dmirror_fault(dm, start + (ok << dmirror_page_shift), end,
 				    false);
@@ -850,7 +826,7 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 	for (;;) {
 		uint64_t n;
 
-		pthread_mutex_lock(&dmirror_lock);
+		pthread_mutex_lock(&dm->lock);
 		n = pt_scan(&dm->pt, vpn + done, npages - done,
 			    UHMM_PFN_VALID | UHMM_PFN_WRITE);
 		if (n) {
@@ -862,18 +838,20 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 
 			ret = dmirror_copy_pages(dm, vpn + done, n, &c);
 			if (ret) {
-				pthread_mutex_unlock(&dmirror_lock);
+				pthread_mutex_unlock(&dm->lock);
 				done += c.done;
 				if (ret != -EFAULT || c.buf_fault ||
 				    ++copy_faults > DMIRROR_COPY_RETRIES) {
 					cmd->cpages = done;
 					return ret;
 				}
+				uhmm_range_revalidate(start + (done << dmirror_page_shift),
+						      end);
 				continue;
 			}
 			done += n;
 		}
-		pthread_mutex_unlock(&dmirror_lock);
+		pthread_mutex_unlock(&dm->lock);
 		if (done == npages)
 			break;
 
@@ -952,6 +930,7 @@ UHMM_API int uhmm_dmirror_open(int device, struct uhmm_dmirror **out)
 		return -ENOMEM;
 	dm->gen = atomic_load(&dmirror_gen);
 	dm->nend = ULONG_MAX & ~(dmirror_page_size - 1);
+	pthread_mutex_init(&dm->lock, NULL);
 
 	ret = pt_init(&dm->pt);
 	if (ret)
@@ -974,6 +953,7 @@ err_dev:
 err_pt:
 	pt_destroy(&dm->pt);
 err_free:
+	pthread_mutex_destroy(&dm->lock);
 	free(dm);
 	return ret;
 }
@@ -996,6 +976,7 @@ UHMM_API int uhmm_dmirror_close(struct uhmm_dmirror *dm)
 	pt_destroy(&dm->pt);
 	free(dm->snap_pfns);
 	dmirror_device_put(dm->dev);
+	pthread_mutex_destroy(&dm->lock);
 	free(dm);
 	return 0;
 }
@@ -1036,9 +1017,9 @@ UHMM_API int uhmm_dmirror_cmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
 			return -EFAULT;
 		return dmirror_snapshot(dm, cmd, start, end);
 	case UHMM_DMIRROR_FLAGS:
-		pthread_mutex_lock(&dmirror_lock);
+		pthread_mutex_lock(&dm->lock);
 		dm->flags = cmd->npages;
-		pthread_mutex_unlock(&dmirror_lock);
+		pthread_mutex_unlock(&dm->lock);
 		return 0;
 	case UHMM_DMIRROR_RELEASE:
 		/* No device memory yet (issue B). */

@@ -60,6 +60,8 @@ int uhmm__guard_install(void)
 	struct sigaction sa;
 	int r = 0;
 
+	if (__atomic_load_n(&installed, __ATOMIC_ACQUIRE))
+		return 0;
 	pthread_mutex_lock(&install_lock);
 	if (installed)
 		goto out;
@@ -75,7 +77,7 @@ int uhmm__guard_install(void)
 		if (r < 0)
 			os_sigaction(SIGSEGV, &prev_segv, NULL);
 	}
-	installed = r == 0;
+	__atomic_store_n(&installed, r == 0, __ATOMIC_RELEASE);
 out:
 	pthread_mutex_unlock(&install_lock);
 	return r;
@@ -92,22 +94,28 @@ __attribute__((noinline)) static void guarded_memcpy(void *dst, const void *src,
 int uhmm_copy_nofault(void *dst, const void *src, size_t len,
 		      unsigned long *fault_addr)
 {
-	struct uhmm_rt *rt;
 	sigjmp_buf pad;
-	int err = 0;
+	int err;
 
 	if (!len)
 		return 0;
-	rt = uhmm__rt_get(&err);
-	if (!rt)
+	/* Page 0 is never mapped (vm.mmap_min_addr): no need to try. */
+	if (!dst || !src) {
+		if (fault_addr)
+			*fault_addr = 0;
+		return -EFAULT;
+	}
+	err = uhmm__guard_install();
+	if (err)
 		return err;
+	/*
+	 * No invalidation from here: the caller may hold its driver lock,
+	 * and another driver's callback taking its own lock while holding
+	 * that one would invert lock order. The caller revalidates.
+	 */
 	if (sigsetjmp(pad, 0)) {
-		unsigned long a = guard_addr & ~(rt->page_size - 1);
-
 		if (fault_addr)
 			*fault_addr = guard_addr;
-		/* Whatever led the device here is stale: tell the mirrors. */
-		uhmm__revalidate(rt, a, a + rt->page_size);
 		return -EFAULT;
 	}
 	guard_pad = &pad;

@@ -75,7 +75,7 @@ struct uhmm_rt {
 	/* Monitor threads (runtime.c): a reader that only reads the uffd
 	 * and a worker that runs the invalidations, so that a callback
 	 * that triggers an event can never block the only reader. */
-	bool threads;
+	_Atomic bool threads;
 	pthread_t reader;
 	pthread_t worker;
 	pthread_mutex_t qlock;
@@ -158,6 +158,7 @@ UHMM_INTERNAL int uhmm__uffd_move(struct uhmm_rt *rt, unsigned long dst,
 				  unsigned long src, unsigned long len,
 				  uint64_t mode);
 UHMM_INTERNAL void uhmm__wait_events_read(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__sync_events(struct uhmm_rt *rt);
 
 static inline bool uhmm__aligned(const struct uhmm_rt *rt, unsigned long a)
 {

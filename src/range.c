@@ -61,6 +61,7 @@ struct vma_ctx {
 };
 
 #define PM_MMAP_EXCLUSIVE (1ULL << 56)
+#define PM_PRESENT (1ULL << 63)
 #define PM_CHUNK 512
 
 /*
@@ -70,8 +71,8 @@ struct vma_ctx {
  * WRITE in pfns[i..i+n) for pages that are not. Costs 8 bytes of pagemap
  * per page, only in processes that forked.
  */
-static void cow_filter(const struct vma_ctx *v, unsigned long addr, size_t n,
-		       uint64_t *out, bool *need_write)
+static int cow_filter(const struct vma_ctx *v, unsigned long addr, size_t n,
+		      uint64_t *out, bool *need_write)
 {
 	uint64_t pm[PM_CHUNK];
 	unsigned int shift = v->rt->page_shift;
@@ -82,8 +83,12 @@ static void cow_filter(const struct vma_ctx *v, unsigned long addr, size_t n,
 		ssize_t r = os_pread(v->rt->pagemap_fd, pm, k * sizeof(uint64_t), off);
 
 		if (r < (ssize_t)(k * sizeof(uint64_t)))
-			memset(pm, 0, sizeof(pm));	/* unknown: not writable */
+			return -EBUSY;
 		for (size_t x = 0; x < k; x++) {
+			/* Gone since the scan: the mapping changed under us,
+			 * as a moved sequence would say in the kernel. */
+			if (!(pm[x] & PM_PRESENT))
+				return -EBUSY;
 			if (pm[x] & PM_MMAP_EXCLUSIVE)
 				continue;
 			if (out)
@@ -93,6 +98,7 @@ static void cow_filter(const struct vma_ctx *v, unsigned long addr, size_t n,
 		}
 		done += k;
 	}
+	return 0;
 }
 
 /* The output flags for a run of pages with PAGEMAP_SCAN categories @cat. */
@@ -216,7 +222,9 @@ static int fault_regions(const struct vma_ctx *v, const struct os_page_region *r
 
 				if (!(req & UHMM_PFN_REQ_WRITE) || !(req & UHMM_PFN_REQ_FAULT))
 					continue;
-				cow_filter(v, a, 1, NULL, &shared_cow);
+				r = cow_filter(v, a, 1, NULL, &shared_cow);
+				if (r)
+					return r;
 				if (!shared_cow)
 					continue;
 				r = run_add(v->rt, &run, a, a + pg, true);
@@ -254,8 +262,8 @@ static int fault_regions(const struct vma_ctx *v, const struct os_page_region *r
 	return r ? r : run.faulted;
 }
 
-static void fill_regions(const struct vma_ctx *v, const struct os_page_region *reg,
-			 size_t nreg, unsigned long from, unsigned long to)
+static int fill_regions(const struct vma_ctx *v, const struct os_page_region *reg,
+			size_t nreg, unsigned long from, unsigned long to)
 {
 	struct uhmm_range *range = v->range;
 	uint64_t *pfns = range->hmm_pfns;
@@ -282,14 +290,16 @@ static void fill_regions(const struct vma_ctx *v, const struct os_page_region *r
 			for (size_t x = 0; x < n; x++)
 				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) |
 					      f | (frame + x);
-			if (v->cow_check && (f & UHMM_PFN_WRITE))
-				cow_filter(v, rs, n, &pfns[i], NULL);
+			if (v->cow_check && (f & UHMM_PFN_WRITE) &&
+			    cow_filter(v, rs, n, &pfns[i], NULL))
+				return -EBUSY;
 		} else {
 			for (size_t x = 0; x < n; x++)
 				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) | f;
 		}
 		addr = re;
 	}
+	return 0;
 }
 
 static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
@@ -307,6 +317,7 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 	v.cow_check = rt->forked && v.writable && !v.shared;
 	unsigned long cur = s;
 	unsigned int shift = rt->page_shift;
+	uint64_t scan_mask;
 	int tries = 0, r;
 
 	if (q->vma_page_size > rt->page_size)
@@ -331,6 +342,13 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 	r = uhmm__track_vma(rt, q, s, e);
 	if (r < 0)
 		return r;
+	/*
+	 * PAGE_IS_FILE makes the kernel look up every page (3x the scan
+	 * cost); it only matters for private mappings of a file.
+	 */
+	scan_mask = rt->scan_mask;
+	if (v.shared || (q->inode == 0 && q->dev_major == 0 && q->dev_minor == 0))
+		scan_mask &= ~OS_PAGE_IS_FILE;
 
 	while (cur < e) {
 		struct os_pm_scan_arg a = {
@@ -339,15 +357,17 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 			.end = e,
 			.vec = (uintptr_t)reg,
 			.vec_len = SCAN_VEC,
-			.return_mask = rt->scan_mask,
+			.return_mask = scan_mask,
 		};
 		unsigned long to;
 		int n = os_pagemap_scan(rt->pagemap_fd, &a);
 
 		if (n < 0)
 			return n == -ENOMEM ? -ENOMEM : -EFAULT;
-		to = n == SCAN_VEC || a.walk_end < e ? a.walk_end : e;
-		if (to <= cur)
+		/* A short vector means the walk reached @e (walk_end can be
+		 * stale then, seen on 6.18). */
+		to = n == SCAN_VEC ? a.walk_end : e;
+		if (to <= cur || to > e)
 			to = e;
 		r = fault_regions(&v, reg, (size_t)n, cur, to);
 		if (r < 0)
@@ -357,7 +377,9 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 				return -EBUSY;
 			continue;	/* scan the same chunk again */
 		}
-		fill_regions(&v, reg, (size_t)n, cur, to);
+		r = fill_regions(&v, reg, (size_t)n, cur, to);
+		if (r)
+			return r;
 		cur = to;
 	}
 	return 0;

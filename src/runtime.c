@@ -16,7 +16,9 @@
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct uhmm_rt *_Atomic g_rt;
-static bool g_atfork_done;
+/* A fork happened since the library was loaded: pages may be shared
+ * copy-on-write with another process (range.c: cow_filter). */
+static _Atomic bool g_forked;
 
 /* Features uhmm enables when the kernel offers them. */
 #define WANT_FEATURES (UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | \
@@ -217,10 +219,6 @@ static void rt_free(struct uhmm_rt *rt)
 	free(rt);
 }
 
-static void atfork_prepare(void);
-static void atfork_parent(void);
-static void atfork_child(void);
-
 static int rt_create(struct uhmm_rt **out)
 {
 	struct uhmm_rt *rt = calloc(1, sizeof(*rt));
@@ -256,14 +254,7 @@ static int rt_create(struct uhmm_rt **out)
 	r = uhmm__guard_install();
 	if (r < 0)
 		goto err;
-	if (!g_atfork_done) {
-		r = pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
-		if (r) {
-			r = -r;
-			goto err;
-		}
-		g_atfork_done = true;
-	}
+	rt->forked = atomic_load(&g_forked);
 	*out = rt;
 	return 0;
 err:
@@ -395,11 +386,14 @@ static void *reader_main(void *arg)
 	return NULL;
 }
 
+static _Thread_local bool on_worker;
+
 /* The worker: turns events into invalidations, callbacks included. */
 static void *worker_main(void *arg)
 {
 	struct uhmm_rt *rt = arg;
 
+	on_worker = true;
 	block_signals();
 	pthread_mutex_lock(&rt->qlock);
 	for (;;) {
@@ -413,16 +407,22 @@ static void *worker_main(void *arg)
 		overflow = rt->qoverflow;
 		rt->qoverflow = false;
 		if (overflow) {
-			rt->qhead = rt->qtail;
+			unsigned int tail = rt->qtail;
+
 			pthread_mutex_unlock(&rt->qlock);
 			uhmm__track_overflow(rt);
 			pthread_mutex_lock(&rt->qlock);
+			rt->qhead = tail;
+			pthread_cond_broadcast(&rt->qread);
 			continue;
 		}
-		m = rt->evq[rt->qhead++ % EVQ_LEN];
+		m = rt->evq[rt->qhead % EVQ_LEN];
 		pthread_mutex_unlock(&rt->qlock);
 		uhmm__track_event(rt, &m);
 		pthread_mutex_lock(&rt->qlock);
+		/* Consumed only once its invalidation has run. */
+		rt->qhead++;
+		pthread_cond_broadcast(&rt->qread);
 	}
 	pthread_mutex_unlock(&rt->qlock);
 	return NULL;
@@ -479,6 +479,24 @@ void uhmm__wait_events_read(struct uhmm_rt *rt)
 	pthread_mutex_unlock(&rt->qlock);
 }
 
+/*
+ * Wait until every event read so far has been turned into invalidations.
+ * A munmap that returned was read (the kernel holds the caller until
+ * then), so after this its callbacks have run. Not on the worker itself.
+ */
+void uhmm__sync_events(struct uhmm_rt *rt)
+{
+	unsigned int target;
+
+	if (on_worker || !rt->threads)
+		return;
+	pthread_mutex_lock(&rt->qlock);
+	target = rt->qtail;
+	while ((int)(target - rt->qhead) > 0 && !rt->qstop)
+		pthread_cond_wait(&rt->qread, &rt->qlock);
+	pthread_mutex_unlock(&rt->qlock);
+}
+
 static void rt_stop_threads(struct uhmm_rt *rt)
 {
 	uint64_t one = 1;
@@ -520,6 +538,7 @@ static void atfork_prepare(void)
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
 
+	atomic_store(&g_forked, true);
 	if (rt)
 		uhmm__fork_prepare(rt);
 	pthread_mutex_lock(&g_lock);
@@ -546,9 +565,19 @@ static void atfork_child(void)
 	struct uhmm_rt *rt = uhmm__rt_peek();
 
 	pthread_mutex_init(&g_lock, NULL);
+	atomic_store(&g_forked, true);
 	if (rt) {
 		rt_close_fds(rt);
 		rt->uffd = rt->evfd = rt->maps_fd = rt->pagemap_fd = -1;
 	}
 	atomic_store_explicit(&g_rt, NULL, memory_order_release);
+}
+
+/*
+ * Registered at load, not at runtime start, so that a fork before the
+ * first uhmm call is seen too (its pages are shared copy-on-write).
+ */
+__attribute__((constructor)) static void uhmm_load(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }

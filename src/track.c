@@ -57,8 +57,10 @@ int uhmm__ivset_set(struct ivset *s, unsigned long start, unsigned long end,
 		s->v = p;
 		s->cap = cap;
 	}
-	memmove(&s->v[i + k], &s->v[j], (s->n - j) * sizeof(*s->v));
-	memcpy(&s->v[i], repl, k * sizeof(*s->v));
+	if (s->n > j)
+		memmove(&s->v[i + k], &s->v[j], (s->n - j) * sizeof(*s->v));
+	if (k)
+		memcpy(&s->v[i], repl, k * sizeof(*s->v));
 	s->n = s->n - (j - i) + k;
 
 	/* Merge touching intervals of equal value around the change. */
@@ -68,8 +70,9 @@ int uhmm__ivset_set(struct ivset *s, unsigned long start, unsigned long end,
 		if (s->v[x - 1].end == s->v[x].start &&
 		    s->v[x - 1].prot == s->v[x].prot) {
 			s->v[x - 1].end = s->v[x].end;
-			memmove(&s->v[x], &s->v[x + 1],
-				(s->n - x - 1) * sizeof(*s->v));
+			if (s->n > x + 1)
+				memmove(&s->v[x], &s->v[x + 1],
+					(s->n - x - 1) * sizeof(*s->v));
 			s->n--;
 			hi--;
 		} else {
@@ -337,6 +340,7 @@ int uhmm_range_revalidate(unsigned long start, unsigned long end)
 		return err;
 	if (start >= end || !uhmm__aligned(rt, start) || !uhmm__aligned(rt, end))
 		return -EINVAL;
+	uhmm__sync_events(rt);
 	return uhmm__revalidate(rt, start, end);
 }
 

@@ -317,9 +317,14 @@ static inline unsigned int uhmm_pfn_to_map_order(uint64_t pfn)
  * kernel would have sent: UNMAP where nothing is mapped any more,
  * PROTECTION_VMA where read or write permission was removed. A driver
  * calls it before it uses translations it cached (dmirror does at every
- * command); uhmm_copy_nofault() calls it itself when an access faults.
+ * command), and after uhmm_copy_nofault() failed. It is also a sync
+ * point: the invalidations of every munmap, mremap and madvise that
+ * returned before the call have run when it returns (otherwise their
+ * callbacks run on uhmm's worker thread just after those calls return).
  * Cost: one PROCMAP_QUERY per mapping granted in the range (~0.6 us).
  *
+ * Context: not from an invalidate callback; do not hold locks that
+ * invalidate callbacks take.
  * Return: 0, -EINVAL (bad range), or an error of uhmm_init().
  */
 UHMM_API int uhmm_range_revalidate(unsigned long start, unsigned long end);
@@ -331,10 +336,11 @@ UHMM_API int uhmm_range_revalidate(unsigned long start, unsigned long end);
  * @fault_addr: out, may be NULL: the faulting address on -EFAULT
  *
  * memcpy() that turns SIGSEGV/SIGBUS inside the copy into -EFAULT, the
- * user-space counterpart of copy_from_user()'s exception tables. On a
- * fault it revalidates the faulting page (see uhmm_range_revalidate()),
- * so the mirrors drop the entry that led there. Bytes before the fault
- * may have been copied.
+ * user-space counterpart of copy_from_user()'s exception tables. Bytes
+ * before the fault may have been copied. It raises no invalidation
+ * itself (the caller may hold its driver lock): a driver whose copy
+ * faulted drops its lock and calls uhmm_range_revalidate() on the
+ * faulting page, which invalidates the entry that led there.
  *
  * Context: any thread; not async-signal-safe. Relies on uhmm's SIGSEGV
  * and SIGBUS handlers, which chain to the handlers installed before
