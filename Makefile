@@ -190,8 +190,10 @@ $(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(STATIC)
 
 # ---------------------------------------------------------------- actions
 
+# Device copies race with CPU threads by design (like DMA): see tests/tsan.supp.
 check: all
 	UHMM_TEST_TIMEOUT_SCALE=$${UHMM_TEST_TIMEOUT_SCALE:-$(TEST_TIMEOUT_SCALE_DEFAULT)} \
+	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp die_after_fork=0 $${TSAN_OPTIONS:-}" \
 		sh tests/run.sh $(BUILD)/tests
 
 run: all

@@ -114,6 +114,17 @@ int uhmm_copy_nofault(void *dst, const void *src, size_t len,
 	 * that one would invert lock order. The caller revalidates.
 	 */
 	if (sigsetjmp(pad, 0)) {
+		sigset_t ss;
+
+		/*
+		 * SA_NODEFER keeps the signal unblocked, but a sanitizer or
+		 * another wrapper around the handler may have blocked it:
+		 * make sure the next fault is delivered, not fatal.
+		 */
+		sigemptyset(&ss);
+		sigaddset(&ss, SIGSEGV);
+		sigaddset(&ss, SIGBUS);
+		pthread_sigmask(SIG_UNBLOCK, &ss, NULL);
 		if (fault_addr)
 			*fault_addr = guard_addr;
 		return -EFAULT;

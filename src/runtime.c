@@ -564,7 +564,8 @@ static void atfork_child(void)
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
 
-	pthread_mutex_init(&g_lock, NULL);
+	/* This thread took it in atfork_prepare. */
+	pthread_mutex_unlock(&g_lock);
 	atomic_store(&g_forked, true);
 	if (rt) {
 		rt_close_fds(rt);
