@@ -804,6 +804,55 @@ TEST(mprotect_revalidate_protection_vma)
 	munmap(p, len);
 }
 
+/*
+ * uhmm_range_revalidate() is a sync point: the invalidations of every
+ * munmap/mremap/madvise that returned before it have run when it returns.
+ */
+TEST(revalidate_is_event_sync_point)
+{
+	struct rec r;
+	unsigned long len = 8 * ps();
+	char *p = map_anon(len, RW);
+	char *dst = map_anon(2 * ps(), PROT_NONE);
+	unsigned long a = (unsigned long)p;
+
+	ASSERT_NOT_NULL(p);
+	ASSERT_NOT_NULL(dst);
+	rec_init(&r);
+	memset(p, 1, len);
+	ASSERT_EQ(rec_insert(&r, a, len), 0);
+	ASSERT_EQ(fault_range(r.sub, a, a + len, FAULT_W, NULL), 0);
+
+	ASSERT_EQ(madvise(p + ps(), ps(), MADV_DONTNEED), 0);
+	ASSERT_EQ(uhmm_range_revalidate(a, a + ps()), 0);	/* another page */
+	ASSERT_GE(rec_find(&r, UHMM_NOTIFY_CLEAR, 0), 0);
+
+	ASSERT_EQ(munmap(p + 3 * ps(), ps()), 0);
+	ASSERT_EQ(uhmm_range_revalidate(a, a + ps()), 0);
+	ASSERT_TRUE(rec_covers(&r, UHMM_NOTIFY_UNMAP, a + 3 * ps(), a + 4 * ps()));
+
+	int n = atomic_load(&r.n);
+	ASSERT_TRUE(mremap(p + 6 * ps(), 2 * ps(), 2 * ps(),
+			   MREMAP_MAYMOVE | MREMAP_FIXED, dst) == dst);
+	ASSERT_EQ(uhmm_range_revalidate(a, a + ps()), 0);
+	pthread_mutex_lock(&r.lock);
+	ASSERT_GE(rec_find(&r, UHMM_NOTIFY_UNMAP, n), 0);
+	ASSERT_TRUE(rec_covers(&r, UHMM_NOTIFY_UNMAP, a + 6 * ps(), a + 8 * ps()));
+	pthread_mutex_unlock(&r.lock);
+	ASSERT_EQ(atomic_load(&r.bad_overlap), 0);
+	ASSERT_EQ(uhmm_interval_notifier_remove(r.sub), 0);
+	munmap(p, 6 * ps());
+	munmap(dst, 2 * ps());
+}
+
+TEST(sequence_helpers_null)
+{
+	ASSERT_EQ(uhmm_interval_read_begin(NULL), 0UL);
+	ASSERT_TRUE(uhmm_interval_read_retry(NULL, 0));
+	ASSERT_TRUE(uhmm_interval_read_retry(NULL, 1));
+	uhmm_interval_set_seq(NULL, 1);	/* no-op, no crash */
+}
+
 TEST(revalidate_bad_args)
 {
 	unsigned long a = 64 * ps();
