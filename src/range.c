@@ -7,12 +7,21 @@
  * until the requests are met, as hmm_range_fault re-walks after a fault.
  */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
 #include "internal.h"
 
-#define SCAN_VEC 512
+#define SCAN_VEC_STACK 256
+#define SCAN_VEC_BIG 8192
+
+/*
+ * Each thread's region vector for PAGEMAP_SCAN, allocated on its first
+ * large walk (fewer ioctls on fragmented ranges). Never freed: a thread
+ * keeps it for its next walk; it is 192 KiB.
+ */
+static _Thread_local struct os_page_region *scan_vec_big;
 #define FAULT_TRIES 16
 
 int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
@@ -306,7 +315,8 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 		    const struct os_procmap_query *q, unsigned long s,
 		    unsigned long e)
 {
-	struct os_page_region reg[SCAN_VEC];
+	struct os_page_region stack_reg[SCAN_VEC_STACK], *reg = stack_reg;
+	uint64_t vec_len = SCAN_VEC_STACK;
 	struct vma_ctx v = {
 		.rt = rt,
 		.range = range,
@@ -349,6 +359,14 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 	scan_mask = rt->scan_mask;
 	if (v.shared || (q->inode == 0 && q->dev_major == 0 && q->dev_minor == 0))
 		scan_mask &= ~OS_PAGE_IS_FILE;
+	if (((e - s) >> shift) > SCAN_VEC_STACK) {
+		if (!scan_vec_big)
+			scan_vec_big = malloc(SCAN_VEC_BIG * sizeof(*scan_vec_big));
+		if (scan_vec_big) {
+			reg = scan_vec_big;
+			vec_len = SCAN_VEC_BIG;
+		}
+	}
 
 	while (cur < e) {
 		struct os_pm_scan_arg a = {
@@ -356,7 +374,7 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 			.start = cur,
 			.end = e,
 			.vec = (uintptr_t)reg,
-			.vec_len = SCAN_VEC,
+			.vec_len = vec_len,
 			.return_mask = scan_mask,
 		};
 		unsigned long to;
@@ -364,9 +382,14 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 
 		if (n < 0)
 			return n == -ENOMEM ? -ENOMEM : -EFAULT;
-		/* A short vector means the walk reached @e (walk_end can be
-		 * stale then, seen on 6.18). */
-		to = n == SCAN_VEC ? a.walk_end : e;
+		/*
+		 * A short vector means the walk reached @e; a full one, that
+		 * it stopped after the last region. walk_end is not used: it
+		 * can be stale (seen on 6.18 when the kernel's own buffer of
+		 * 512 regions filled). Every page matches (no category
+		 * mask), so the regions cover what was walked.
+		 */
+		to = (uint64_t)n == vec_len ? reg[n - 1].end : e;
 		if (to <= cur || to > e)
 			to = e;
 		r = fault_regions(&v, reg, (size_t)n, cur, to);
