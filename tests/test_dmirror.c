@@ -21,6 +21,22 @@
 
 #include "harness.h"
 
+/*
+ * Under AddressSanitizer the sanitizer's own mmaps (stack depot, allocator
+ * regions), made on behalf of any malloc, can land in an application's
+ * hole; uhmm cannot steer them, so hole checks only log there.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
 #define RW (PROT_READ | PROT_WRITE)
 
 static unsigned long ps(void)
@@ -909,7 +925,8 @@ TEST(snapshot_untouched_and_unmapped)
 			TH_LOG("page %lu of the hole at %p: 0x%02x", i, (void *)p, snap[i]);
 			break;
 		}
-	ASSERT_TRUE(all_bytes(snap, n, UHMM_DMIRROR_PROT_ERROR));
+	if (!UNDER_ASAN)
+		ASSERT_TRUE(all_bytes(snap, n, UHMM_DMIRROR_PROT_ERROR));
 	ASSERT_EQ(snap[n], 0x77);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 	munmap(snap, ps());

@@ -24,6 +24,22 @@
 
 #include "harness.h"
 
+/*
+ * Under AddressSanitizer the sanitizer's own mmaps (stack depot, allocator
+ * regions), made on behalf of any malloc, can land in an application's
+ * hole; uhmm cannot steer them, so hole checks only log there.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+
 #define RW (PROT_READ | PROT_WRITE)
 #define NP 4			/* pages in the racing region */
 #define RUN_MS 2000		/* each race runs at most this long */
@@ -246,7 +262,8 @@ TEST_TIMEOUT(munmap_vs_dmirror_read, 60)
 	}
 	TH_LOG("%ld map/unmap generations", atomic_load(&m.iters));
 	/* uhmm never puts its own memory in the application's hole. */
-	ASSERT_EQ(atomic_load(&m.eexist), 0);
+	if (!UNDER_ASAN)
+		ASSERT_EQ(atomic_load(&m.eexist), 0);
 	ASSERT_EQ(atomic_load(&m.other_err), 0);
 	ASSERT_GT(atomic_load(&m.iters), 0);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
@@ -307,7 +324,8 @@ TEST_TIMEOUT(munmap_vs_dmirror_write, 60)
 	TH_LOG("writer: %ld ok, %ld -EFAULT, %ld other (last %ld); %ld generations",
 	       w.ok, w.efault, w.badrc, w.lastrc, atomic_load(&m.iters));
 	ASSERT_EQ(w.badrc, 0);
-	ASSERT_EQ(atomic_load(&m.eexist), 0);
+	if (!UNDER_ASAN)
+		ASSERT_EQ(atomic_load(&m.eexist), 0);
 	ASSERT_EQ(atomic_load(&m.other_err), 0);
 	/* The guards were never written through. */
 	ASSERT_EQ(mprotect(guard, ps(), PROT_READ), 0);
@@ -517,7 +535,8 @@ TEST_TIMEOUT(munmap_vs_range_fault, 60)
 	}
 	TH_LOG("%ld generations, %ld invalidations", atomic_load(&m.iters),
 	       atomic_load(&d.calls));
-	ASSERT_EQ(atomic_load(&m.eexist), 0);
+	if (!UNDER_ASAN)
+		ASSERT_EQ(atomic_load(&m.eexist), 0);
 	ASSERT_EQ(uhmm_interval_notifier_remove(sub), 0);
 	release_hole(guard);
 }
@@ -627,7 +646,8 @@ TEST_TIMEOUT(notifier_churn_vs_munmap, 60)
 	}
 	TH_LOG("%ld notifiers inserted and removed, %ld generations", inserts,
 	       atomic_load(&m.iters));
-	ASSERT_EQ(atomic_load(&m.eexist), 0);
+	if (!UNDER_ASAN)
+		ASSERT_EQ(atomic_load(&m.eexist), 0);
 	release_hole(guard);
 	free(ch);
 }
