@@ -78,6 +78,7 @@ struct uhmm_rt {
 	_Atomic bool threads;
 	pthread_t reader;
 	pthread_t worker;
+	void *stacks[2];	/* theirs, from the heap */
 	pthread_mutex_t qlock;
 	pthread_cond_t qcond;	/* worker: queue not empty / stop */
 	pthread_cond_t qread;	/* the reader has read a batch */
@@ -85,6 +86,7 @@ struct uhmm_rt {
 	unsigned int qhead, qtail;
 	bool qoverflow;
 	bool qstop;
+	bool in_read;		/* the reader is inside read(2) */
 	uint64_t nread;		/* batches read, under qlock */
 
 	/* Interval notifiers (notifier.c), the mmu_notifier_subscriptions

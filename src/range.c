@@ -14,12 +14,13 @@
 #include "internal.h"
 
 #define SCAN_VEC_STACK 256
-#define SCAN_VEC_BIG 8192
+#define SCAN_VEC_BIG 4096
 
 /*
  * Each thread's region vector for PAGEMAP_SCAN, allocated on its first
- * large walk (fewer ioctls on fragmented ranges). Never freed: a thread
- * keeps it for its next walk; it is 192 KiB.
+ * large walk (fewer ioctls on fragmented ranges) and kept. 96 KiB: below
+ * malloc's mmap threshold, so it comes from the heap and never lands in a
+ * hole the application left in its address space.
  */
 static _Thread_local struct os_page_region *scan_vec_big;
 #define FAULT_TRIES 16

@@ -358,12 +358,24 @@ static void *reader_main(void *arg)
 				break;
 			continue;
 		}
-		n = os_read(rt->uffd, msg, sizeof(msg));
-		if (n == -EAGAIN || n == -EINTR)
-			continue;
-		if (n < 0)
-			break;
+		/*
+		 * A thread waiting for its event is released inside read(),
+		 * before the event is queued: say a read is under way, so
+		 * that uhmm__sync_events() in that thread waits for it.
+		 */
 		pthread_mutex_lock(&rt->qlock);
+		rt->in_read = true;
+		pthread_mutex_unlock(&rt->qlock);
+		n = os_read(rt->uffd, msg, sizeof(msg));
+		pthread_mutex_lock(&rt->qlock);
+		rt->in_read = false;
+		if (n < 0) {
+			pthread_cond_broadcast(&rt->qread);
+			pthread_mutex_unlock(&rt->qlock);
+			if (n == -EAGAIN || n == -EINTR)
+				continue;
+			break;
+		}
 		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
 			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
 				continue;	/* WP mode never arms a page */
@@ -428,6 +440,36 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+/*
+ * The monitor threads run on stacks from the heap: a default stack is an
+ * mmap of its own, which could land in a hole the application left and
+ * means to fill with mmap(MAP_FIXED_NOREPLACE) (dmirror contract). Below
+ * malloc's mmap threshold, the heap serves them.
+ */
+#define MONITOR_STACK (112 * 1024)
+
+static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
+{
+	pthread_attr_t attr;
+	pthread_t *t = i ? &rt->worker : &rt->reader;
+	void *stack = NULL;
+	int r;
+
+	if (posix_memalign(&stack, 4096, MONITOR_STACK))
+		return -ENOMEM;
+	pthread_attr_init(&attr);
+	r = pthread_attr_setstack(&attr, stack, MONITOR_STACK);
+	if (r == 0)
+		r = pthread_create(t, &attr, fn, rt);
+	pthread_attr_destroy(&attr);
+	if (r) {
+		free(stack);
+		return -r;
+	}
+	rt->stacks[i] = stack;
+	return 0;
+}
+
 /* Called with rt->tlock held, before the first registration. */
 int uhmm__rt_start_threads(struct uhmm_rt *rt)
 {
@@ -438,16 +480,18 @@ int uhmm__rt_start_threads(struct uhmm_rt *rt)
 	if (rt->uffd < 0)
 		return -ENOSYS;
 	rt->qstop = false;
-	r = pthread_create(&rt->reader, NULL, reader_main, rt);
+	r = thread_start(rt, 0, reader_main);
 	if (r)
-		return -r;
-	r = pthread_create(&rt->worker, NULL, worker_main, rt);
+		return r;
+	r = thread_start(rt, 1, worker_main);
 	if (r) {
 		uint64_t one = 1;
 
 		os_write(rt->evfd, &one, sizeof(one));
 		pthread_join(rt->reader, NULL);
-		return -r;
+		free(rt->stacks[0]);
+		rt->stacks[0] = NULL;
+		return r;
 	}
 	rt->threads = true;
 	return 0;
@@ -491,6 +535,8 @@ void uhmm__sync_events(struct uhmm_rt *rt)
 	if (on_worker || !rt->threads)
 		return;
 	pthread_mutex_lock(&rt->qlock);
+	while (rt->in_read && !rt->qstop)
+		pthread_cond_wait(&rt->qread, &rt->qlock);
 	target = rt->qtail;
 	while ((int)(target - rt->qhead) > 0 && !rt->qstop)
 		pthread_cond_wait(&rt->qread, &rt->qlock);
@@ -506,6 +552,9 @@ static void rt_stop_threads(struct uhmm_rt *rt)
 	os_write(rt->evfd, &one, sizeof(one));
 	pthread_join(rt->reader, NULL);
 	pthread_join(rt->worker, NULL);
+	free(rt->stacks[0]);
+	free(rt->stacks[1]);
+	rt->stacks[0] = rt->stacks[1] = NULL;
 	rt->threads = false;
 }
 
