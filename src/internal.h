@@ -87,6 +87,7 @@ struct uhmm_rt {
 	bool qoverflow;
 	bool qstop;
 	bool in_read;		/* the reader is inside read(2) */
+	int running;		/* monitor threads that have started */
 	uint64_t nread;		/* batches read, under qlock */
 
 	/* Interval notifiers (notifier.c), the mmu_notifier_subscriptions

@@ -320,6 +320,15 @@ int uhmm_features(struct uhmm_features *f)
 
 /* ---- monitor threads ---- */
 
+/* Tell uhmm__rt_start_threads() that this thread is up and running. */
+static void thread_running(struct uhmm_rt *rt)
+{
+	pthread_mutex_lock(&rt->qlock);
+	rt->running++;
+	pthread_cond_broadcast(&rt->qread);
+	pthread_mutex_unlock(&rt->qlock);
+}
+
 static void block_signals(void)
 {
 	sigset_t all;
@@ -344,6 +353,7 @@ static void *reader_main(void *arg)
 	struct uffd_msg msg[32];
 
 	block_signals();
+	thread_running(rt);
 	for (;;) {
 		short ru = 0, re = 0;
 		ssize_t n;
@@ -407,6 +417,7 @@ static void *worker_main(void *arg)
 
 	on_worker = true;
 	block_signals();
+	thread_running(rt);
 	pthread_mutex_lock(&rt->qlock);
 	for (;;) {
 		struct uffd_msg m;
@@ -489,10 +500,21 @@ int uhmm__rt_start_threads(struct uhmm_rt *rt)
 
 		os_write(rt->evfd, &one, sizeof(one));
 		pthread_join(rt->reader, NULL);
+		os_read(rt->evfd, &one, sizeof(one));	/* re-arm */
+		rt->running = 0;
 		free(rt->stacks[0]);
 		rt->stacks[0] = NULL;
 		return r;
 	}
+	/*
+	 * Return only once both threads run: a fork() while a thread is
+	 * still being set up (by libc or a sanitizer runtime, holding their
+	 * locks) can leave those locks held forever in the child.
+	 */
+	pthread_mutex_lock(&rt->qlock);
+	while (rt->running < 2)
+		pthread_cond_wait(&rt->qread, &rt->qlock);
+	pthread_mutex_unlock(&rt->qlock);
 	rt->threads = true;
 	return 0;
 }
@@ -555,6 +577,7 @@ static void rt_stop_threads(struct uhmm_rt *rt)
 	free(rt->stacks[0]);
 	free(rt->stacks[1]);
 	rt->stacks[0] = rt->stacks[1] = NULL;
+	rt->running = 0;
 	rt->threads = false;
 }
 
