@@ -459,6 +459,18 @@ static void *worker_main(void *arg)
  */
 #define MONITOR_STACK (112 * 1024)
 
+/* ThreadSanitizer needs ~900 KiB of stack and refuses smaller ones. */
+#if defined(__SANITIZE_THREAD__)
+#define MONITOR_OWN_STACK 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MONITOR_OWN_STACK 0
+#endif
+#endif
+#ifndef MONITOR_OWN_STACK
+#define MONITOR_OWN_STACK 1
+#endif
+
 static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
 {
 	pthread_attr_t attr;
@@ -466,6 +478,10 @@ static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
 	void *stack = NULL;
 	int r;
 
+	if (!MONITOR_OWN_STACK) {
+		r = pthread_create(t, NULL, fn, rt);
+		return -r;
+	}
 	if (posix_memalign(&stack, 4096, MONITOR_STACK))
 		return -ENOMEM;
 	pthread_attr_init(&attr);
@@ -474,8 +490,12 @@ static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
 		r = pthread_create(t, &attr, fn, rt);
 	pthread_attr_destroy(&attr);
 	if (r) {
+		/* A runtime that refuses a caller's stack: take its own. */
 		free(stack);
-		return -r;
+		stack = NULL;
+		r = pthread_create(t, NULL, fn, rt);
+		if (r)
+			return -r;
 	}
 	rt->stacks[i] = stack;
 	return 0;

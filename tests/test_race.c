@@ -25,14 +25,16 @@
 #include "harness.h"
 
 /*
- * Under AddressSanitizer the sanitizer's own mmaps (stack depot, allocator
- * regions), made on behalf of any malloc, can land in an application's
- * hole; uhmm cannot steer them, so hole checks only log there.
+ * Under AddressSanitizer or ThreadSanitizer the sanitizer's own mmaps
+ * (stack depot, allocator regions, shadow), made on behalf of any malloc,
+ * can land in an application's hole; uhmm cannot steer them, so hole
+ * checks only log there, and a READ that found the sanitizer's memory in
+ * the hole is not a wrong answer.
  */
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define UNDER_ASAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 #define UNDER_ASAN 1
 #endif
 #endif
@@ -257,8 +259,10 @@ TEST_TIMEOUT(munmap_vs_dmirror_read, 60)
 			       (unsigned long long)r[i].first_bad, r[i].first_bad_g0,
 			       r[i].first_bad_g1);
 		ASSERT_EQ(r[i].badrc, 0);
-		ASSERT_EQ(r[i].bad_word, 0);
-		ASSERT_EQ(r[i].stale, 0);
+		if (!UNDER_ASAN || atomic_load(&m.eexist) == 0) {
+			ASSERT_EQ(r[i].bad_word, 0);
+			ASSERT_EQ(r[i].stale, 0);
+		}
 	}
 	TH_LOG("%ld map/unmap generations", atomic_load(&m.iters));
 	/* uhmm never puts its own memory in the application's hole. */
