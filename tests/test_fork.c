@@ -25,63 +25,9 @@
 #include <uhmm/uhmm.h>
 
 #include "harness.h"
+#include "util.h"
 
-#define RW (PROT_READ | PROT_WRITE)
 #define NPAGES 8
-
-static unsigned long ps(void)
-{
-	return (unsigned long)sysconf(_SC_PAGESIZE);
-}
-
-static long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-static void *map_anon(unsigned long len, int prot)
-{
-	void *p = mmap(NULL, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_NOHUGEPAGE);
-	return p;
-}
-
-static int dcmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
-		const void *addr, void *ptr, unsigned long npages,
-		struct uhmm_dmirror_cmd *c)
-{
-	memset(c, 0, sizeof(*c));
-	c->addr = (uint64_t)(uintptr_t)addr;
-	c->ptr = (uint64_t)(uintptr_t)ptr;
-	c->npages = npages;
-	return uhmm_dmirror_cmd(dm, op, c);
-}
-
-static void fill(void *buf, unsigned long npages, uint32_t seed)
-{
-	uint32_t *w = buf;
-	unsigned long n = npages * ps() / sizeof(*w);
-
-	for (unsigned long i = 0; i < n; i++)
-		w[i] = seed * 0x01000193u + (uint32_t)i;
-}
-
-static bool check(const void *buf, unsigned long npages, uint32_t seed)
-{
-	const uint32_t *w = buf;
-	unsigned long n = npages * ps() / sizeof(*w);
-
-	for (unsigned long i = 0; i < n; i++)
-		if (w[i] != seed * 0x01000193u + (uint32_t)i)
-			return false;
-	return true;
-}
 
 /* Wait for @pid at most @ms; kill it if it hangs. Exit status, or -1. */
 static int wait_child(pid_t pid, long ms)

@@ -21,19 +21,13 @@
 #include <uhmm/uhmm.h>
 
 #include "harness.h"
+#include "util.h"
 
 #ifndef MAP_HUGETLB
 #define MAP_HUGETLB 0x40000
 #endif
 
-#define RW (PROT_READ | PROT_WRITE)
 #define HUGE (2UL << 20)
-#define FAULT_W (UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE)
-
-static unsigned long ps(void)
-{
-	return (unsigned long)sysconf(_SC_PAGESIZE);
-}
 
 static unsigned int pmd_order(void)
 {
@@ -155,35 +149,6 @@ static int check_huge_pfns(const char *p, const uint64_t *pfns)
 	return 0;
 }
 
-static int dcmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
-		const void *addr, void *ptr, unsigned long npages,
-		struct uhmm_dmirror_cmd *c)
-{
-	memset(c, 0, sizeof(*c));
-	c->addr = (uint64_t)(uintptr_t)addr;
-	c->ptr = (uint64_t)(uintptr_t)ptr;
-	c->npages = npages;
-	return uhmm_dmirror_cmd(dm, op, c);
-}
-
-static void fill(void *buf, unsigned long len, uint32_t seed)
-{
-	uint32_t *w = buf;
-
-	for (unsigned long i = 0; i < len / sizeof(*w); i++)
-		w[i] = seed * 0x01000193u + (uint32_t)i;
-}
-
-static bool check(const void *buf, unsigned long len, uint32_t seed)
-{
-	const uint32_t *w = buf;
-
-	for (unsigned long i = 0; i < len / sizeof(*w); i++)
-		if (w[i] != seed * 0x01000193u + (uint32_t)i)
-			return false;
-	return true;
-}
-
 /* A touched THP at a 2 MiB aligned address, or a reason to skip. */
 static char *thp_region(const char **why)
 {
@@ -288,17 +253,17 @@ TEST(thp_dmirror_snapshot_read_write)
 	for (unsigned long i = 0; i < n; i++)
 		ASSERT_EQ(snap[i], UHMM_DMIRROR_PROT_WRITE | UHMM_DMIRROR_PROT_PMD);
 
-	fill(buf, HUGE, 31);
+	fill_bytes(buf, HUGE, 31);
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_WRITE, p, buf, n, &c), 0);
 	ASSERT_EQ(c.cpages, (uint64_t)n);
 	ASSERT_GE(c.faults, 1ULL);
-	ASSERT_TRUE(check(p, HUGE, 31));
-	fill(p, HUGE, 32);
+	ASSERT_TRUE(check_bytes(p, HUGE, 31));
+	fill_bytes(p, HUGE, 32);
 	memset(buf, 0, HUGE);
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, buf, n, &c), 0);
 	ASSERT_EQ(c.cpages, (uint64_t)n);
 	ASSERT_EQ(c.faults, 0ULL);
-	ASSERT_TRUE(check(buf, HUGE, 32));
+	ASSERT_TRUE(check_bytes(buf, HUGE, 32));
 	/* Still one huge page. */
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_SNAPSHOT, p, snap, n, &c), 0);
 	for (unsigned long i = 0; i < n; i++)
@@ -510,14 +475,14 @@ static void hugetlb_dmirror_body(void)
 		ASSERT_EQ(c.cpages, (uint64_t)n);
 		for (unsigned long i = 0; i < n; i++)
 			ASSERT_EQ(snap[i], UHMM_DMIRROR_PROT_WRITE | UHMM_DMIRROR_PROT_PMD);
-		fill(buf, HUGE, 40 + (uint32_t)shared);
+		fill_bytes(buf, HUGE, 40 + (uint32_t)shared);
 		ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_WRITE, p, buf, n, &c), 0);
 		ASSERT_EQ(c.cpages, (uint64_t)n);
-		ASSERT_TRUE(check(p, HUGE, 40 + (uint32_t)shared));
+		ASSERT_TRUE(check_bytes(p, HUGE, 40 + (uint32_t)shared));
 		memset(buf, 0, HUGE);
 		ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, buf, n, &c), 0);
 		ASSERT_EQ(c.faults, 0ULL);
-		ASSERT_TRUE(check(buf, HUGE, 40 + (uint32_t)shared));
+		ASSERT_TRUE(check_bytes(buf, HUGE, 40 + (uint32_t)shared));
 		ASSERT_EQ(munmap(p, HUGE), 0);
 		ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, buf, n, &c), -EFAULT);
 	}

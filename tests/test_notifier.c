@@ -30,19 +30,7 @@
 #include <uhmm/uhmm.h>
 
 #include "harness.h"
-
-/* Under AddressSanitizer the sanitizer's own mmaps can land in holes the
- * tests leave; checks that rely on a hole staying empty only log there. */
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
+#include "util.h"
 
 #ifndef MADV_FREE
 #define MADV_FREE 8
@@ -51,32 +39,9 @@
 #define WAIT_MS 5000	/* bound for waiting on an asynchronous callback */
 #define MAXEV 64
 
-static unsigned long ps(void)
-{
-	return (unsigned long)sysconf(_SC_PAGESIZE);
-}
-
-static long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 static pid_t my_tid(void)
 {
 	return (pid_t)syscall(SYS_gettid);
-}
-
-static void *map_anon(unsigned long len, int prot)
-{
-	void *p = mmap(NULL, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_NOHUGEPAGE);
-	return p;
 }
 
 /* ------------------------------------------------------------------ */
@@ -262,10 +227,6 @@ static int fault_range(struct uhmm_interval_notifier *sub, unsigned long start,
 	free(pfns);
 	return rc;
 }
-
-#define RW (PROT_READ | PROT_WRITE)
-#define FAULT_R UHMM_PFN_REQ_FAULT
-#define FAULT_W (UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE)
 
 /* ------------------------------------------------------------------ */
 /* Runtime                                                              */
@@ -878,21 +839,6 @@ TEST(revalidate_bad_args)
 	ASSERT_EQ(uhmm_range_revalidate(a, a + ps() + 1), -EINVAL);
 	/* A range nobody faulted is fine. */
 	ASSERT_EQ(uhmm_range_revalidate(a, a + ps()), 0);
-}
-
-static int make_tmp_file(unsigned long size)
-{
-	char path[] = "/tmp/uhmm-test-XXXXXX";
-	int fd = mkstemp(path);
-
-	if (fd < 0)
-		return -1;
-	unlink(path);
-	if (ftruncate(fd, (off_t)size) != 0) {
-		close(fd);
-		return -1;
-	}
-	return fd;
 }
 
 TEST(file_private_munmap_revalidate_unmap)

@@ -31,45 +31,12 @@
  * checks only log there, and a READ that found the sanitizer's memory in
  * the hole is not a wrong answer.
  */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-#ifndef UNDER_ASAN
-#define UNDER_ASAN 0
-#endif
+#define UNDER_ASAN (UTIL_ASAN || UTIL_TSAN)
+#include "util.h"
 
-#define RW (PROT_READ | PROT_WRITE)
 #define NP 4			/* pages in the racing region */
 #define RUN_MS 2000		/* each race runs at most this long */
 #define MAX_ITERS 5000
-
-static unsigned long ps(void)
-{
-	return (unsigned long)sysconf(_SC_PAGESIZE);
-}
-
-static long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-static int dcmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
-		const void *addr, void *ptr, unsigned long npages,
-		struct uhmm_dmirror_cmd *c)
-{
-	memset(c, 0, sizeof(*c));
-	c->addr = (uint64_t)(uintptr_t)addr;
-	c->ptr = (uint64_t)(uintptr_t)ptr;
-	c->npages = npages;
-	return uhmm_dmirror_cmd(dm, op, c);
-}
 
 /*
  * An address for the racing region: reserved, then freed, between two

@@ -27,70 +27,14 @@
 #include <uhmm/uhmm.h>
 
 #include "harness.h"
+#include "util.h"
 
 #define WAIT_MS 5000
-#define RW (PROT_READ | PROT_WRITE)
-#define FAULT_R UHMM_PFN_REQ_FAULT
-#define FAULT_W (UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE)
 #define OUT_MASK (~UHMM_PFN_INOUT_FLAGS)
-
-static unsigned long ps(void)
-{
-	return (unsigned long)sysconf(_SC_PAGESIZE);
-}
 
 static unsigned int page_shift(void)
 {
 	return (unsigned int)__builtin_ctzl(ps());
-}
-
-static long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-static void *map_anon(unsigned long len, int prot)
-{
-	void *p = mmap(NULL, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_NOHUGEPAGE);
-	return p;
-}
-
-/* /proc/self/pagemap present bit (63) of the page at @addr; -1 on error. */
-static int page_present(const void *addr)
-{
-	uint64_t e = 0;
-	int fd = open("/proc/self/pagemap", O_RDONLY);
-
-	if (fd < 0)
-		return -1;
-	off_t off = (off_t)(((unsigned long)addr / ps()) * sizeof(e));
-	ssize_t n = pread(fd, &e, sizeof(e), off);
-	close(fd);
-	if (n != (ssize_t)sizeof(e))
-		return -1;
-	return (int)((e >> 63) & 1);
-}
-
-static int make_tmp_file(unsigned long size)
-{
-	char path[] = "/tmp/uhmm-test-XXXXXX";
-	int fd = mkstemp(path);
-
-	if (fd < 0)
-		return -1;
-	unlink(path);
-	if (ftruncate(fd, (off_t)size) != 0) {
-		close(fd);
-		return -1;
-	}
-	return fd;
 }
 
 /* A notifier that counts invalidations and follows the protocol. */

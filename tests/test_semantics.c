@@ -18,11 +18,7 @@
 
 #include <uhmm/uhmm.h>
 #include "harness.h"
-
-static unsigned long ps(void)
-{
-	return (unsigned long)sysconf(_SC_PAGESIZE);
-}
+#include "util.h"
 
 struct rec {
 	atomic_int calls;

@@ -1,0 +1,175 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Small helpers several test binaries share. Include it after harness.h;
+ * each tests/test_*.c is a binary of its own, so the definitions here are
+ * static, and TH_UNUSED keeps a binary that does not use one quiet.
+ *
+ * Knobs a test file may set before including it:
+ *   UNDER_ASAN            its own definition, e.g. (UTIL_ASAN ||
+ *                         UTIL_TSAN) as test_race.c has it; by default
+ *                         UTIL_ASAN: 1 under AddressSanitizer only.
+ *   UTIL_DCMD_SENTINEL    what dcmd() stores in the reply fields cpages and
+ *                         faults before the command (default 0, as the
+ *                         memset leaves them); test_dmirror.c sets
+ *                         0xdeadbeef to see the command write them.
+ */
+#ifndef UHMM_TESTS_UTIL_H
+#define UHMM_TESTS_UTIL_H
+
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <uhmm/dmirror.h>
+#include <uhmm/uhmm.h>
+
+/*
+ * Under AddressSanitizer the sanitizer's own mmaps (stack depot, allocator
+ * regions), made on behalf of any malloc, can land in an application's
+ * hole; uhmm cannot steer them, so hole checks only log there. UTIL_ASAN
+ * and UTIL_TSAN say which sanitizer this binary runs under (0 or 1).
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define UTIL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UTIL_ASAN 1
+#endif
+#endif
+#ifndef UTIL_ASAN
+#define UTIL_ASAN 0
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define UTIL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UTIL_TSAN 1
+#endif
+#endif
+#ifndef UTIL_TSAN
+#define UTIL_TSAN 0
+#endif
+
+#ifndef UNDER_ASAN
+#define UNDER_ASAN UTIL_ASAN
+#endif
+
+#define RW (PROT_READ | PROT_WRITE)
+#define FAULT_R UHMM_PFN_REQ_FAULT
+#define FAULT_W (UHMM_PFN_REQ_FAULT | UHMM_PFN_REQ_WRITE)
+
+TH_UNUSED static unsigned long ps(void)
+{
+	return (unsigned long)sysconf(_SC_PAGESIZE);
+}
+
+TH_UNUSED static long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* Private anonymous memory, never THP-backed; NULL on failure. */
+TH_UNUSED static void *map_anon(unsigned long len, int prot)
+{
+	void *p = mmap(NULL, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, len, MADV_NOHUGEPAGE);
+	return p;
+}
+
+/* /proc/self/pagemap present bit (63) of the page at @addr; -1 on error. */
+TH_UNUSED static int page_present(const void *addr)
+{
+	uint64_t e = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	if (fd < 0)
+		return -1;
+	off_t off = (off_t)(((unsigned long)addr / ps()) * sizeof(e));
+	ssize_t n = pread(fd, &e, sizeof(e), off);
+	close(fd);
+	if (n != (ssize_t)sizeof(e))
+		return -1;
+	return (int)((e >> 63) & 1);
+}
+
+/* An unlinked temporary file of @size bytes; its fd, or -1. */
+TH_UNUSED static int make_tmp_file(unsigned long size)
+{
+	char path[] = "/tmp/uhmm-test-XXXXXX";
+	int fd = mkstemp(path);
+
+	if (fd < 0)
+		return -1;
+	unlink(path);
+	if (ftruncate(fd, (off_t)size) != 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+#ifndef UTIL_DCMD_SENTINEL
+#define UTIL_DCMD_SENTINEL 0
+#endif
+
+/* One dmirror command on [addr, addr + npages pages) with buffer @ptr. */
+TH_UNUSED static int dcmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
+			  const void *addr, void *ptr, unsigned long npages,
+			  struct uhmm_dmirror_cmd *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->addr = (uint64_t)(uintptr_t)addr;
+	c->ptr = (uint64_t)(uintptr_t)ptr;
+	c->npages = npages;
+	c->cpages = UTIL_DCMD_SENTINEL;
+	c->faults = UTIL_DCMD_SENTINEL;
+	return uhmm_dmirror_cmd(dm, op, c);
+}
+
+/* Distinct per seed, per page, per word: any misplaced word shows. */
+TH_UNUSED static void fill_bytes(void *buf, unsigned long len, uint32_t seed)
+{
+	uint32_t *w = buf;
+
+	for (unsigned long i = 0; i < len / sizeof(*w); i++)
+		w[i] = seed * 0x01000193u + (uint32_t)i;
+}
+
+/* Does [buf, buf + len) hold what fill_bytes(buf, len, seed) wrote? */
+TH_UNUSED static bool check_bytes(const void *buf, unsigned long len,
+				  uint32_t seed)
+{
+	const uint32_t *w = buf;
+
+	for (unsigned long i = 0; i < len / sizeof(*w); i++)
+		if (w[i] != seed * 0x01000193u + (uint32_t)i)
+			return false;
+	return true;
+}
+
+/* fill_bytes() and check_bytes() over @npages pages. */
+TH_UNUSED static void fill(void *buf, unsigned long npages, uint32_t seed)
+{
+	fill_bytes(buf, npages * ps(), seed);
+}
+
+TH_UNUSED static bool check(const void *buf, unsigned long npages,
+			    uint32_t seed)
+{
+	return check_bytes(buf, npages * ps(), seed);
+}
+
+#endif /* UHMM_TESTS_UTIL_H */
