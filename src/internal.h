@@ -52,6 +52,12 @@ struct uhmm_interval_notifier {
 };
 
 #define EVQ_LEN 1024
+#define UHMM_STRIPES 64
+
+struct stripe {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+};
 
 struct uhmm_rt {
 	unsigned long page_size;
@@ -78,7 +84,8 @@ struct uhmm_rt {
 	_Atomic bool threads;
 	pthread_t reader;
 	pthread_t worker;
-	void *stacks[2];	/* theirs, from the heap */
+	pthread_t reader2;
+	void *stacks[3];	/* theirs, from the heap */
 	pthread_mutex_t qlock;
 	pthread_cond_t qcond;	/* worker: queue not empty / stop */
 	pthread_cond_t qread;	/* the reader has read a batch */
@@ -86,7 +93,7 @@ struct uhmm_rt {
 	unsigned int qhead, qtail;
 	bool qoverflow;
 	bool qstop;
-	bool in_read;		/* the reader is inside read(2) */
+	int in_read;		/* readers inside read(2) */
 	int running;		/* monitor threads that have started */
 	uint64_t nread;		/* batches read, under qlock */
 
@@ -107,6 +114,19 @@ struct uhmm_rt {
 	struct ivset regs;	/* ranges registered on uffd */
 	struct ivset noreg;	/* VMAs that cannot be registered */
 	_Atomic bool forked;	/* fork() happened since start */
+	struct ivset missing;	/* ranges registered MISSING (migration) */
+
+	/* Device memory and migration (migrate.c). */
+	void *_Atomic st_root;	/* VPN -> device page | BUSY */
+	struct stripe stripes[UHMM_STRIPES];
+	_Atomic bool has_device_pages;
+	pthread_mutex_t mlock;	/* staging set-up */
+	pthread_mutex_t stage_lock;
+	void *stage;		/* staging pages, registered WP */
+	uint8_t *stage_state;
+	unsigned long stage_hint;
+	unsigned long last_fault_vpn;	/* read-ahead, reader-local */
+	unsigned long ra_pages;
 	unsigned long fork_inv;	/* invalidations held open across fork */
 };
 
@@ -147,6 +167,14 @@ UHMM_INTERNAL void uhmm__fork_parent(struct uhmm_rt *rt);
 /* range.c */
 UHMM_INTERNAL int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
 				  struct os_procmap_query *q);
+
+/* migrate.c */
+struct uhmm_page;
+UHMM_INTERNAL void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr,
+				      bool write);
+UHMM_INTERNAL struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt,
+						     unsigned long addr);
+UHMM_INTERNAL bool uhmm__page_is_busy(struct uhmm_rt *rt, unsigned long addr);
 
 /* guard.c */
 UHMM_INTERNAL int uhmm__guard_install(void);

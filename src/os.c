@@ -268,6 +268,27 @@ int os_uffd_wake(int fd, uint64_t start, uint64_t len)
 	return ret_err(ioctl(fd, UFFDIO_WAKE, &r));
 }
 
+#ifndef UFFDIO_POISON
+struct uffdio_poison {
+	struct uffdio_range range;
+	uint64_t mode;
+	int64_t updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct uffdio_poison)
+#endif
+
+int os_uffd_poison(int fd, uint64_t start, uint64_t len)
+{
+	struct uffdio_poison p = { .range = { .start = start, .len = len } };
+
+	return ret_err(ioctl(fd, UFFDIO_POISON, &p));
+}
+
+int os_mincore(void *addr, size_t len, unsigned char *vec)
+{
+	return ret_err(mincore(addr, len, vec));
+}
+
 int os_pagemap_scan(int fd, struct os_pm_scan_arg *arg)
 {
 	INJECT(OS_CALL_PAGEMAP_SCAN);

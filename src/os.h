@@ -157,6 +157,8 @@ int os_uffd_zeropage(int fd, uint64_t start, uint64_t len, uint64_t mode,
 int os_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len,
 		 uint64_t mode, int64_t *done);
 int os_uffd_wake(int fd, uint64_t start, uint64_t len);
+int os_uffd_poison(int fd, uint64_t start, uint64_t len);
+int os_mincore(void *addr, size_t len, unsigned char *vec);
 
 /* procfs */
 int os_pagemap_scan(int fd, struct os_pm_scan_arg *arg);

@@ -67,6 +67,7 @@ struct vma_ctx {
 	bool writable;
 	bool shared;
 	bool cow_check;		/* private, writable, and the process forked */
+	bool devices;		/* some pages live on devices */
 	uint64_t order_bits;	/* for huge pages */
 };
 
@@ -130,6 +131,26 @@ static uint64_t cat_flags(const struct vma_ctx *v, uint64_t cat)
 	if (cat & OS_PAGE_IS_HUGE)
 		f |= v->order_bits;
 	return f;
+}
+
+struct uhmm_page;
+UHMM_API const void *uhmm_page_owner(const struct uhmm_page *page);
+
+/*
+ * A page that is not present may live on a device: reported (VALID, the
+ * page as frame) to its owner, 0 to anyone else (asking REQ_FAULT then
+ * faults it back like a CPU access, through the owner's migrate_to_ram).
+ */
+static uint64_t device_flags(const struct vma_ctx *v, unsigned long addr)
+{
+	struct uhmm_page *p = uhmm__device_page_at(v->rt, addr);
+
+	if (!p || uhmm_page_owner(p) != v->range->dev_private_owner ||
+	    !v->range->dev_private_owner)
+		return 0;
+	return UHMM_PFN_VALID | UHMM_PFN_DEVICE_PRIVATE |
+	       (v->writable ? UHMM_PFN_WRITE : 0) |
+	       (((uint64_t)(uintptr_t)p >> 3) & UHMM_PFN_FRAME_MASK);
 }
 
 static bool satisfied(uint64_t req, uint64_t out)
@@ -224,7 +245,18 @@ static int fault_regions(const struct vma_ctx *v, const struct os_page_region *r
 		if (k == nreg)
 			break;
 		f = cat_flags(v, reg[k].categories);
-		if (v->cow_check && (f & UHMM_PFN_WRITE)) {
+		if (!f && v->devices) {
+			for (unsigned long a = rs; a < re; a += pg) {
+				uint64_t req = request(range, (a - range->start) >> shift);
+
+				if (satisfied(req, device_flags(v, a)))
+					continue;
+				r = run_add(v->rt, &run, a, a + pg,
+					    req & UHMM_PFN_REQ_WRITE);
+				if (r)
+					return r;
+			}
+		} else if (v->cow_check && (f & UHMM_PFN_WRITE)) {
 			/* Per page: some may be shared copy-on-write. */
 			for (unsigned long a = rs; a < re; a += pg) {
 				uint64_t req = request(range, (a - range->start) >> shift);
@@ -303,6 +335,10 @@ static int fill_regions(const struct vma_ctx *v, const struct os_page_region *re
 			if (v->cow_check && (f & UHMM_PFN_WRITE) &&
 			    cow_filter(v, rs, n, &pfns[i], NULL))
 				return -EBUSY;
+		} else if (!f && v->devices) {
+			for (size_t x = 0; x < n; x++)
+				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) |
+					      device_flags(v, rs + (x << shift));
 		} else {
 			for (size_t x = 0; x < n; x++)
 				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) | f;
@@ -326,6 +362,7 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 	};
 
 	v.cow_check = rt->forked && v.writable && !v.shared;
+	v.devices = atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed);
 	unsigned long cur = s;
 	unsigned int shift = rt->page_shift;
 	uint64_t scan_mask;

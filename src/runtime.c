@@ -216,6 +216,7 @@ static void rt_free(struct uhmm_rt *rt)
 	uhmm__ivset_free(&rt->grants);
 	uhmm__ivset_free(&rt->regs);
 	uhmm__ivset_free(&rt->noreg);
+	uhmm__ivset_free(&rt->missing);
 	free(rt);
 }
 
@@ -237,6 +238,13 @@ static int rt_create(struct uhmm_rt **out)
 	pthread_mutex_init(&rt->lock, NULL);
 	pthread_mutex_init(&rt->tlock, NULL);
 	pthread_mutex_init(&rt->qlock, NULL);
+	pthread_mutex_init(&rt->mlock, NULL);
+	pthread_mutex_init(&rt->stage_lock, NULL);
+	for (int i = 0; i < UHMM_STRIPES; i++) {
+		pthread_mutex_init(&rt->stripes[i].lock, NULL);
+		pthread_cond_init(&rt->stripes[i].cond, NULL);
+	}
+	rt->ra_pages = 1;
 	cond_init_mono(&rt->wq);
 	cond_init_mono(&rt->qcond);
 	cond_init_mono(&rt->qread);
@@ -350,7 +358,13 @@ static void block_signals(void)
 static void *reader_main(void *arg)
 {
 	struct uhmm_rt *rt = arg;
-	struct uffd_msg msg[32];
+	/*
+	 * One message per read: a fault read with others waits behind them,
+	 * and by the time it is served the page may have been resolved and
+	 * migrated again (a spurious fault-back). Alone, it is served at
+	 * once; a thread woken by an install drops its unread message.
+	 */
+	struct uffd_msg msg[1];
 
 	block_signals();
 	thread_running(rt);
@@ -374,11 +388,11 @@ static void *reader_main(void *arg)
 		 * that uhmm__sync_events() in that thread waits for it.
 		 */
 		pthread_mutex_lock(&rt->qlock);
-		rt->in_read = true;
+		rt->in_read++;
 		pthread_mutex_unlock(&rt->qlock);
 		n = os_read(rt->uffd, msg, sizeof(msg));
 		pthread_mutex_lock(&rt->qlock);
-		rt->in_read = false;
+		rt->in_read--;
 		if (n < 0) {
 			pthread_cond_broadcast(&rt->qread);
 			pthread_mutex_unlock(&rt->qlock);
@@ -388,7 +402,7 @@ static void *reader_main(void *arg)
 		}
 		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
 			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
-				continue;	/* WP mode never arms a page */
+				continue;	/* handled below, unlocked */
 			if (rt->qtail - rt->qhead == EVQ_LEN) {
 				rt->qoverflow = true;
 				continue;
@@ -399,6 +413,23 @@ static void *reader_main(void *arg)
 		pthread_cond_broadcast(&rt->qcond);
 		pthread_cond_broadcast(&rt->qread);
 		pthread_mutex_unlock(&rt->qlock);
+		/*
+		 * CPU faults on device pages, served here: one wake-up, no
+		 * hand-off. While this reader serves one (possibly waiting
+		 * for an event to be read), the other reader reads.
+		 */
+		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
+			if (msg[i].event != UFFD_EVENT_PAGEFAULT)
+				continue;
+			if (msg[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+				os_uffd_wake(rt->uffd, msg[i].arg.pagefault.address &
+					     ~(rt->page_size - 1), rt->page_size);
+				continue;
+			}
+			uhmm__handle_fault(rt, msg[i].arg.pagefault.address,
+					   msg[i].arg.pagefault.flags &
+					   UFFD_PAGEFAULT_FLAG_WRITE);
+		}
 	}
 	pthread_mutex_lock(&rt->qlock);
 	rt->qstop = true;
@@ -474,7 +505,7 @@ static void *worker_main(void *arg)
 static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
 {
 	pthread_attr_t attr;
-	pthread_t *t = i ? &rt->worker : &rt->reader;
+	pthread_t *t = i == 0 ? &rt->reader : i == 1 ? &rt->worker : &rt->reader2;
 	void *stack = NULL;
 	int r;
 
@@ -502,8 +533,33 @@ static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
 }
 
 /* Called with rt->tlock held, before the first registration. */
+static void threads_stop(struct uhmm_rt *rt, int started)
+{
+	uint64_t one = 1;
+	pthread_t *t[3] = { &rt->reader, &rt->worker, &rt->reader2 };
+
+	os_write(rt->evfd, &one, sizeof(one));
+	pthread_mutex_lock(&rt->qlock);
+	rt->qstop = true;
+	pthread_cond_broadcast(&rt->qcond);
+	pthread_mutex_unlock(&rt->qlock);
+	for (int i = 0; i < started; i++) {
+		pthread_join(*t[i], NULL);
+		free(rt->stacks[i]);
+		rt->stacks[i] = NULL;
+	}
+	os_read(rt->evfd, &one, sizeof(one));	/* re-arm */
+	rt->running = 0;
+}
+
+/*
+ * Called with rt->tlock held, before the first registration: two readers
+ * (each serves the CPU faults it reads; while one is busy, the other
+ * reads) and the worker.
+ */
 int uhmm__rt_start_threads(struct uhmm_rt *rt)
 {
+	void *(*fn[3])(void *) = { reader_main, worker_main, reader_main };
 	int r;
 
 	if (rt->threads)
@@ -511,28 +567,20 @@ int uhmm__rt_start_threads(struct uhmm_rt *rt)
 	if (rt->uffd < 0)
 		return -ENOSYS;
 	rt->qstop = false;
-	r = thread_start(rt, 0, reader_main);
-	if (r)
-		return r;
-	r = thread_start(rt, 1, worker_main);
-	if (r) {
-		uint64_t one = 1;
-
-		os_write(rt->evfd, &one, sizeof(one));
-		pthread_join(rt->reader, NULL);
-		os_read(rt->evfd, &one, sizeof(one));	/* re-arm */
-		rt->running = 0;
-		free(rt->stacks[0]);
-		rt->stacks[0] = NULL;
-		return r;
+	for (int i = 0; i < 3; i++) {
+		r = thread_start(rt, i, fn[i]);
+		if (r) {
+			threads_stop(rt, i);
+			return r;
+		}
 	}
 	/*
-	 * Return only once both threads run: a fork() while a thread is
+	 * Return only once the threads run: a fork() while a thread is
 	 * still being set up (by libc or a sanitizer runtime, holding their
 	 * locks) can leave those locks held forever in the child.
 	 */
 	pthread_mutex_lock(&rt->qlock);
-	while (rt->running < 2)
+	while (rt->running < 3)
 		pthread_cond_wait(&rt->qread, &rt->qlock);
 	pthread_mutex_unlock(&rt->qlock);
 	rt->threads = true;
@@ -587,17 +635,9 @@ void uhmm__sync_events(struct uhmm_rt *rt)
 
 static void rt_stop_threads(struct uhmm_rt *rt)
 {
-	uint64_t one = 1;
-
 	if (!rt->threads)
 		return;
-	os_write(rt->evfd, &one, sizeof(one));
-	pthread_join(rt->reader, NULL);
-	pthread_join(rt->worker, NULL);
-	free(rt->stacks[0]);
-	free(rt->stacks[1]);
-	rt->stacks[0] = rt->stacks[1] = NULL;
-	rt->running = 0;
+	threads_stop(rt, 3);
 	rt->threads = false;
 }
 

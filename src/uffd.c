@@ -55,6 +55,9 @@ static int uffd_do(struct uhmm_rt *rt, enum uffd_op op, unsigned long dst,
 			uhmm__wait_events_read(rt);
 			break;
 		case -EEXIST: {
+			/* MOVE: the destination is not empty; not ours to skip. */
+			if (op == OP_MOVE)
+				return r;
 			/* The page at dst is present; skip it, wake waiters. */
 			int w = os_uffd_wake(rt->uffd, dst, ps);
 

@@ -1,0 +1,879 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Device memory (pagemaps, device pages), the per-page state of the
+ * address space (which pages live on a device), migrate_vma and the CPU
+ * fault-back of device-private pages.
+ *
+ * A page on a device is pte_none at its application address, in a range
+ * registered MISSING on the runtime's userfaultfd: a CPU access faults to
+ * a monitor thread (uhmm__handle_fault), which calls the owner's
+ * migrate_to_ram. Isolation and installation move pages with UFFDIO_MOVE
+ * between the application and uhmm's staging pages: no CPU copy, and the
+ * staging pages circulate warm (a page moved out to go to a device is the
+ * page the next migration back to system memory fills).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <uhmm/migrate.h>
+#include "internal.h"
+
+/* ---- device pages ---- */
+
+struct uhmm_page {
+	struct uhmm_pagemap *pgmap;
+	unsigned long index;
+	_Atomic unsigned int refs;
+	void *data;
+};
+
+#define PGMAP_MAX_CHUNKS 64
+
+struct uhmm_pagemap {
+	enum uhmm_memory_type type;
+	const void *owner;
+	const struct uhmm_pagemap_ops *ops;
+	pthread_mutex_t lock;
+	unsigned long npages;
+	unsigned int nchunks;
+	struct {
+		struct uhmm_page *pages;
+		unsigned long first, n;
+	} chunk[PGMAP_MAX_CHUNKS];
+};
+
+static int chunk_add(struct uhmm_pagemap *pg, unsigned long n, long *first)
+{
+	struct uhmm_page *p;
+
+	if (pg->nchunks == PGMAP_MAX_CHUNKS)
+		return -ENOSPC;
+	p = calloc(n, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	for (unsigned long i = 0; i < n; i++) {
+		p[i].pgmap = pg;
+		p[i].index = pg->npages + i;
+	}
+	pg->chunk[pg->nchunks].pages = p;
+	pg->chunk[pg->nchunks].first = pg->npages;
+	pg->chunk[pg->nchunks].n = n;
+	*first = (long)pg->npages;
+	pg->nchunks++;
+	pg->npages += n;
+	return 0;
+}
+
+int uhmm_pagemap_create(enum uhmm_memory_type type, const void *owner,
+			const struct uhmm_pagemap_ops *ops, unsigned long npages,
+			struct uhmm_pagemap **out)
+{
+	struct uhmm_pagemap *pg;
+	long first;
+	int err = 0;
+
+	if (!out || !ops || !ops->page_free || !ops->migrate_to_ram || !npages)
+		return -EINVAL;
+	if (type == UHMM_MEMORY_DEVICE_COHERENT)
+		return -EOPNOTSUPP;
+	if (type != UHMM_MEMORY_DEVICE_PRIVATE)
+		return -EINVAL;
+	if (!uhmm__rt_get(&err))
+		return err;
+	pg = calloc(1, sizeof(*pg));
+	if (!pg)
+		return -ENOMEM;
+	pg->type = type;
+	pg->owner = owner;
+	pg->ops = ops;
+	pthread_mutex_init(&pg->lock, NULL);
+	err = chunk_add(pg, npages, &first);
+	if (err) {
+		free(pg);
+		return err;
+	}
+	*out = pg;
+	return 0;
+}
+
+long uhmm_pagemap_grow(struct uhmm_pagemap *pg, unsigned long npages)
+{
+	long first;
+	int r;
+
+	if (!pg || !npages)
+		return -EINVAL;
+	pthread_mutex_lock(&pg->lock);
+	r = chunk_add(pg, npages, &first);
+	pthread_mutex_unlock(&pg->lock);
+	return r ? r : first;
+}
+
+unsigned long uhmm_pagemap_npages(const struct uhmm_pagemap *pg)
+{
+	return pg ? pg->npages : 0;
+}
+
+struct uhmm_page *uhmm_pagemap_page(struct uhmm_pagemap *pg, unsigned long index)
+{
+	if (!pg)
+		return NULL;
+	for (unsigned int c = 0; c < pg->nchunks; c++)
+		if (index >= pg->chunk[c].first &&
+		    index - pg->chunk[c].first < pg->chunk[c].n)
+			return &pg->chunk[c].pages[index - pg->chunk[c].first];
+	return NULL;
+}
+
+int uhmm_pagemap_destroy(struct uhmm_pagemap *pg)
+{
+	if (!pg)
+		return -EINVAL;
+	for (unsigned int c = 0; c < pg->nchunks; c++)
+		for (unsigned long i = 0; i < pg->chunk[c].n; i++)
+			if (atomic_load(&pg->chunk[c].pages[i].refs))
+				return -EBUSY;
+	for (unsigned int c = 0; c < pg->nchunks; c++)
+		free(pg->chunk[c].pages);
+	pthread_mutex_destroy(&pg->lock);
+	free(pg);
+	return 0;
+}
+
+struct uhmm_pagemap *uhmm_page_pgmap(const struct uhmm_page *p)
+{
+	return p ? p->pgmap : NULL;
+}
+
+unsigned long uhmm_page_index(const struct uhmm_page *p)
+{
+	return p ? p->index : 0;
+}
+
+const void *uhmm_page_owner(const struct uhmm_page *p)
+{
+	return p ? p->pgmap->owner : NULL;
+}
+
+void *uhmm_page_data(const struct uhmm_page *p)
+{
+	return p ? p->data : NULL;
+}
+
+void uhmm_page_set_data(struct uhmm_page *p, void *data)
+{
+	if (p)
+		p->data = data;
+}
+
+void uhmm_page_init(struct uhmm_page *p)
+{
+	if (p)
+		atomic_store(&p->refs, 1);
+}
+
+void uhmm_page_get(struct uhmm_page *p)
+{
+	if (p)
+		atomic_fetch_add(&p->refs, 1);
+}
+
+void uhmm_page_put(struct uhmm_page *p)
+{
+	if (p && atomic_fetch_sub(&p->refs, 1) == 1)
+		p->pgmap->ops->page_free(p);
+}
+
+unsigned int uhmm_page_refcount(const struct uhmm_page *p)
+{
+	return p ? atomic_load(&p->refs) : 0;
+}
+
+/* A device page as a frame: its address / 8 (structs are 8-aligned). */
+static inline uint64_t page_frame(const struct uhmm_page *p)
+{
+	return (uint64_t)(uintptr_t)p >> 3;
+}
+
+struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
+{
+	if (!(pfn & UHMM_PFN_DEVICE_PRIVATE))
+		return NULL;
+	return (struct uhmm_page *)(uintptr_t)((pfn & UHMM_PFN_FRAME_MASK) << 3);
+}
+
+uint64_t uhmm_migrate_pfn_device(const struct uhmm_page *p)
+{
+	return (page_frame(p) << UHMM_MIGRATE_PFN_SHIFT) |
+	       UHMM_MIGRATE_PFN_DEVICE | UHMM_MIGRATE_PFN_VALID;
+}
+
+struct uhmm_page *uhmm_migrate_pfn_to_page(uint64_t mpfn)
+{
+	if (!(mpfn & UHMM_MIGRATE_PFN_DEVICE) || !(mpfn & UHMM_MIGRATE_PFN_VALID))
+		return NULL;
+	return (struct uhmm_page *)(uintptr_t)((mpfn >> UHMM_MIGRATE_PFN_SHIFT) << 3);
+}
+
+void *uhmm_migrate_pfn_to_addr(uint64_t mpfn)
+{
+	struct uhmm_rt *rt = uhmm__rt_peek();
+
+	if ((mpfn & UHMM_MIGRATE_PFN_DEVICE) || !(mpfn & UHMM_MIGRATE_PFN_VALID) || !rt)
+		return NULL;
+	return (void *)(uintptr_t)((mpfn >> UHMM_MIGRATE_PFN_SHIFT) << rt->page_shift);
+}
+
+/* ---- per-page state: VPN -> device page, with a BUSY bit ---- */
+
+/*
+ * A radix tree over virtual page numbers, 4 levels of 512. Nodes are
+ * added with compare-and-swap and never freed while the runtime lives,
+ * so lookups take no lock. Values change under the stripe lock of their
+ * 2 MiB block; waiters for a BUSY page sleep on the stripe's condition.
+ */
+#define ST_BITS 9
+#define ST_FAN (1u << ST_BITS)
+#define ST_BUSY ((uintptr_t)1)
+
+struct st_node {
+	_Atomic(void *) slot[ST_FAN];
+};
+
+static _Atomic uintptr_t *st_entry(struct uhmm_rt *rt, unsigned long vpn, bool alloc)
+{
+	_Atomic(void *) *slot = (_Atomic(void *) *)&rt->st_root;
+
+	for (int l = 3; l >= 0; l--) {
+		void *n = atomic_load_explicit(slot, memory_order_acquire);
+
+		if (!n) {
+			void *fresh;
+
+			if (!alloc)
+				return NULL;
+			fresh = calloc(1, sizeof(struct st_node));
+			if (!fresh)
+				return NULL;
+			if (!atomic_compare_exchange_strong(slot, &n, fresh))
+				free(fresh);
+			else
+				n = fresh;
+		}
+		if (l == 0)
+			return (_Atomic uintptr_t *)&((struct st_node *)n)
+				->slot[vpn & (ST_FAN - 1)];
+		slot = &((struct st_node *)n)->slot[(vpn >> (ST_BITS * l)) & (ST_FAN - 1)];
+	}
+	return NULL;
+}
+
+static uintptr_t st_get(struct uhmm_rt *rt, unsigned long vpn)
+{
+	_Atomic uintptr_t *e = st_entry(rt, vpn, false);
+
+	return e ? atomic_load_explicit(e, memory_order_acquire) : 0;
+}
+
+static struct stripe *stripe_of(struct uhmm_rt *rt, unsigned long vpn)
+{
+	return &rt->stripes[(vpn >> 9) % UHMM_STRIPES];
+}
+
+/* The device page at @addr, for range_fault (NULL when none or busy). */
+struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt, unsigned long addr)
+{
+	uintptr_t v;
+
+	if (!atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		return NULL;
+	v = st_get(rt, addr >> rt->page_shift);
+	return (v & ST_BUSY) ? NULL : (struct uhmm_page *)v;
+}
+
+bool uhmm__page_is_busy(struct uhmm_rt *rt, unsigned long addr)
+{
+	return atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed) &&
+	       (st_get(rt, addr >> rt->page_shift) & ST_BUSY);
+}
+
+/* ---- staging pages ---- */
+
+/*
+ * A region of uhmm's, registered (write-protect mode, so nothing traps)
+ * so that it can be the destination of UFFDIO_MOVE. Slot states: EMPTY
+ * (pte_none: a MOVE destination) or FULL (a page: a copy destination).
+ */
+#define STAGE_PAGES (64UL * 1024)	/* 256 MiB of address space */
+enum { SLOT_EMPTY = 0, SLOT_FULL = 1, SLOT_USED = 2 };
+
+static int stage_init(struct uhmm_rt *rt)
+{
+	int err;
+	void *p;
+
+	if (rt->stage)
+		return 0;
+	p = os_mmap(NULL, STAGE_PAGES << rt->page_shift, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, &err);
+	if (p == MAP_FAILED)
+		return err;
+	os_madvise(p, STAGE_PAGES << rt->page_shift, MADV_NOHUGEPAGE);
+	rt->stage_state = calloc(STAGE_PAGES, 1);
+	if (!rt->stage_state) {
+		os_munmap(p, STAGE_PAGES << rt->page_shift);
+		return -ENOMEM;
+	}
+	err = os_uffd_register(rt->uffd, (uintptr_t)p, STAGE_PAGES << rt->page_shift,
+			       UFFDIO_REGISTER_MODE_WP, NULL);
+	if (err) {
+		free(rt->stage_state);
+		rt->stage_state = NULL;
+		os_munmap(p, STAGE_PAGES << rt->page_shift);
+		return err;
+	}
+	rt->stage = p;
+	return 0;
+}
+
+/* @n contiguous slots in state @want (EMPTY for MOVE, else any). */
+static long stage_alloc(struct uhmm_rt *rt, unsigned long n, int want)
+{
+	unsigned long run = 0;
+
+	pthread_mutex_lock(&rt->stage_lock);
+	for (unsigned long k = 0; k < STAGE_PAGES; k++) {
+		unsigned long i = (rt->stage_hint + k) % STAGE_PAGES;
+		uint8_t s = rt->stage_state[i];
+		bool ok = s != SLOT_USED && (want != SLOT_EMPTY || s == SLOT_EMPTY);
+
+		if (i == 0)
+			run = 0;
+		run = ok ? run + 1 : 0;
+		if (run == n) {
+			unsigned long first = i + 1 - n;
+
+			for (unsigned long j = first; j <= i; j++)
+				rt->stage_state[j] |= SLOT_USED;
+			rt->stage_hint = i + 1;
+			pthread_mutex_unlock(&rt->stage_lock);
+			return (long)first;
+		}
+	}
+	pthread_mutex_unlock(&rt->stage_lock);
+	return -ENOMEM;
+}
+
+static void stage_free(struct uhmm_rt *rt, unsigned long i, bool full)
+{
+	pthread_mutex_lock(&rt->stage_lock);
+	rt->stage_state[i] = full ? SLOT_FULL : SLOT_EMPTY;
+	pthread_mutex_unlock(&rt->stage_lock);
+}
+
+static inline unsigned long stage_addr(struct uhmm_rt *rt, unsigned long i)
+{
+	return (uintptr_t)rt->stage + (i << rt->page_shift);
+}
+
+static inline long stage_index(struct uhmm_rt *rt, unsigned long addr)
+{
+	unsigned long base = (uintptr_t)rt->stage;
+
+	if (addr < base || addr >= base + (STAGE_PAGES << rt->page_shift))
+		return -1;
+	return (long)((addr - base) >> rt->page_shift);
+}
+
+int uhmm_migrate_alloc_system(uint64_t *mpfn)
+{
+	struct uhmm_rt *rt = uhmm__rt_peek();
+	long i;
+
+	if (!mpfn || !rt || !rt->stage)
+		return -EINVAL;
+	i = stage_alloc(rt, 1, SLOT_FULL);
+	if (i < 0)
+		return (int)i;
+	*mpfn = ((stage_addr(rt, (unsigned long)i) >> rt->page_shift)
+		 << UHMM_MIGRATE_PFN_SHIFT) | UHMM_MIGRATE_PFN_VALID;
+	return 0;
+}
+
+/* ---- migrate_vma ---- */
+
+/* What uhmm keeps per entry between setup and finalize. */
+#define E_SLOT_NONE (~0UL)
+
+struct mstate {
+	unsigned long *slot;	/* staging slot holding the source, per entry */
+	bool registered;
+};
+
+static struct mstate *mstate_of(struct uhmm_migrate *m)
+{
+	return (struct mstate *)(uintptr_t)m->_private[0];
+}
+
+/* Register [start, end) MISSING|WP once, so device pages fault to us. */
+static int ensure_missing(struct uhmm_rt *rt, unsigned long start, unsigned long end)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&rt->tlock);
+	if (!uhmm__ivset_covers(&rt->missing, start, end)) {
+		r = uhmm__rt_start_threads(rt);
+		if (r == 0)
+			r = os_uffd_register(rt->uffd, start, end - start,
+					     UFFDIO_REGISTER_MODE_MISSING |
+					     UFFDIO_REGISTER_MODE_WP, NULL);
+		if (r == 0) {
+			uhmm__ivset_set(&rt->missing, start, end, 1);
+			uhmm__ivset_set(&rt->regs, start, end, 1);
+		}
+	}
+	pthread_mutex_unlock(&rt->tlock);
+	return r;
+}
+
+static void wake_stripes(struct uhmm_rt *rt, unsigned long start, unsigned long end)
+{
+	for (unsigned long a = start; a < end; a += 512ul << rt->page_shift) {
+		struct stripe *s = stripe_of(rt, a >> rt->page_shift);
+
+		pthread_mutex_lock(&s->lock);
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+		if (((end - a) >> rt->page_shift) < 512)
+			break;
+	}
+	/* The last block too, when the loop stepped over it. */
+	struct stripe *s = stripe_of(rt, (end - 1) >> rt->page_shift);
+
+	pthread_mutex_lock(&s->lock);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* Move system pages [a, a + n pages) out into slots [slot, slot + n). */
+static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
+			unsigned long a, unsigned long n, unsigned long slot,
+			bool writable)
+{
+	struct mstate *ms = mstate_of(m);
+	unsigned int shift = rt->page_shift;
+	unsigned long ps = rt->page_size;
+	unsigned long done = 0;
+
+	while (done < n) {
+		unsigned long src = a + (done << shift);
+		unsigned long dst = stage_addr(rt, slot + done);
+		int r = uhmm__uffd_move(rt, dst, src, (n - done) << shift,
+					UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+		unsigned long moved;
+
+		if (r == 0) {
+			moved = n - done;
+		} else {
+			/* Find how far it got: the first page still at src. */
+			moved = 0;
+			while (moved < n - done) {
+				unsigned char vec;
+				unsigned long p = src + (moved << shift);
+
+				if (os_mincore((void *)p, ps, &vec) == 0 && (vec & 1))
+					break;
+				moved++;
+			}
+		}
+		for (unsigned long k = 0; k < moved; k++) {
+			unsigned long i = ((src - m->start) >> shift) + k;
+
+			ms->slot[i] = slot + done + k;
+		}
+		done += moved;
+		if (done < n && r != 0) {
+			/* This page cannot move (shared, pinned): it stays. */
+			unsigned long i = ((a - m->start) >> shift) + done;
+			_Atomic uintptr_t *e = st_entry(rt, (a >> shift) + done, false);
+
+			m->src[i] = 0;
+			if (e)
+				atomic_store(e, 0);
+			stage_free(rt, slot + done, false);
+			done++;
+		}
+	}
+	/* Which slots got a page (and not the zero page)? */
+	for (unsigned long k = 0; k < n; k++) {
+		unsigned long i = ((a - m->start) >> shift) + k;
+		unsigned long s = ms->slot[i];
+		unsigned char vec = 0;
+
+		if (s == E_SLOT_NONE)
+			continue;
+		os_mincore((void *)stage_addr(rt, s), ps, &vec);
+		m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
+		if (vec & 1)
+			m->src[i] |= ((stage_addr(rt, s) >> shift) << UHMM_MIGRATE_PFN_SHIFT) |
+				     UHMM_MIGRATE_PFN_VALID |
+				     (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
+		m->cpages++;
+	}
+}
+
+int uhmm_migrate_setup(struct uhmm_migrate *m)
+{
+	struct uhmm_rt *rt;
+	struct os_procmap_query q;
+	struct mstate *ms;
+	unsigned long n, start, end;
+	unsigned int shift;
+	bool anon, writable;
+	int err = 0, r;
+
+	if (!m || !m->src || !m->dst || !m->flags)
+		return -EINVAL;
+	rt = uhmm__rt_get(&err);
+	if (!rt)
+		return err;
+	start = m->start;
+	end = m->end;
+	if (start >= end || !uhmm__aligned(rt, start) || !uhmm__aligned(rt, end))
+		return -EINVAL;
+	if (rt->uffd < 0)
+		return -ENOSYS;
+	shift = rt->page_shift;
+	n = (end - start) >> shift;
+	r = uhmm__vma_query(rt, start, &q);
+	if (r < 0 || q.vma_start > start || q.vma_end < end)
+		return -EINVAL;
+	if (q.vma_page_size > rt->page_size)
+		return -EINVAL;		/* hugetlb */
+	if (m->fault_page && !(m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE))
+		return -EINVAL;
+	anon = q.inode == 0 && q.dev_major == 0 && q.dev_minor == 0 &&
+	       !(q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED);
+	writable = q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE;
+
+	ms = calloc(1, sizeof(*ms));
+	if (!ms)
+		return -ENOMEM;
+	ms->slot = malloc(n * sizeof(*ms->slot));
+	if (!ms->slot) {
+		free(ms);
+		return -ENOMEM;
+	}
+	for (unsigned long i = 0; i < n; i++)
+		ms->slot[i] = E_SLOT_NONE;
+	memset(m->src, 0, n * sizeof(*m->src));
+	m->cpages = 0;
+	m->npages = n;
+	m->_private[0] = (uintptr_t)ms;
+
+	/* Shared, file-backed or read-only VMAs: nothing moves (MOVE needs
+	 * private, anonymous, writable memory, as device migration needs
+	 * anonymous memory in the kernel). */
+	if (!anon || !writable)
+		return 0;
+
+	pthread_mutex_lock(&rt->mlock);
+	err = stage_init(rt);
+	pthread_mutex_unlock(&rt->mlock);
+	if (err)
+		goto fail;
+	err = ensure_missing(rt, start, end);
+	if (err)
+		goto fail;
+	ms->registered = true;
+
+	/* Mirrors drop the range before anything moves. */
+	uhmm__invalidate(rt, start, end, UHMM_NOTIFY_MIGRATE, m->pgmap_owner);
+
+	/* Claim each page: BUSY; remember device pages we collect. */
+	for (unsigned long i = 0; i < n; i++) {
+		unsigned long vpn = (start >> shift) + i;
+		struct stripe *s = stripe_of(rt, vpn);
+		_Atomic uintptr_t *e = st_entry(rt, vpn, true);
+		uintptr_t v;
+
+		if (!e) {
+			err = -ENOMEM;
+			goto fail;
+		}
+		pthread_mutex_lock(&s->lock);
+		v = atomic_load(e);
+		if (v & ST_BUSY) {
+			struct uhmm_page *p = (struct uhmm_page *)(v & ~ST_BUSY);
+
+			/* Only the page being faulted, by its handler. */
+			if (p && p == m->fault_page) {
+				m->src[i] = uhmm_migrate_pfn_device(p) |
+					    UHMM_MIGRATE_PFN_MIGRATE |
+					    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
+				m->cpages++;
+			}
+		} else if (v) {
+			struct uhmm_page *p = (struct uhmm_page *)v;
+
+			if ((m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) &&
+			    p->pgmap->owner == m->pgmap_owner) {
+				atomic_store(e, v | ST_BUSY);
+				m->src[i] = uhmm_migrate_pfn_device(p) |
+					    UHMM_MIGRATE_PFN_MIGRATE |
+					    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
+				m->cpages++;
+			}
+		} else if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) {
+			atomic_store(e, ST_BUSY);
+			ms->slot[i] = E_SLOT_NONE - 1;	/* to isolate */
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
+	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
+		atomic_store(&rt->has_device_pages, true);
+
+	/* Move runs of claimed system pages out, in one ioctl each. */
+	for (unsigned long i = 0; i < n;) {
+		unsigned long j = i;
+		long slot;
+
+		if (ms->slot[i] != E_SLOT_NONE - 1) {
+			i++;
+			continue;
+		}
+		while (j < n && ms->slot[j] == E_SLOT_NONE - 1)
+			j++;
+		for (unsigned long k = i; k < j; k++)
+			ms->slot[k] = E_SLOT_NONE;
+		slot = stage_alloc(rt, j - i, SLOT_EMPTY);
+		if (slot < 0) {
+			/* No staging room: these pages stay. */
+			for (unsigned long k = i; k < j; k++) {
+				_Atomic uintptr_t *e = st_entry(rt, (start >> shift) + k, false);
+
+				atomic_store(e, 0);
+			}
+			i = j;
+			continue;
+		}
+		isolate_run(rt, m, start + (i << shift), j - i, (unsigned long)slot,
+			    writable);
+		i = j;
+	}
+	return 0;
+fail:
+	free(ms->slot);
+	free(ms);
+	m->_private[0] = 0;
+	m->cpages = 0;
+	return err;
+}
+
+void uhmm_migrate_pages(struct uhmm_migrate *m)
+{
+	if (!m || !m->src || !m->dst || !mstate_of(m))
+		return;
+	for (unsigned long i = 0; i < m->npages; i++) {
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		if (!(m->dst[i] & UHMM_MIGRATE_PFN_VALID))
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+		/* Device to device is not supported. */
+		else if ((m->src[i] & UHMM_MIGRATE_PFN_DEVICE) &&
+			 (m->dst[i] & UHMM_MIGRATE_PFN_DEVICE))
+			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+	}
+}
+
+/* Put the page of staging slot @slot at @addr (pte_none there). */
+static int install(struct uhmm_rt *rt, unsigned long addr, unsigned long slot)
+{
+	/* No wake yet: finalize wakes once the page is accounted for. */
+	int r = uhmm__uffd_move(rt, addr, stage_addr(rt, slot), rt->page_size,
+				UFFDIO_MOVE_MODE_DONTWAKE);
+
+	return r;
+}
+
+void uhmm_migrate_finalize(struct uhmm_migrate *m)
+{
+	struct uhmm_rt *rt = uhmm__rt_peek();
+	struct mstate *ms;
+	unsigned int shift;
+
+	if (!m || !rt || !(ms = mstate_of(m)))
+		return;
+	shift = rt->page_shift;
+	for (unsigned long i = 0; i < m->npages; i++) {
+		unsigned long addr = m->start + (i << shift);
+		unsigned long vpn = addr >> shift;
+		_Atomic uintptr_t *e = st_entry(rt, vpn, false);
+		struct stripe *s = stripe_of(rt, vpn);
+		uint64_t src = m->src[i];
+		bool migrate = src & UHMM_MIGRATE_PFN_MIGRATE;
+		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src);
+		uintptr_t v = e ? atomic_load(e) : 0;
+
+		if (!(v & ST_BUSY) && !sp && ms->slot[i] == E_SLOT_NONE)
+			continue;	/* not collected */
+		if (sp) {
+			/* Device page -> system memory. */
+			long slot = migrate ? stage_index(rt, (uintptr_t)
+					uhmm_migrate_pfn_to_addr(m->dst[i])) : -1;
+
+			int ir = -1;
+
+			if (migrate && slot >= 0)
+				ir = install(rt, addr, (unsigned long)slot);
+			if (ir == 0) {
+				stage_free(rt, (unsigned long)slot, false);
+				pthread_mutex_lock(&s->lock);
+				atomic_store(e, 0);
+				pthread_mutex_unlock(&s->lock);
+				uhmm_page_put(sp);
+			} else {
+				if (slot >= 0)
+					stage_free(rt, (unsigned long)slot, true);
+				pthread_mutex_lock(&s->lock);
+				atomic_store(e, (uintptr_t)sp);
+				pthread_mutex_unlock(&s->lock);
+			}
+			continue;
+		}
+		/* System page (or hole) -> device. */
+		{
+			struct uhmm_page *dp = uhmm_migrate_pfn_to_page(m->dst[i]);
+			unsigned long slot = ms->slot[i];
+
+			if (migrate && dp) {
+				pthread_mutex_lock(&s->lock);
+				atomic_store(e, (uintptr_t)dp);
+				pthread_mutex_unlock(&s->lock);
+				if (slot != E_SLOT_NONE)
+					stage_free(rt, slot, src & UHMM_MIGRATE_PFN_VALID);
+			} else {
+				if (slot != E_SLOT_NONE) {
+					bool full = src & UHMM_MIGRATE_PFN_VALID;
+
+					/* Put the page back where it was. */
+					if (full && install(rt, addr, slot) == 0)
+						full = false;
+					stage_free(rt, slot, full);
+				}
+				if (e) {
+					pthread_mutex_lock(&s->lock);
+					atomic_store(e, 0);
+					pthread_mutex_unlock(&s->lock);
+				}
+			}
+		}
+	}
+	wake_stripes(rt, m->start, m->end);
+	/* Threads that faulted on pages that stayed holes fault again. */
+	os_uffd_wake(rt->uffd, m->start, m->end - m->start);
+	free(ms->slot);
+	free(ms);
+	m->_private[0] = 0;
+}
+
+/* ---- eviction without addresses ---- */
+
+int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
+			      unsigned long first, unsigned long npages)
+{
+	(void)src; (void)pg; (void)first; (void)npages;
+	return -EOPNOTSUPP;
+}
+
+void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long npages)
+{
+	(void)src; (void)dst; (void)npages;
+}
+
+/* ---- CPU fault-back ---- */
+
+/*
+ * A MISSING fault at @addr, on a monitor thread. Device page: its
+ * owner's migrate_to_ram. Page being migrated: wait for the migration.
+ * Nothing: a hole of a registered range; map the zero page, as a first
+ * touch would.
+ */
+void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write)
+{
+	unsigned long vpn = addr >> rt->page_shift;
+	struct stripe *s = stripe_of(rt, vpn);
+
+	addr &= ~(rt->page_size - 1);
+	for (int tries = 0; tries < 1000; tries++) {
+		_Atomic uintptr_t *e = st_entry(rt, vpn, false);
+		uintptr_t v;
+		struct uhmm_page *p;
+		struct uhmm_fault vmf;
+		int r;
+
+		pthread_mutex_lock(&s->lock);
+		v = e ? atomic_load(e) : 0;
+		if (v & ST_BUSY) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 50 * 1000 * 1000;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+			pthread_mutex_unlock(&s->lock);
+			continue;
+		}
+		if (!v) {
+			pthread_mutex_unlock(&s->lock);
+			r = uhmm__uffd_zeropage(rt, addr, rt->page_size, 0);
+			if (r == 0 || r == -ENOENT)
+				return;
+			os_uffd_wake(rt->uffd, addr, rt->page_size);
+			return;
+		}
+		p = (struct uhmm_page *)v;
+		atomic_store(e, v | ST_BUSY);
+		pthread_mutex_unlock(&s->lock);
+
+		/* Sequential faults widen the window, up to 2 MiB. */
+		if (vpn == rt->last_fault_vpn + 1 || vpn == rt->last_fault_vpn + rt->ra_pages)
+			rt->ra_pages = rt->ra_pages < 512 ? rt->ra_pages * 2 : 512;
+		else
+			rt->ra_pages = 1;
+		rt->last_fault_vpn = vpn;
+		vmf.address = addr;
+		vmf.page = p;
+		vmf.flags = write ? UHMM_FAULT_WRITE : 0;
+		vmf.ra_start = addr;
+		vmf.ra_end = addr + (rt->ra_pages << rt->page_shift);
+		{
+			/* Keep the window inside its 2 MiB block. */
+			unsigned long blk = (addr | ((512ul << rt->page_shift) - 1)) + 1;
+
+			if (vmf.ra_end > blk || vmf.ra_end < addr)
+				vmf.ra_end = blk;
+		}
+		r = p->pgmap->ops->migrate_to_ram(&vmf);
+
+		pthread_mutex_lock(&s->lock);
+		v = atomic_load(e);
+		if (v == ((uintptr_t)p | ST_BUSY))
+			atomic_store(e, (uintptr_t)p);	/* not migrated */
+		v = atomic_load(e);
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+		if (r < 0) {
+			/* VM_FAULT_SIGBUS: a poisoned page makes the access fail. */
+			os_uffd_poison(rt->uffd, addr, rt->page_size);
+			return;
+		}
+		if (!v)
+			return;	/* installed; the MOVE woke the faulting threads */
+	}
+}

@@ -1,0 +1,430 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Device memory and migrate_vma on a minimal driver: migrate to a
+ * device-private pagemap and back, CPU fault-back from user code and from
+ * the kernel inside read(2)/write(2), holes, shared memory, concurrency.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <uhmm/migrate.h>
+#include "harness.h"
+#include "util.h"
+
+#define DEV_PAGES 4096
+
+/* A toy device: pages of a pagemap, backed by a buffer of its own. */
+struct toy {
+	struct uhmm_pagemap *pg;
+	char *mem;			/* DEV_PAGES pages of device memory */
+	pthread_mutex_t lock;
+	unsigned long free[DEV_PAGES];
+	unsigned long nfree;
+	atomic_int to_ram_calls;
+	atomic_int freed;
+};
+
+static struct toy toy;
+
+static void toy_page_free(struct uhmm_page *p)
+{
+	pthread_mutex_lock(&toy.lock);
+	toy.free[toy.nfree++] = uhmm_page_index(p);
+	pthread_mutex_unlock(&toy.lock);
+	atomic_fetch_add(&toy.freed, 1);
+}
+
+static char *toy_mem(struct uhmm_page *p)
+{
+	return toy.mem + uhmm_page_index(p) * ps();
+}
+
+static struct uhmm_page *toy_alloc(void)
+{
+	struct uhmm_page *p = NULL;
+
+	pthread_mutex_lock(&toy.lock);
+	if (toy.nfree)
+		p = uhmm_pagemap_page(toy.pg, toy.free[--toy.nfree]);
+	pthread_mutex_unlock(&toy.lock);
+	if (p)
+		uhmm_page_init(p);
+	return p;
+}
+
+/* Device -> system for [start, end), fault_page as given. */
+static int toy_to_ram(unsigned long start, unsigned long end,
+		      struct uhmm_page *fault_page, unsigned long *moved)
+{
+	unsigned long n = (end - start) / ps();
+	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
+	struct uhmm_migrate m = {
+		.start = start, .end = end, .src = src, .dst = dst,
+		.pgmap_owner = &toy,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+		.fault_page = fault_page,
+	};
+	int r = uhmm_migrate_setup(&m);
+
+	if (r)
+		goto out;
+	for (unsigned long i = 0; i < n; i++) {
+		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src[i]);
+
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !sp)
+			continue;
+		if (uhmm_migrate_alloc_system(&dst[i]))
+			continue;
+		memcpy(uhmm_migrate_pfn_to_addr(dst[i]), toy_mem(sp), ps());
+	}
+	uhmm_migrate_pages(&m);
+	if (moved) {
+		*moved = 0;
+		for (unsigned long i = 0; i < n; i++)
+			*moved += !!(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	}
+	uhmm_migrate_finalize(&m);
+out:
+	free(src);
+	free(dst);
+	return r;
+}
+
+static int toy_migrate_to_ram(struct uhmm_fault *vmf)
+{
+	atomic_fetch_add(&toy.to_ram_calls, 1);
+	return toy_to_ram(vmf->address, vmf->address + ps(), vmf->page, NULL);
+}
+
+static const struct uhmm_pagemap_ops toy_ops = {
+	.page_free = toy_page_free,
+	.migrate_to_ram = toy_migrate_to_ram,
+};
+
+static void toy_init(void)
+{
+	memset(&toy, 0, sizeof(toy));
+	pthread_mutex_init(&toy.lock, NULL);
+	toy.mem = map_anon(DEV_PAGES * ps(), RW);
+	ASSERT_NOT_NULL(toy.mem);
+	ASSERT_EQ(uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &toy, &toy_ops,
+				      DEV_PAGES, &toy.pg), 0);
+	for (unsigned long i = 0; i < DEV_PAGES; i++)
+		toy.free[toy.nfree++] = DEV_PAGES - 1 - i;
+}
+
+/* System -> device for [p, p + n pages); returns pages migrated. */
+static long toy_to_dev(char *p, unsigned long n)
+{
+	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
+	struct uhmm_migrate m = {
+		.start = (unsigned long)p, .end = (unsigned long)p + n * ps(),
+		.src = src, .dst = dst, .pgmap_owner = &toy,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM,
+	};
+	long moved = 0;
+	int r = uhmm_migrate_setup(&m);
+
+	if (r) {
+		free(src);
+		free(dst);
+		return r;
+	}
+	for (unsigned long i = 0; i < n; i++) {
+		struct uhmm_page *dp;
+
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		dp = toy_alloc();
+		if (!dp)
+			continue;
+		if (src[i] & UHMM_MIGRATE_PFN_VALID)
+			memcpy(toy_mem(dp), uhmm_migrate_pfn_to_addr(src[i]), ps());
+		else
+			memset(toy_mem(dp), 0, ps());
+		dst[i] = uhmm_migrate_pfn_device(dp);
+	}
+	uhmm_migrate_pages(&m);
+	for (unsigned long i = 0; i < n; i++)
+		moved += !!(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	uhmm_migrate_finalize(&m);
+	/* Pages the driver allocated but that did not move. */
+	for (unsigned long i = 0; i < n; i++)
+		if (dst[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			uhmm_page_put(uhmm_migrate_pfn_to_page(dst[i]));
+	free(src);
+	free(dst);
+	return moved;
+}
+
+static void fill_pattern(char *p, unsigned long n, int seed)
+{
+	for (unsigned long i = 0; i < n * ps() / 8; i++)
+		((uint64_t *)p)[i] = (uint64_t)i * 2654435761u + (uint64_t)seed;
+}
+
+static bool check_pattern(const char *p, unsigned long n, int seed)
+{
+	for (unsigned long i = 0; i < n * ps() / 8; i++)
+		if (((const uint64_t *)p)[i] != (uint64_t)i * 2654435761u + (uint64_t)seed)
+			return false;
+	return true;
+}
+
+static bool noop_inv(struct uhmm_interval_notifier *sub,
+		     const struct uhmm_notifier_range *r, unsigned long seq)
+{
+	(void)r;
+	uhmm_interval_set_seq(sub, seq);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops noop_ops = { .invalidate = noop_inv };
+
+static bool resident(const char *p)
+{
+	unsigned char v = 0;
+
+	mincore((void *)p, ps(), &v);
+	return v & 1;
+}
+
+TEST(pagemap_bad_args)
+{
+	struct uhmm_pagemap *pg;
+
+	ASSERT_EQ(uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &toy, NULL, 1, &pg), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &toy, &toy_ops, 0, &pg), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &toy, &toy_ops, 1, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_create(7, &toy, &toy_ops, 1, &pg), -EINVAL);
+	ASSERT_EQ(uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &toy, &toy_ops, 8, &pg), 0);
+	ASSERT_EQ(uhmm_pagemap_npages(pg), 8);
+	ASSERT_EQ(uhmm_pagemap_grow(pg, 8), 8);
+	ASSERT_EQ(uhmm_pagemap_npages(pg), 16);
+	ASSERT_NOT_NULL(uhmm_pagemap_page(pg, 15));
+	ASSERT_NULL(uhmm_pagemap_page(pg, 16));
+	uhmm_page_init(uhmm_pagemap_page(pg, 3));
+	ASSERT_EQ(uhmm_pagemap_destroy(pg), -EBUSY);
+	ASSERT_EQ(uhmm_page_refcount(uhmm_pagemap_page(pg, 3)), 1);
+	/* The last put gives the page back to the driver. */
+	memset(&toy, 0, sizeof(toy));
+	pthread_mutex_init(&toy.lock, NULL);
+	uhmm_page_put(uhmm_pagemap_page(pg, 3));
+	ASSERT_EQ(atomic_load(&toy.freed), 1);
+	ASSERT_EQ(uhmm_pagemap_destroy(pg), 0);
+}
+
+TEST(migrate_setup_bad_args)
+{
+	uint64_t src[2], dst[2];
+	char *p = map_anon(2 * ps(), RW);
+	struct uhmm_migrate m = { .start = (unsigned long)p, .end = (unsigned long)p + 2 * ps(),
+				  .src = src, .dst = dst,
+				  .flags = UHMM_MIGRATE_SELECT_SYSTEM };
+
+	ASSERT_EQ(uhmm_migrate_setup(NULL), -EINVAL);
+	m.start++;
+	ASSERT_EQ(uhmm_migrate_setup(&m), -EINVAL);
+	m.start--;
+	m.src = NULL;
+	ASSERT_EQ(uhmm_migrate_setup(&m), -EINVAL);
+	m.src = src;
+	m.end = m.start;
+	ASSERT_EQ(uhmm_migrate_setup(&m), -EINVAL);
+	/* Beyond the VMA. */
+	m.end = m.start + 2 * ps();
+	ASSERT_EQ(munmap(p + ps(), ps()), 0);
+	ASSERT_EQ(uhmm_migrate_setup(&m), -EINVAL);
+}
+
+TEST(migrate_to_device_and_fault_back)
+{
+	unsigned long n = 64;
+	char *p = map_anon(n * ps(), RW);
+	uint64_t pfns[64];
+	struct uhmm_interval_notifier *sub;
+
+	toy_init();
+	fill_pattern(p, n, 1);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_FALSE(resident(p + i * ps()));
+
+	/* range_fault: the owner sees device pages; a snapshot faults nothing. */
+	ASSERT_EQ(uhmm_interval_notifier_insert(&sub, (unsigned long)p, n * ps(),
+						&noop_ops, NULL), 0);
+	struct uhmm_range r = { .notifier = sub, .start = (unsigned long)p,
+				.end = (unsigned long)p + n * ps(), .hmm_pfns = pfns,
+				.dev_private_owner = &toy };
+	r.notifier_seq = uhmm_interval_read_begin(sub);
+	ASSERT_EQ(uhmm_range_fault(&r), 0);
+	for (unsigned long i = 0; i < n; i++) {
+		ASSERT_TRUE(pfns[i] & UHMM_PFN_VALID);
+		ASSERT_TRUE(pfns[i] & UHMM_PFN_DEVICE_PRIVATE);
+		ASSERT_EQ(uhmm_page_owner(uhmm_pfn_to_page(pfns[i])), &toy);
+	}
+	r.dev_private_owner = NULL;
+	r.notifier_seq = uhmm_interval_read_begin(sub);
+	ASSERT_EQ(uhmm_range_fault(&r), 0);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(pfns[i], 0);
+	ASSERT_FALSE(resident(p));
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 0);
+	ASSERT_EQ(uhmm_interval_notifier_remove(sub), 0);
+
+	/* A CPU read migrates back, transparently. */
+	ASSERT_TRUE(check_pattern(p, n, 1));
+	ASSERT_GE(atomic_load(&toy.to_ram_calls), 1);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_TRUE(resident(p + i * ps()));
+	/* Every device page went back to the driver. */
+	ASSERT_EQ(atomic_load(&toy.freed), (int)n);
+}
+
+TEST(migrate_holes_and_zero_page)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW);
+	volatile char c;
+
+	toy_init();
+	c = p[0];		/* zero page */
+	(void)c;
+	p[ps()] = 7;		/* written */
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	ASSERT_EQ(p[0], 0);
+	ASSERT_EQ(p[ps()], 7);
+	for (unsigned long i = 2; i < n; i++)
+		ASSERT_EQ(p[i * ps() + 5], 0);
+}
+
+TEST(shared_memory_does_not_migrate)
+{
+	unsigned long n = 4;
+	char *p = mmap(NULL, n * ps(), PROT_READ | PROT_WRITE,
+		       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	ASSERT_NE(p, MAP_FAILED);
+	toy_init();
+	memset(p, 3, n * ps());
+	ASSERT_EQ(toy_to_dev(p, n), 0);
+	ASSERT_EQ(p[0], 3);
+}
+
+TEST(migrate_back_explicitly)
+{
+	unsigned long n = 32, moved = 0;
+	char *p = map_anon(n * ps(), RW);
+
+	toy_init();
+	fill_pattern(p, n, 2);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	ASSERT_EQ(toy_to_ram((unsigned long)p, (unsigned long)p + n * ps(), NULL, &moved), 0);
+	ASSERT_EQ(moved, n);
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 0);	/* no CPU fault was needed */
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_TRUE(resident(p + i * ps()));
+	ASSERT_TRUE(check_pattern(p, n, 2));
+	/* Again, ten rounds. */
+	for (int r = 0; r < 10; r++) {
+		ASSERT_EQ(toy_to_dev(p, n), (long)n);
+		ASSERT_EQ(toy_to_ram((unsigned long)p, (unsigned long)p + n * ps(), NULL, &moved), 0);
+		ASSERT_EQ(moved, n);
+	}
+	ASSERT_TRUE(check_pattern(p, n, 2));
+}
+
+TEST(kernel_access_read_write_syscalls)
+{
+	unsigned long n = 4;
+	char *p = map_anon(n * ps(), RW);
+	char *buf = map_anon(ps(), RW);
+	int fds[2];
+
+	toy_init();
+	fill_pattern(p, n, 3);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	/* write(2) from a device page: the kernel reads it. */
+	ASSERT_EQ(pipe(fds), 0);
+	ASSERT_EQ(write(fds[1], p, ps()), (ssize_t)ps());
+	ASSERT_EQ(read(fds[0], buf, ps()), (ssize_t)ps());
+	ASSERT_MEMEQ(buf, p, ps());
+	/* read(2) into a device page: the kernel writes it. */
+	memset(buf, 0x5a, ps());
+	ASSERT_EQ(write(fds[1], buf, ps()), (ssize_t)ps());
+	ASSERT_EQ(read(fds[0], p + 2 * ps(), ps()), (ssize_t)ps());
+	ASSERT_MEMEQ(p + 2 * ps(), buf, ps());
+	ASSERT_TRUE(check_pattern(p + 3 * ps(), 0, 3));
+	close(fds[0]);
+	close(fds[1]);
+}
+
+struct reader_arg {
+	char *p;
+	unsigned long n;
+	atomic_int bad;
+};
+
+static void *reader(void *a)
+{
+	struct reader_arg *r = a;
+
+	if (!check_pattern(r->p, r->n, 4))
+		atomic_fetch_add(&r->bad, 1);
+	return NULL;
+}
+
+TEST(four_threads_fault_same_pages)
+{
+	unsigned long n = 16;
+	char *p = map_anon(n * ps(), RW);
+	struct reader_arg a = { .p = p, .n = n };
+	pthread_t t[4];
+
+	long total = 0;
+
+	toy_init();
+	for (int round = 0; round < 20; round++) {
+		long moved;
+
+		fill_pattern(p, n, 4);
+		/*
+		 * A fault another thread already saw resolved can still be
+		 * served after the next migration (a spurious fault-back):
+		 * a page busy at that moment does not move this round.
+		 */
+		moved = toy_to_dev(p, n);
+		ASSERT_GE(moved, (long)n - 2);
+		total += moved;
+		for (int i = 0; i < 4; i++)
+			ASSERT_EQ(pthread_create(&t[i], NULL, reader, &a), 0);
+		for (int i = 0; i < 4; i++)
+			ASSERT_EQ(pthread_join(t[i], NULL), 0);
+		ASSERT_EQ(atomic_load(&a.bad), 0);
+	}
+	/* No page leaked: all given back (late fault-backs settle). */
+	for (int w = 0; w < 200 && atomic_load(&toy.freed) < total; w++)
+		usleep(10000);
+	ASSERT_EQ(atomic_load(&toy.freed), total);
+}
+
+TEST(write_fault_back_keeps_data)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW);
+
+	toy_init();
+	fill_pattern(p, n, 5);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	p[3 * ps() + 1] = 'w';		/* a store migrates back first */
+	ASSERT_EQ(p[3 * ps() + 1], 'w');
+	p[3 * ps() + 1] = (char)((uint64_t)(3 * ps() + 1) / 8 * 0);
+	/* Everything else is intact. */
+	ASSERT_TRUE(check_pattern(p, 3, 5));
+	ASSERT_TRUE(check_pattern(p + 4 * ps(), 0, 5));
+}
