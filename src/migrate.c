@@ -27,6 +27,7 @@ struct uhmm_page {
 	unsigned long index;
 	_Atomic unsigned int refs;
 	void *data;
+	_Atomic unsigned long vpn;	/* where it is mapped; 0 when not */
 };
 
 #define PGMAP_MAX_CHUNKS 64
@@ -730,6 +731,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 				ir = install(rt, addr, (unsigned long)slot);
 			if (ir == 0) {
 				stage_free(rt, (unsigned long)slot, false);
+				atomic_store(&sp->vpn, 0);
 				pthread_mutex_lock(&s->lock);
 				atomic_store(e, 0);
 				pthread_mutex_unlock(&s->lock);
@@ -749,6 +751,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 			unsigned long slot = ms->slot[i];
 
 			if (migrate && dp) {
+				atomic_store(&dp->vpn, vpn);
 				pthread_mutex_lock(&s->lock);
 				atomic_store(e, (uintptr_t)dp);
 				pthread_mutex_unlock(&s->lock);
@@ -781,16 +784,81 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 
 /* ---- eviction without addresses ---- */
 
+/*
+ * Collect the mapped pages [first, first + npages) of @pg, wherever they
+ * are mapped (migrate_device_range): BUSY at their address, so a CPU
+ * access waits, and src[i] = frame | DEVICE | MIGRATE.
+ */
 int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 			      unsigned long first, unsigned long npages)
 {
-	(void)src; (void)pg; (void)first; (void)npages;
-	return -EOPNOTSUPP;
+	struct uhmm_rt *rt = uhmm__rt_peek();
+
+	if (!src || !pg || !npages || first + npages < first ||
+	    first + npages > pg->npages)
+		return -EINVAL;
+	memset(src, 0, npages * sizeof(*src));
+	if (!rt)
+		return 0;
+	for (unsigned long i = 0; i < npages; i++) {
+		struct uhmm_page *p = uhmm_pagemap_page(pg, first + i);
+		unsigned long vpn = atomic_load(&p->vpn);
+		_Atomic uintptr_t *e;
+		struct stripe *s;
+
+		if (!vpn || !atomic_load(&p->refs))
+			continue;
+		e = st_entry(rt, vpn, false);
+		s = stripe_of(rt, vpn);
+		pthread_mutex_lock(&s->lock);
+		if (e && atomic_load(e) == (uintptr_t)p) {
+			atomic_store(e, (uintptr_t)p | ST_BUSY);
+			src[i] = uhmm_migrate_pfn_device(p) | UHMM_MIGRATE_PFN_MIGRATE;
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
+	return 0;
 }
 
+/* Install dst[i] at the collected pages' addresses; restore the rest. */
 void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long npages)
 {
-	(void)src; (void)dst; (void)npages;
+	struct uhmm_rt *rt = uhmm__rt_peek();
+
+	if (!src || !dst || !rt)
+		return;
+	for (unsigned long i = 0; i < npages; i++) {
+		struct uhmm_page *p = uhmm_migrate_pfn_to_page(src[i]);
+		unsigned long vpn, addr;
+		_Atomic uintptr_t *e;
+		struct stripe *s;
+		long slot;
+
+		if (!p || !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		vpn = atomic_load(&p->vpn);
+		addr = vpn << rt->page_shift;
+		e = st_entry(rt, vpn, false);
+		s = stripe_of(rt, vpn);
+		slot = stage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(dst[i]));
+		if (slot >= 0 && install(rt, addr, (unsigned long)slot) == 0) {
+			stage_free(rt, (unsigned long)slot, false);
+			atomic_store(&p->vpn, 0);
+			pthread_mutex_lock(&s->lock);
+			atomic_store(e, 0);
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&s->lock);
+			uhmm_page_put(p);
+		} else {
+			if (slot >= 0)
+				stage_free(rt, (unsigned long)slot, true);
+			pthread_mutex_lock(&s->lock);
+			atomic_store(e, (uintptr_t)p);
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&s->lock);
+		}
+		os_uffd_wake(rt->uffd, addr, rt->page_size);
+	}
 }
 
 /* ---- CPU fault-back ---- */

@@ -428,3 +428,37 @@ TEST(write_fault_back_keeps_data)
 	ASSERT_TRUE(check_pattern(p, 3, 5));
 	ASSERT_TRUE(check_pattern(p + 4 * ps(), 0, 5));
 }
+
+/* Evict every page of the device without knowing their addresses. */
+TEST(evict_with_migrate_device_range)
+{
+	unsigned long n = 24;
+	char *p = map_anon(n * ps(), RW);
+	uint64_t *src = calloc(DEV_PAGES, 8), *dst = calloc(DEV_PAGES, 8);
+	unsigned long evicted = 0;
+
+	toy_init();
+	fill_pattern(p, n, 6);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	ASSERT_EQ(uhmm_migrate_device_range(NULL, toy.pg, 0, 1), -EINVAL);
+	ASSERT_EQ(uhmm_migrate_device_range(src, toy.pg, 0, DEV_PAGES + 1), -EINVAL);
+	ASSERT_EQ(uhmm_migrate_device_range(src, toy.pg, 0, DEV_PAGES), 0);
+	for (unsigned long i = 0; i < DEV_PAGES; i++) {
+		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src[i]);
+
+		if (!sp)
+			continue;
+		ASSERT_EQ(uhmm_migrate_alloc_system(&dst[i]), 0);
+		memcpy(uhmm_migrate_pfn_to_addr(dst[i]), toy_mem(sp), ps());
+		evicted++;
+	}
+	ASSERT_EQ(evicted, n);
+	uhmm_migrate_device_finalize(src, dst, DEV_PAGES);
+	ASSERT_EQ(atomic_load(&toy.freed), (int)n);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_TRUE(resident(p + i * ps()));
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 0);
+	ASSERT_TRUE(check_pattern(p, n, 6));
+	free(src);
+	free(dst);
+}
