@@ -175,6 +175,10 @@ UHMM_INTERNAL void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr,
 UHMM_INTERNAL struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt,
 						     unsigned long addr);
 UHMM_INTERNAL bool uhmm__page_is_busy(struct uhmm_rt *rt, unsigned long addr);
+UHMM_INTERNAL void uhmm__device_event(struct uhmm_rt *rt, const struct uffd_msg *m);
+UHMM_INTERNAL void uhmm__device_release(struct uhmm_rt *rt, unsigned long start,
+					unsigned long end);
+UHMM_INTERNAL void uhmm__device_fork(struct uhmm_rt *rt);
 
 /* guard.c */
 UHMM_INTERNAL int uhmm__guard_install(void);
@@ -190,6 +194,7 @@ UHMM_INTERNAL int uhmm__uffd_move(struct uhmm_rt *rt, unsigned long dst,
 				  uint64_t mode);
 UHMM_INTERNAL void uhmm__wait_events_read(struct uhmm_rt *rt);
 UHMM_INTERNAL void uhmm__sync_events(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__wait_readers(struct uhmm_rt *rt);
 
 static inline bool uhmm__aligned(const struct uhmm_rt *rt, unsigned long a)
 {

@@ -238,6 +238,10 @@ void *uhmm_migrate_pfn_to_addr(uint64_t mpfn)
 #define ST_BITS 9
 #define ST_FAN (1u << ST_BITS)
 #define ST_BUSY ((uintptr_t)1)
+/* The mapping at this address went away (munmap, MADV_DONTNEED): the
+ * device page is released, never installed here again. */
+#define ST_DROP ((uintptr_t)2)
+#define ST_FLAGS (ST_BUSY | ST_DROP)
 
 struct st_node {
 	_Atomic(void *) slot[ST_FAN];
@@ -283,6 +287,43 @@ static struct stripe *stripe_of(struct uhmm_rt *rt, unsigned long vpn)
 	return &rt->stripes[(vpn >> 9) % UHMM_STRIPES];
 }
 
+typedef void (*st_fn)(struct uhmm_rt *rt, unsigned long vpn,
+		      _Atomic uintptr_t *e, void *arg);
+
+/* Call @fn for every leaf slot in [lo, hi) under existing nodes. */
+static void st_walk_node(struct uhmm_rt *rt, void *n, int l, unsigned long base,
+			 unsigned long lo, unsigned long hi, st_fn fn, void *arg)
+{
+	unsigned long span = 1ul << (ST_BITS * l);
+
+	for (unsigned long i = 0; i < ST_FAN; i++) {
+		unsigned long b = base + i * span;
+		_Atomic(void *) *slot = &((struct st_node *)n)->slot[i];
+
+		if (b + span <= lo || b >= hi)
+			continue;
+		if (l == 0) {
+			if (atomic_load_explicit((_Atomic uintptr_t *)slot,
+						 memory_order_acquire))
+				fn(rt, b, (_Atomic uintptr_t *)slot, arg);
+			continue;
+		}
+		void *c = atomic_load_explicit(slot, memory_order_acquire);
+
+		if (c)
+			st_walk_node(rt, c, l - 1, b, lo, hi, fn, arg);
+	}
+}
+
+static void st_walk(struct uhmm_rt *rt, unsigned long lo, unsigned long hi,
+		    st_fn fn, void *arg)
+{
+	void *root = atomic_load_explicit(&rt->st_root, memory_order_acquire);
+
+	if (root && lo < hi)
+		st_walk_node(rt, root, 3, 0, lo, hi, fn, arg);
+}
+
 /* The device page at @addr, for range_fault (NULL when none or busy). */
 struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt, unsigned long addr)
 {
@@ -291,7 +332,7 @@ struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt, unsigned long addr)
 	if (!atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
 		return NULL;
 	v = st_get(rt, addr >> rt->page_shift);
-	return (v & ST_BUSY) ? NULL : (struct uhmm_page *)v;
+	return (v & ST_FLAGS) ? NULL : (struct uhmm_page *)v;
 }
 
 bool uhmm__page_is_busy(struct uhmm_rt *rt, unsigned long addr)
@@ -720,11 +761,31 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 
 		if (!(v & ST_BUSY) && !sp && ms->slot[i] == E_SLOT_NONE)
 			continue;	/* not collected */
+		if (v & ST_DROP) {
+			/* The mapping went away during the migration. */
+			struct uhmm_page *dp = uhmm_migrate_pfn_to_page(m->dst[i]);
+			long slot = sp ? stage_index(rt, (uintptr_t)
+					uhmm_migrate_pfn_to_addr(m->dst[i])) : -1;
+
+			if (slot >= 0)
+				stage_free(rt, (unsigned long)slot, true);
+			if (!sp && ms->slot[i] != E_SLOT_NONE)
+				stage_free(rt, ms->slot[i], src & UHMM_MIGRATE_PFN_VALID);
+			pthread_mutex_lock(&s->lock);
+			atomic_store(e, 0);
+			pthread_mutex_unlock(&s->lock);
+			if (sp) {
+				atomic_store(&sp->vpn, 0);
+				uhmm_page_put(sp);
+			} else if (migrate && dp) {
+				uhmm_page_put(dp);
+			}
+			continue;
+		}
 		if (sp) {
 			/* Device page -> system memory. */
 			long slot = migrate ? stage_index(rt, (uintptr_t)
 					uhmm_migrate_pfn_to_addr(m->dst[i])) : -1;
-
 			int ir = -1;
 
 			if (migrate && slot >= 0)
@@ -841,6 +902,17 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 		e = st_entry(rt, vpn, false);
 		s = stripe_of(rt, vpn);
 		slot = stage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(dst[i]));
+		if (e && (atomic_load(e) & ST_DROP)) {
+			if (slot >= 0)
+				stage_free(rt, (unsigned long)slot, true);
+			atomic_store(&p->vpn, 0);
+			pthread_mutex_lock(&s->lock);
+			atomic_store(e, 0);
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&s->lock);
+			uhmm_page_put(p);
+			continue;
+		}
 		if (slot >= 0 && install(rt, addr, (unsigned long)slot) == 0) {
 			stage_free(rt, (unsigned long)slot, false);
 			atomic_store(&p->vpn, 0);
@@ -875,6 +947,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write)
 	struct stripe *s = stripe_of(rt, vpn);
 
 	addr &= ~(rt->page_size - 1);
+	uhmm__wait_readers(rt);
 	for (int tries = 0; tries < 1000; tries++) {
 		_Atomic uintptr_t *e = st_entry(rt, vpn, false);
 		uintptr_t v;
@@ -884,6 +957,8 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write)
 
 		pthread_mutex_lock(&s->lock);
 		v = e ? atomic_load(e) : 0;
+		if ((v & ST_DROP) && !(v & ST_BUSY))
+			v = 0;		/* released: a fresh page */
 		if (v & ST_BUSY) {
 			struct timespec ts;
 
@@ -944,4 +1019,131 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write)
 		if (!v)
 			return;	/* installed; the MOVE woke the faulting threads */
 	}
+}
+
+/* ---- the address space changing under device pages ---- */
+
+static void mark_drop(struct uhmm_rt *rt, unsigned long vpn,
+		      _Atomic uintptr_t *e, void *arg)
+{
+	struct stripe *s = stripe_of(rt, vpn);
+
+	(void)arg;
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(e))
+		atomic_store(e, atomic_load(e) | ST_DROP);
+	pthread_mutex_unlock(&s->lock);
+}
+
+struct remap_arg {
+	unsigned long from, to;	/* VPNs */
+};
+
+static void move_entry(struct uhmm_rt *rt, unsigned long vpn,
+		       _Atomic uintptr_t *e, void *arg)
+{
+	struct remap_arg *a = arg;
+	unsigned long nvpn = vpn - a->from + a->to;
+	_Atomic uintptr_t *ne = st_entry(rt, nvpn, true);
+	uintptr_t v;
+
+	if (!ne)
+		return;
+	v = atomic_exchange(e, 0);
+	if (!v)
+		return;
+	if (!(v & ST_FLAGS))
+		atomic_store(&((struct uhmm_page *)v)->vpn, nvpn);
+	atomic_store(ne, v);
+}
+
+/*
+ * On the reader, right after read() returned the event and before any
+ * fault read later is served (uhmm__handle_fault waits for readers in
+ * read()): munmap and MADV_DONTNEED/FREE/REMOVE release the device pages
+ * of the range (a later touch sees a fresh page, as in the kernel);
+ * mremap moves them with the mapping.
+ */
+void uhmm__device_event(struct uhmm_rt *rt, const struct uffd_msg *m)
+{
+	unsigned int shift = rt->page_shift;
+
+	if (!atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		return;
+	switch (m->event) {
+	case UFFD_EVENT_UNMAP:
+	case UFFD_EVENT_REMOVE:
+		st_walk(rt, m->arg.remove.start >> shift, m->arg.remove.end >> shift,
+			mark_drop, NULL);
+		break;
+	case UFFD_EVENT_REMAP: {
+		struct remap_arg a = { m->arg.remap.from >> shift,
+				       m->arg.remap.to >> shift };
+		unsigned long n = m->arg.remap.len >> shift;
+
+		/* Overlapping moves go page by page in the safe direction. */
+		for (unsigned long k = 0; k < n; k++) {
+			unsigned long j = a.to > a.from ? n - 1 - k : k;
+			_Atomic uintptr_t *e = st_entry(rt, a.from + j, false);
+
+			if (e && atomic_load(e))
+				move_entry(rt, a.from + j, e, &a);
+		}
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+static void put_dropped(struct uhmm_rt *rt, unsigned long vpn,
+			_Atomic uintptr_t *e, void *arg)
+{
+	struct stripe *s = stripe_of(rt, vpn);
+	uintptr_t v;
+
+	(void)arg;
+	pthread_mutex_lock(&s->lock);
+	v = atomic_load(e);
+	if ((v & ST_DROP) && !(v & ST_BUSY))
+		atomic_store(e, 0);
+	else
+		v = 0;
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	v &= ~ST_FLAGS;
+	if (v) {
+		atomic_store(&((struct uhmm_page *)v)->vpn, 0);
+		uhmm_page_put((struct uhmm_page *)v);
+	}
+}
+
+/* On the worker: give the released pages back to their drivers. */
+void uhmm__device_release(struct uhmm_rt *rt, unsigned long start, unsigned long end)
+{
+	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		st_walk(rt, start >> rt->page_shift, end >> rt->page_shift,
+			put_dropped, NULL);
+}
+
+static void fault_in(struct uhmm_rt *rt, unsigned long vpn,
+		     _Atomic uintptr_t *e, void *arg)
+{
+	(void)arg;
+	if (atomic_load(e) & ST_DROP)
+		return;
+	/* A CPU touch: served by migrate_to_ram, as any access. */
+	os_madvise((void *)(vpn << rt->page_shift), rt->page_size,
+		   MADV_POPULATE_READ);
+}
+
+/*
+ * Before fork: a page on a device is pte_none at its address, so the
+ * child would read zeros there. Bring every device page back first
+ * (cost: one migration of the device-resident memory per fork).
+ */
+void uhmm__device_fork(struct uhmm_rt *rt)
+{
+	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		st_walk(rt, 0, 1ul << (4 * ST_BITS), fault_in, NULL);
 }

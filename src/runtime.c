@@ -391,8 +391,13 @@ static void *reader_main(void *arg)
 		rt->in_read++;
 		pthread_mutex_unlock(&rt->qlock);
 		n = os_read(rt->uffd, msg, sizeof(msg));
+		/* Device pages follow the mapping before any later fault. */
+		for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(msg[0]); i++)
+			if (msg[i].event != UFFD_EVENT_PAGEFAULT)
+				uhmm__device_event(rt, &msg[i]);
 		pthread_mutex_lock(&rt->qlock);
 		rt->in_read--;
+		pthread_cond_broadcast(&rt->qread);
 		if (n < 0) {
 			pthread_cond_broadcast(&rt->qread);
 			pthread_mutex_unlock(&rt->qlock);
@@ -585,6 +590,19 @@ int uhmm__rt_start_threads(struct uhmm_rt *rt)
 	pthread_mutex_unlock(&rt->qlock);
 	rt->threads = true;
 	return 0;
+}
+
+/*
+ * Before serving a fault: wait until no reader is between read() and the
+ * end of its event's device-page update, so that a fault that follows a
+ * munmap or MADV_DONTNEED sees its effect.
+ */
+void uhmm__wait_readers(struct uhmm_rt *rt)
+{
+	pthread_mutex_lock(&rt->qlock);
+	while (rt->in_read && !rt->qstop)
+		pthread_cond_wait(&rt->qread, &rt->qlock);
+	pthread_mutex_unlock(&rt->qlock);
 }
 
 /* Wait until the reader has read at least one more batch (EAGAIN). */

@@ -210,12 +210,15 @@ void uhmm__track_event(struct uhmm_rt *rt, const struct uffd_msg *m)
 		uhmm__ivset_set(&rt->regs, s, e, 0);
 		uhmm__ivset_set(&rt->noreg, s, e, 0);
 		uhmm__ivset_set(&rt->grants, s, e, 0);
+		uhmm__ivset_set(&rt->missing, s, e, 0);
 		pthread_mutex_unlock(&rt->tlock);
 		uhmm__invalidate(rt, s, e, UHMM_NOTIFY_UNMAP, NULL);
+		uhmm__device_release(rt, s, e);
 		break;
 	case UFFD_EVENT_REMOVE:
 		uhmm__invalidate(rt, m->arg.remove.start, m->arg.remove.end,
 				 UHMM_NOTIFY_CLEAR, NULL);
+		uhmm__device_release(rt, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_REMAP:
 		s = m->arg.remap.from;
@@ -226,6 +229,9 @@ void uhmm__track_event(struct uhmm_rt *rt, const struct uffd_msg *m)
 		if (uhmm__ivset_covers(&rt->regs, s, e))
 			uhmm__ivset_set(&rt->regs, to, to + (e - s), 1);
 		uhmm__ivset_set(&rt->regs, s, e, 0);
+		if (uhmm__ivset_covers(&rt->missing, s, e))
+			uhmm__ivset_set(&rt->missing, to, to + (e - s), 1);
+		uhmm__ivset_set(&rt->missing, s, e, 0);
 		uhmm__ivset_set(&rt->grants, s, e, 0);
 		pthread_mutex_unlock(&rt->tlock);
 		uhmm__invalidate(rt, s, e, UHMM_NOTIFY_UNMAP, NULL);
@@ -356,6 +362,8 @@ void uhmm__fork_prepare(struct uhmm_rt *rt)
 	struct ival *v = NULL;
 	size_t n = 0;
 
+	/* Device pages come home first: the child must see their data. */
+	uhmm__device_fork(rt);
 	pthread_mutex_lock(&rt->tlock);
 	rt->forked = true;
 	if (rt->grants.n) {

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include <uhmm/migrate.h>
 #include "harness.h"
@@ -461,4 +462,80 @@ TEST(evict_with_migrate_device_range)
 	ASSERT_TRUE(check_pattern(p, n, 6));
 	free(src);
 	free(dst);
+}
+
+static void wait_freed(int want)
+{
+	for (int w = 0; w < 300 && atomic_load(&toy.freed) < want; w++)
+		usleep(10000);
+}
+
+TEST(munmap_releases_device_pages)
+{
+	unsigned long n = 16;
+	char *p = map_anon(n * ps(), RW);
+
+	toy_init();
+	fill_pattern(p, n, 7);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	ASSERT_EQ(munmap(p, n * ps()), 0);
+	wait_freed((int)n);
+	ASSERT_EQ(atomic_load(&toy.freed), (int)n);
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 0);
+}
+
+TEST(madv_dontneed_of_device_pages_reads_zeros)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW);
+
+	toy_init();
+	fill_pattern(p, n, 8);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	ASSERT_EQ(madvise(p, 4 * ps(), MADV_DONTNEED), 0);
+	for (unsigned long i = 0; i < 4; i++)
+		ASSERT_EQ(((uint64_t *)(p + i * ps()))[1], 0);
+	ASSERT_TRUE(check_pattern(p + 4 * ps(), 0, 8));
+	/* The other half is still on the device, intact. */
+	ASSERT_EQ(p[4 * ps() + 8], (char)((uint64_t)(4 * ps() / 8 + 1) * 2654435761u + 8));
+	wait_freed(4);
+	ASSERT_GE(atomic_load(&toy.freed), 4);
+}
+
+TEST(mremap_moves_device_pages)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW), *q;
+	char *dst = mmap(NULL, n * ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	toy_init();
+	fill_pattern(p, n, 9);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	q = mremap(p, n * ps(), n * ps(), MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	ASSERT_TRUE(q == dst);
+	/* Still on the device until touched, then right. */
+	ASSERT_FALSE(resident(q));
+	ASSERT_TRUE(check_pattern(q, n, 9));
+	ASSERT_GE(atomic_load(&toy.to_ram_calls), 1);
+}
+
+TEST(fork_child_sees_device_pages)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW);
+	pid_t pid;
+	int st;
+
+	toy_init();
+	fill_pattern(p, n, 10);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0)
+		_exit(check_pattern(p, n, 10) ? 0 : 1);
+	ASSERT_EQ(waitpid(pid, &st, 0), pid);
+	ASSERT_TRUE(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	/* Copy-on-write isolated: the parent's store does not reach a child. */
+	ASSERT_TRUE(check_pattern(p, n, 10));
 }
