@@ -121,6 +121,7 @@ struct uhmm_rt {
 	struct stripe stripes[UHMM_STRIPES];
 	_Atomic bool has_device_pages;
 	pthread_mutex_t mlock;	/* staging set-up */
+	pthread_mutex_t rlock;	/* readers: read() to queueing, in turn */
 	pthread_mutex_t stage_lock;
 	void *stage;		/* staging pages, registered WP */
 	uint8_t *stage_state;

@@ -239,6 +239,7 @@ static int rt_create(struct uhmm_rt **out)
 	pthread_mutex_init(&rt->tlock, NULL);
 	pthread_mutex_init(&rt->qlock, NULL);
 	pthread_mutex_init(&rt->mlock, NULL);
+	pthread_mutex_init(&rt->rlock, NULL);
 	pthread_mutex_init(&rt->stage_lock, NULL);
 	for (int i = 0; i < UHMM_STRIPES; i++) {
 		pthread_mutex_init(&rt->stripes[i].lock, NULL);
@@ -387,6 +388,13 @@ static void *reader_main(void *arg)
 		 * before the event is queued: say a read is under way, so
 		 * that uhmm__sync_events() in that thread waits for it.
 		 */
+		/*
+		 * Readers take turns from read() to queueing, so events are
+		 * applied in the order the kernel gave them (mremap sends
+		 * REMAP, then UNMAP of the old range: swapped, the pages
+		 * would be dropped, then moved).
+		 */
+		pthread_mutex_lock(&rt->rlock);
 		pthread_mutex_lock(&rt->qlock);
 		rt->in_read++;
 		pthread_mutex_unlock(&rt->qlock);
@@ -401,6 +409,7 @@ static void *reader_main(void *arg)
 		if (n < 0) {
 			pthread_cond_broadcast(&rt->qread);
 			pthread_mutex_unlock(&rt->qlock);
+			pthread_mutex_unlock(&rt->rlock);
 			if (n == -EAGAIN || n == -EINTR)
 				continue;
 			break;
@@ -418,6 +427,7 @@ static void *reader_main(void *arg)
 		pthread_cond_broadcast(&rt->qcond);
 		pthread_cond_broadcast(&rt->qread);
 		pthread_mutex_unlock(&rt->qlock);
+		pthread_mutex_unlock(&rt->rlock);
 		/*
 		 * CPU faults on device pages, served here: one wake-up, no
 		 * hand-off. While this reader serves one (possibly waiting
