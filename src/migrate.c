@@ -241,7 +241,9 @@ void *uhmm_migrate_pfn_to_addr(uint64_t mpfn)
 /* The mapping at this address went away (munmap, MADV_DONTNEED): the
  * device page is released, never installed here again. */
 #define ST_DROP ((uintptr_t)2)
-#define ST_FLAGS (ST_BUSY | ST_DROP)
+/* Exclusive to a device: the page sits in staging slot (value >> 3). */
+#define ST_EXCL ((uintptr_t)4)
+#define ST_FLAGS (ST_BUSY | ST_DROP | ST_EXCL)
 
 struct st_node {
 	_Atomic(void *) slot[ST_FAN];
@@ -657,6 +659,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 					    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
 				m->cpages++;
 			}
+		} else if (v & (ST_EXCL | ST_DROP)) {
+			/* Exclusive to a device, or going away: stays. */
 		} else if (v) {
 			struct uhmm_page *p = (struct uhmm_page *)v;
 
@@ -959,6 +963,24 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write)
 		v = e ? atomic_load(e) : 0;
 		if ((v & ST_DROP) && !(v & ST_BUSY))
 			v = 0;		/* released: a fresh page */
+		if ((v & ST_EXCL) && !(v & ST_BUSY)) {
+			/* Revoke the device's exclusive access. */
+			unsigned long slot = v >> 3;
+
+			atomic_store(e, v | ST_BUSY);
+			pthread_mutex_unlock(&s->lock);
+			uhmm__invalidate(rt, addr, addr + rt->page_size,
+					 UHMM_NOTIFY_EXCLUSIVE, NULL);
+			r = install(rt, addr, slot);
+			pthread_mutex_lock(&s->lock);
+			atomic_store(e, r == 0 ? 0 : v);
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&s->lock);
+			if (r == 0)
+				stage_free(rt, slot, false);
+			os_uffd_wake(rt->uffd, addr, rt->page_size);
+			return;
+		}
 		if (v & ST_BUSY) {
 			struct timespec ts;
 
@@ -1111,6 +1133,10 @@ static void put_dropped(struct uhmm_rt *rt, unsigned long vpn,
 		v = 0;
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
+	if (v & ST_EXCL) {
+		stage_free(rt, v >> 3, true);
+		return;
+	}
 	v &= ~ST_FLAGS;
 	if (v) {
 		atomic_store(&((struct uhmm_page *)v)->vpn, 0);
@@ -1124,6 +1150,88 @@ void uhmm__device_release(struct uhmm_rt *rt, unsigned long start, unsigned long
 	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
 		st_walk(rt, start >> rt->page_shift, end >> rt->page_shift,
 			put_dropped, NULL);
+}
+
+int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
+			       void **dev_addr)
+{
+	struct os_procmap_query q;
+	struct uhmm_rt *rt;
+	_Atomic uintptr_t *e;
+	struct stripe *s;
+	unsigned long vpn;
+	long slot;
+	int err = 0, r;
+
+	if (!dev_addr)
+		return -EINVAL;
+	rt = uhmm__rt_get(&err);
+	if (!rt)
+		return err;
+	if (!addr || !uhmm__aligned(rt, addr))
+		return -EINVAL;
+	if (rt->uffd < 0)
+		return -ENOSYS;
+	r = uhmm__vma_query(rt, addr, &q);
+	if (r < 0 || q.vma_start > addr || q.inode || q.dev_major || q.dev_minor ||
+	    (q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED) ||
+	    !(q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE) ||
+	    q.vma_page_size > rt->page_size)
+		return -EINVAL;
+	pthread_mutex_lock(&rt->mlock);
+	err = stage_init(rt);
+	pthread_mutex_unlock(&rt->mlock);
+	if (err)
+		return err;
+	err = ensure_missing(rt, q.vma_start, q.vma_end);
+	if (err)
+		return err;
+	vpn = addr >> rt->page_shift;
+	e = st_entry(rt, vpn, true);
+	if (!e)
+		return -ENOMEM;
+	s = stripe_of(rt, vpn);
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(e)) {
+		uintptr_t v = atomic_load(e);
+
+		pthread_mutex_unlock(&s->lock);
+		if ((v & ST_EXCL) && !(v & ST_BUSY)) {
+			/* Already exclusive: same page. */
+			*dev_addr = (void *)stage_addr(rt, v >> 3);
+			uhmm__invalidate(rt, addr, addr + rt->page_size,
+					 UHMM_NOTIFY_EXCLUSIVE, owner);
+			return 0;
+		}
+		return -EBUSY;
+	}
+	atomic_store(e, ST_BUSY);
+	pthread_mutex_unlock(&s->lock);
+	atomic_store(&rt->has_device_pages, true);
+
+	/* Writable and present first, as make_device_exclusive faults it. */
+	r = os_madvise((void *)addr, rt->page_size, MADV_POPULATE_WRITE);
+	if (r == 0) {
+		uhmm__invalidate(rt, addr, addr + rt->page_size,
+				 UHMM_NOTIFY_EXCLUSIVE, owner);
+		slot = stage_alloc(rt, 1, SLOT_EMPTY);
+		r = slot < 0 ? (int)slot :
+		    uhmm__uffd_move(rt, stage_addr(rt, (unsigned long)slot), addr,
+				    rt->page_size, 0);
+		if (r && slot >= 0)
+			stage_free(rt, (unsigned long)slot, false);
+	} else {
+		r = -EFAULT;
+		slot = -1;
+	}
+	pthread_mutex_lock(&s->lock);
+	atomic_store(e, r == 0 ? (((uintptr_t)slot << 3) | ST_EXCL) : 0);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	if (r)
+		return r == -EBUSY || r == -ENOMEM ? r : -EBUSY;
+	*dev_addr = (void *)stage_addr(rt, (unsigned long)slot);
+	return 0;
 }
 
 static void fault_in(struct uhmm_rt *rt, unsigned long vpn,

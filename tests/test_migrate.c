@@ -539,3 +539,79 @@ TEST(fork_child_sees_device_pages)
 	/* Copy-on-write isolated: the parent's store does not reach a child. */
 	ASSERT_TRUE(check_pattern(p, n, 10));
 }
+
+struct exrec {
+	atomic_int excl_own, excl_revoke;
+};
+
+static bool ex_inv(struct uhmm_interval_notifier *sub,
+		   const struct uhmm_notifier_range *r, unsigned long seq)
+{
+	struct exrec *x = uhmm_interval_notifier_priv(sub);
+
+	uhmm_interval_set_seq(sub, seq);
+	if (r->event == UHMM_NOTIFY_EXCLUSIVE) {
+		if (r->owner == &toy)
+			atomic_fetch_add(&x->excl_own, 1);
+		else
+			atomic_fetch_add(&x->excl_revoke, 1);
+	}
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops ex_ops = { .invalidate = ex_inv };
+
+TEST(exclusive_access_then_cpu_touch)
+{
+	unsigned long n = 4;
+	uint64_t *p = (uint64_t *)map_anon(n * ps(), RW);
+	struct exrec x = { 0 };
+	struct uhmm_interval_notifier *sub;
+	void *dev[4];
+
+	ASSERT_EQ(uhmm_make_device_exclusive((unsigned long)p + 1, &toy, &dev[0]), -EINVAL);
+	ASSERT_EQ(uhmm_make_device_exclusive((unsigned long)p, &toy, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_interval_notifier_insert(&sub, (unsigned long)p, n * ps(), &ex_ops, &x), 0);
+	for (unsigned long i = 0; i < n; i++) {
+		p[i * ps() / 8] = i;
+		ASSERT_EQ(uhmm_make_device_exclusive((unsigned long)p + i * ps(), &toy, &dev[i]), 0);
+		ASSERT_FALSE(resident((char *)p + i * ps()));
+		/* The device's atomics. */
+		__atomic_fetch_add((uint64_t *)dev[i], 100, __ATOMIC_SEQ_CST);
+	}
+	ASSERT_EQ(atomic_load(&x.excl_own), (int)n);
+	ASSERT_EQ(atomic_load(&x.excl_revoke), 0);
+	/* The CPU's next touch revokes, then sees the device's updates. */
+	for (unsigned long i = 0; i < n; i++) {
+		p[i * ps() / 8] += 1;
+		ASSERT_EQ(p[i * ps() / 8], i + 101);
+	}
+	ASSERT_EQ(atomic_load(&x.excl_revoke), (int)n);
+	ASSERT_EQ(uhmm_interval_notifier_remove(sub), 0);
+	/* Shared memory cannot be made exclusive. */
+	char *sh = mmap(NULL, ps(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ASSERT_EQ(uhmm_make_device_exclusive((unsigned long)sh, &toy, &dev[0]), -EINVAL);
+}
+
+TEST(exclusive_then_fork_both_increment)
+{
+	uint64_t *p = (uint64_t *)map_anon(ps(), RW);
+	void *dev;
+	pid_t pid;
+	int st;
+
+	p[0] = 5;
+	ASSERT_EQ(uhmm_make_device_exclusive((unsigned long)p, &toy, &dev), 0);
+	__atomic_fetch_add((uint64_t *)dev, 1, __ATOMIC_SEQ_CST);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		p[0]++;
+		_exit(p[0] == 7 ? 0 : 1);
+	}
+	p[0] += 10;
+	ASSERT_EQ(waitpid(pid, &st, 0), pid);
+	ASSERT_TRUE(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	ASSERT_EQ(p[0], 16);
+}

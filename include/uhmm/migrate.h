@@ -191,6 +191,31 @@ UHMM_API int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pgmap
 UHMM_API void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst,
 					   unsigned long npages);
 
+/* ------------------------------------------------------------------ */
+/* Exclusive access (make_device_exclusive)                             */
+/* ------------------------------------------------------------------ */
+
+/**
+ * uhmm_make_device_exclusive() - give a device exclusive access to a page
+ * @addr: page-aligned address of a page of private anonymous memory
+ * @owner: the device; owner of the EXCLUSIVE invalidation sent now, so
+ *         that it can ignore its own
+ * @dev_addr: out: where the device accesses the page (atomics) while it
+ *            is exclusive
+ *
+ * The page is faulted in writable, then taken from the CPU: its address
+ * becomes inaccessible to the CPU, the page lives at *dev_addr. The
+ * CPU's next touch revokes it: an EXCLUSIVE invalidation (owner NULL)
+ * tells the mirrors to drop their entry, the page returns to @addr, and
+ * the access completes with the device's updates visible.
+ *
+ * Return: 0, -EINVAL (bad address, not private anonymous writable
+ * memory), -EBUSY (the page is on a device or being migrated), -EFAULT
+ * (cannot be faulted in), -ENOSYS without userfaultfd, -ENOMEM.
+ */
+UHMM_API int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
+					void **dev_addr);
+
 #ifdef __cplusplus
 }
 #endif
