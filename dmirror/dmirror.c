@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <uhmm/uhmm.h>
+#include <uhmm/migrate.h>
 #include <uhmm/dmirror.h>
 
 #define DMIRROR_NDEVICES	4
@@ -34,6 +35,17 @@
 #define DMIRROR_COPY_RETRIES	3
 /* Passes of a READ whose checked pages were invalidated before -EBUSY. */
 #define DMIRROR_READ_RESTARTS	64
+
+/* Device memory comes and grows in chunks of this size (kernel: 256 MiB). */
+#define DMIRROR_CHUNK_BYTES	(64UL << 20)
+/* uhmm pagemaps hold at most 64 chunks. */
+#define DMIRROR_MAX_CHUNKS	64
+/* Pages per migrate_vma call (kernel: PTRS_PER_PTE). */
+#define DMIRROR_MIGRATE_CHUNK	512
+/* Pages per uhmm_migrate_device_range() call when evicting. */
+#define DMIRROR_EVICT_CHUNK	2048
+/* Allocation attempts for the faulting page, which must not be skipped. */
+#define DMIRROR_FAULT_ALLOC_TRIES 4
 
 /* Entries that name device memory rather than a system page. */
 #define DMIRROR_PFN_DEVICE	(UHMM_PFN_DEVICE_PRIVATE | \
@@ -62,14 +74,38 @@ struct dmirror_pt {
  * kernel's struct dmirror_device). Its address is the owner cookie for
  * uhmm_range_fault() and for MIGRATE invalidations.
  */
+struct uhmm_dmirror;
+
 struct dmirror_device {
 	int id;
 	unsigned int refs;	/* opens; under dmirror_table.lock */
+	/*
+	 * Device memory and the list of opens. Lock order: dev->lock, then
+	 * an open's dm->lock; never the other way, and never held across a
+	 * call into uhmm that can run callbacks or free pages.
+	 */
+	pthread_mutex_t lock;
+	struct uhmm_dmirror *opens;	/* linked through dm->dev_next */
+	/*
+	 * Device-private memory, created at the first migration: a uhmm
+	 * pagemap (owner: this object) and, per chunk, a buffer that holds
+	 * the pages' data (the kernel's dmirror backs private pages with
+	 * system RAM too). uhmm_page_data() of a page is its storage.
+	 */
+	struct uhmm_pagemap *pgmap;
+	unsigned long chunk_pages;
+	unsigned int nchunks;
+	char *mem[DMIRROR_MAX_CHUNKS];
+	unsigned long *free;	/* stack of free page indices */
+	unsigned long nfree;
+	uint64_t calloc;	/* pages handed out */
+	uint64_t cfree;		/* pages given back */
 };
 
 /* One open (the kernel's per-file struct dmirror). */
 struct uhmm_dmirror {
 	struct dmirror_device *dev;
+	struct uhmm_dmirror *dev_next;	/* under dev->lock */
 	/* NULL once uhmm_shutdown() has released and freed it. */
 	struct uhmm_interval_notifier *notifier;	/* under dm->lock */
 	unsigned long nend;	/* end of the notifier's range */
@@ -214,7 +250,7 @@ static uint64_t *pt_leaf_alloc(struct dmirror_pt *pt, uint64_t vpn)
  * could trim the heap. Returns whether an entry was cleared.
  */
 static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
-			  uint64_t s, uint64_t e)
+			  uint64_t s, uint64_t e, bool keep_dev)
 {
 	unsigned int shift = PT_BITS * l;
 	uint64_t span = 1ULL << shift;
@@ -230,12 +266,15 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
 		if (!node[i])
 			continue;
 		if (l > 1) {
-			hit |= pt_clear_node(node[i], l - 1, cb, cs, ce);
+			hit |= pt_clear_node(node[i], l - 1, cb, cs, ce,
+					     keep_dev);
 		} else {
 			uint64_t *leaf = node[i];
 			uint64_t j;
 
 			for (j = cs - cb; j < ce - cb; j++) {
+				if (keep_dev && (leaf[j] & DMIRROR_PFN_DEVICE))
+					continue;
 				if (leaf[j]) {
 					leaf[j] = 0;
 					hit = true;
@@ -246,13 +285,71 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
 	return hit;
 }
 
-static bool pt_clear(struct dmirror_pt *pt, uint64_t s, uint64_t e)
+/*
+ * Clear the entries of VPNs [s, e); with @keep_dev, entries of device
+ * memory stay (the device's own migrations manage those).
+ */
+static bool pt_clear(struct dmirror_pt *pt, uint64_t s, uint64_t e,
+		     bool keep_dev)
 {
 	if (e > pt->limit)
 		e = pt->limit;
 	if (s >= e)
 		return false;
-	return pt_clear_node(pt->root, pt->levels, 0, s, e);
+	return pt_clear_node(pt->root, pt->levels, 0, s, e, keep_dev);
+}
+
+/* Clear every device-memory entry below @node (RELEASE, eviction). */
+static bool pt_clear_dev_node(void **node, unsigned int l)
+{
+	bool hit = false;
+	unsigned long i, j;
+
+	for (i = 0; i < PT_FANOUT; i++) {
+		if (!node[i])
+			continue;
+		if (l > 1) {
+			hit |= pt_clear_dev_node(node[i], l - 1);
+			continue;
+		}
+		for (j = 0; j < PT_FANOUT; j++) {
+			uint64_t *leaf = node[i];
+
+			if (leaf[j] & DMIRROR_PFN_DEVICE) {
+				leaf[j] = 0;
+				hit = true;
+			}
+		}
+	}
+	return hit;
+}
+
+static bool pt_clear_dev(struct dmirror_pt *pt)
+{
+	unsigned long i, n = 1UL << (DMIRROR_VA_BITS - dmirror_page_shift -
+				     PT_BITS * pt->levels);
+	bool hit = false;
+
+	if (!pt->root)
+		return false;
+	for (i = 0; i < n; i++) {
+		if (!pt->root[i])
+			continue;
+		if (pt->levels > 1) {
+			hit |= pt_clear_dev_node(pt->root[i], pt->levels - 1);
+		} else {
+			uint64_t *leaf = (uint64_t *)pt->root[i];
+			unsigned long j;
+
+			for (j = 0; j < PT_FANOUT; j++) {
+				if (leaf[j] & DMIRROR_PFN_DEVICE) {
+					leaf[j] = 0;
+					hit = true;
+				}
+			}
+		}
+	}
+	return hit;
 }
 
 static void pt_free_node(void **node, unsigned int l)
@@ -323,10 +420,18 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 			       unsigned long cur_seq)
 {
 	struct uhmm_dmirror *dm = uhmm_interval_notifier_priv(sub);
-
-	/* The device's own migrations update its page table themselves. */
-	if (range->event == UHMM_NOTIFY_MIGRATE && range->owner == dm->dev)
-		return true;
+	/*
+	 * The device's own migrations update the entries of its memory
+	 * themselves (the kernel ignores its own MIGRATE events). Unlike
+	 * the kernel, entries of system pages are dropped here all the
+	 * same: a page moving to this device leaves the application's
+	 * address space (pte_none) and a device copy through a stale entry
+	 * would fault to uhmm under dm->lock; and the sequence moves, so
+	 * that a fault round that saw a device page before the migration
+	 * collected it starts again.
+	 */
+	bool own = range->event == UHMM_NOTIFY_MIGRATE &&
+		   range->owner == dm->dev;
 
 	if (range->flags & UHMM_NOTIFIER_RANGE_BLOCKABLE)
 		pthread_mutex_lock(&dm->lock);
@@ -335,7 +440,7 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 
 	uhmm_interval_set_seq(sub, cur_seq);
 	if (pt_clear(&dm->pt, range->start >> dmirror_page_shift,
-		     range->end >> dmirror_page_shift))
+		     range->end >> dmirror_page_shift, own))
 		dm->inv_count++;
 	/* uhmm_shutdown(): the notifier is freed when this returns. */
 	if (range->event == UHMM_NOTIFY_RELEASE)
@@ -472,15 +577,18 @@ static int dmirror_fault(struct uhmm_dmirror *dm, unsigned long start,
 }
 
 /*
- * Whether a device page is memory of this device. Issue B: ask the device
- * memory of dm->dev. Until then no page is: uhmm_range_fault() reports
- * private pages of other owners as not present anyway.
+ * Whether a device page is memory of this device. uhmm_range_fault()
+ * reports private pages of other owners as not present, so REMOTE shows
+ * only for pages it reports to another owner (none today).
  */
 static bool dmirror_page_is_local(const struct uhmm_dmirror *dm, uint64_t pfn)
 {
-	(void)dm;
-	(void)pfn;
-	return false;
+	struct uhmm_page *page;
+
+	if (!dm || !(pfn & UHMM_PFN_DEVICE_PRIVATE))
+		return false;
+	page = uhmm_pfn_to_page(pfn);
+	return page && uhmm_page_owner(page) == dm->dev;
 }
 
 /* One SNAPSHOT byte (dmirror_mkentry). */
@@ -673,6 +781,35 @@ static int dmirror_copy_run(struct dmirror_copy *c, uint64_t i, uint64_t pfn,
 }
 
 /*
+ * Copy page @i of a command between the caller's buffer and this
+ * device's memory: the device accesses its own storage directly. A page
+ * of another device is never in this device's page table.
+ */
+static int dmirror_copy_devpage(struct uhmm_dmirror *dm, struct dmirror_copy *c,
+				uint64_t i, uint64_t e)
+{
+	struct uhmm_page *page = uhmm_pfn_to_page(e);
+	char *mem = page ? uhmm_page_data(page) : NULL;
+	char *buf = c->buf + (i << dmirror_page_shift);
+	unsigned long fa = 0;
+	int ret;
+
+	if (!mem || uhmm_page_owner(page) != dm->dev) {
+		c->done = i;
+		return -EFAULT;
+	}
+	if (c->write)
+		ret = uhmm_copy_nofault(mem, buf, dmirror_page_size, &fa);
+	else
+		ret = uhmm_copy_nofault(buf, mem, dmirror_page_size, &fa);
+	if (ret) {
+		c->done = i;
+		c->buf_fault = true;
+	}
+	return ret;
+}
+
+/*
  * Copy pages [0, n) of a command starting at @vpn between the caller's
  * buffer and the memory the device page table points at, all entries
  * present. Runs of virtually contiguous system pages go in one copy.
@@ -710,10 +847,12 @@ static int dmirror_copy_pages(struct uhmm_dmirror *dm, uint64_t vpn,
 				if (ret)
 					return ret;
 			}
-			/* Device memory comes with issue B. */
 			if (e & DMIRROR_PFN_DEVICE) {
-				c->done = i;
-				return -EOPNOTSUPP;
+				run_n = 0;
+				ret = dmirror_copy_devpage(dm, c, i, e);
+				if (ret)
+					return ret;
+				continue;
 			}
 			run_i = i;
 			run_pfn = e;
@@ -868,6 +1007,546 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 }
 
 /* ------------------------------------------------------------------ */
+/* Device memory                                                        */
+/* ------------------------------------------------------------------ */
+
+static void dmirror_page_free(struct uhmm_page *page);
+static int dmirror_devmem_fault(struct uhmm_fault *vmf);
+
+static const struct uhmm_pagemap_ops dmirror_devmem_ops = {
+	.page_free = dmirror_page_free,
+	.migrate_to_ram = dmirror_devmem_fault,
+};
+
+static struct dmirror_device *dmirror_page_dev(const struct uhmm_page *page)
+{
+	return (struct dmirror_device *)(uintptr_t)uhmm_page_owner(page);
+}
+
+/*
+ * Add a chunk of device memory: the pagemap at the first call, a grown
+ * one later (dmirror_allocate_chunk). Under dev->lock.
+ */
+static int dmirror_devmem_grow(struct dmirror_device *dev)
+{
+	unsigned long n = DMIRROR_CHUNK_BYTES >> dmirror_page_shift;
+	unsigned long i, *fl;
+	void *mem;
+	long first;
+	int ret;
+
+	if (dev->nchunks >= DMIRROR_MAX_CHUNKS)
+		return -ENOMEM;
+	dev->chunk_pages = n;
+	if (posix_memalign(&mem, dmirror_page_size, n << dmirror_page_shift))
+		return -ENOMEM;
+	fl = realloc(dev->free, (dev->nchunks + 1) * n * sizeof(*fl));
+	if (!fl) {
+		free(mem);
+		return -ENOMEM;
+	}
+	dev->free = fl;
+	if (!dev->pgmap) {
+		ret = uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, dev,
+					  &dmirror_devmem_ops, n, &dev->pgmap);
+		first = ret ? ret : 0;
+	} else {
+		first = uhmm_pagemap_grow(dev->pgmap, n);
+	}
+	if (first < 0) {
+		free(mem);
+		return (int)first;
+	}
+	for (i = 0; i < n; i++)
+		uhmm_page_set_data(uhmm_pagemap_page(dev->pgmap,
+						     (unsigned long)first + i),
+				   (char *)mem + (i << dmirror_page_shift));
+	/* Lowest indices on top. */
+	for (i = 0; i < n; i++)
+		dev->free[dev->nfree++] = (unsigned long)first + n - 1 - i;
+	dev->mem[dev->nchunks++] = mem;
+	return 0;
+}
+
+/* A free device page with reference count 1 (dmirror_devmem_alloc_page). */
+static struct uhmm_page *dmirror_page_alloc(struct dmirror_device *dev)
+{
+	struct uhmm_page *page;
+
+	pthread_mutex_lock(&dev->lock);
+	if (!dev->nfree && dmirror_devmem_grow(dev)) {
+		pthread_mutex_unlock(&dev->lock);
+		return NULL;
+	}
+	page = uhmm_pagemap_page(dev->pgmap, dev->free[--dev->nfree]);
+	dev->calloc++;
+	pthread_mutex_unlock(&dev->lock);
+	uhmm_page_init(page);
+	return page;
+}
+
+static void dmirror_page_free(struct uhmm_page *page)
+{
+	struct dmirror_device *dev = dmirror_page_dev(page);
+
+	pthread_mutex_lock(&dev->lock);
+	dev->free[dev->nfree++] = uhmm_page_index(page);
+	dev->cfree++;
+	pthread_mutex_unlock(&dev->lock);
+}
+
+/* FLAG_FAIL_ALLOC of @dm: whether this allocation must fail (once). */
+static bool dmirror_fail_alloc(struct uhmm_dmirror *dm)
+{
+	bool fail;
+
+	pthread_mutex_lock(&dm->lock);
+	fail = dm->flags & UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+	dm->flags &= ~(uint64_t)UHMM_DMIRROR_FLAG_FAIL_ALLOC;
+	pthread_mutex_unlock(&dm->lock);
+	return fail;
+}
+
+/*
+ * The same for a CPU fault, which belongs to no open: the flag of any
+ * open of the device (the kernel takes the open that migrated the page).
+ */
+static bool dmirror_dev_fail_alloc(struct dmirror_device *dev)
+{
+	struct uhmm_dmirror *o;
+	bool fail = false;
+
+	pthread_mutex_lock(&dev->lock);
+	for (o = dev->opens; o && !fail; o = o->dev_next)
+		fail = dmirror_fail_alloc(o);
+	pthread_mutex_unlock(&dev->lock);
+	return fail;
+}
+
+/*
+ * Drop the entries of the collected device pages of @m from the page
+ * table of every open of the device: the device loses access before the
+ * data move (the MIGRATE invalidation of the owner keeps them).
+ */
+static void dmirror_dev_unmap(struct dmirror_device *dev,
+			      const struct uhmm_migrate *m)
+{
+	uint64_t vpn0 = m->start >> dmirror_page_shift;
+	struct uhmm_dmirror *o;
+	unsigned long i;
+
+	pthread_mutex_lock(&dev->lock);
+	for (o = dev->opens; o; o = o->dev_next) {
+		bool hit = false;
+
+		pthread_mutex_lock(&o->lock);
+		for (i = 0; i < m->npages; i++) {
+			uint64_t *leaf;
+
+			if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+				continue;
+			leaf = pt_leaf(&o->pt, vpn0 + i);
+			if (leaf && (leaf[(vpn0 + i) & PT_MASK] & DMIRROR_PFN_DEVICE)) {
+				leaf[(vpn0 + i) & PT_MASK] = 0;
+				hit = true;
+			}
+		}
+		if (hit)
+			o->inv_count++;
+		pthread_mutex_unlock(&o->lock);
+	}
+	pthread_mutex_unlock(&dev->lock);
+}
+
+/* Every device-memory entry of every open (eviction without addresses). */
+static void dmirror_dev_unmap_all(struct dmirror_device *dev)
+{
+	struct uhmm_dmirror *o;
+
+	pthread_mutex_lock(&dev->lock);
+	for (o = dev->opens; o; o = o->dev_next) {
+		pthread_mutex_lock(&o->lock);
+		if (pt_clear_dev(&o->pt))
+			o->inv_count++;
+		pthread_mutex_unlock(&o->lock);
+	}
+	pthread_mutex_unlock(&dev->lock);
+}
+
+/*
+ * Device -> system for the collected entries of @m: a system page each,
+ * filled from the device's storage (dmirror_devmem_fault_alloc_and_copy).
+ * FAIL_ALLOC (of @dm, or of the device for a CPU fault) makes one
+ * allocation fail: that page stays on the device, unless it is
+ * @fault_page, which must not be skipped. Returns -ENOMEM when
+ * @fault_page could not be given a page.
+ */
+static int dmirror_to_sys_copy(struct dmirror_device *dev,
+			       struct uhmm_dmirror *dm, struct uhmm_migrate *m,
+			       struct uhmm_page *fault_page)
+{
+	unsigned long i;
+	int ret = 0;
+
+	memset(m->dst, 0, m->npages * sizeof(*m->dst));
+	dmirror_dev_unmap(dev, m);
+	for (i = 0; i < m->npages; i++) {
+		struct uhmm_page *page = uhmm_migrate_pfn_to_page(m->src[i]);
+		int tries = page == fault_page ? DMIRROR_FAULT_ALLOC_TRIES : 1;
+		bool fail;
+		int r = -ENOMEM;
+
+		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !page)
+			continue;
+		fail = dm ? dmirror_fail_alloc(dm) : dmirror_dev_fail_alloc(dev);
+		if (fail && page != fault_page)
+			continue;
+		while (tries-- > 0 && r)
+			r = uhmm_migrate_alloc_system(&m->dst[i]);
+		if (r) {
+			m->dst[i] = 0;
+			if (page == fault_page)
+				ret = r;
+			continue;
+		}
+		memcpy(uhmm_migrate_pfn_to_addr(m->dst[i]), uhmm_page_data(page),
+		       dmirror_page_size);
+	}
+	return ret;
+}
+
+/*
+ * uhmm_migrate_setup() of at most [start, end): a range that crosses a
+ * VMA boundary is -EINVAL, and the public API has no VMA lookup, so the
+ * chunk is halved until it fits (a boundary costs a few failed setups,
+ * which check the range before doing anything). m->end says how far it
+ * got.
+ */
+static int dmirror_migrate_setup(struct uhmm_migrate *m, unsigned long start,
+				 unsigned long end, uint64_t *src, uint64_t *dst,
+				 const void *owner, unsigned long flags,
+				 struct uhmm_page *fault_page)
+{
+	unsigned long n = (end - start) >> dmirror_page_shift;
+	int ret;
+
+	for (;;) {
+		memset(m, 0, sizeof(*m));
+		m->start = start;
+		m->end = start + (n << dmirror_page_shift);
+		m->src = src;
+		m->dst = dst;
+		m->pgmap_owner = owner;
+		m->flags = flags;
+		m->fault_page = fault_page;
+		ret = uhmm_migrate_setup(m);
+		if (ret != -EINVAL || n == 1)
+			return ret;
+		n /= 2;
+	}
+}
+
+/*
+ * migrate_to_ram (dmirror_devmem_fault), on a uhmm monitor thread: the
+ * core's read-ahead window, or the faulting page alone when the window
+ * does not fit one VMA.
+ */
+static int dmirror_devmem_fault(struct uhmm_fault *vmf)
+{
+	struct dmirror_device *dev = dmirror_page_dev(vmf->page);
+	uint64_t src[DMIRROR_MIGRATE_CHUNK], dst[DMIRROR_MIGRATE_CHUNK];
+	unsigned long start = vmf->ra_start, end = vmf->ra_end;
+	struct uhmm_migrate m;
+	int ret;
+
+	if (start > vmf->address || end <= vmf->address || start & (dmirror_page_size - 1) ||
+	    end & (dmirror_page_size - 1) ||
+	    (end - start) >> dmirror_page_shift > DMIRROR_MIGRATE_CHUNK) {
+		start = vmf->address;
+		end = start + dmirror_page_size;
+	}
+	ret = dmirror_migrate_setup(&m, start, end, src, dst, dev,
+				    UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+				    vmf->page);
+	if (ret == 0 && (vmf->address < m.start || vmf->address >= m.end)) {
+		/* Halving lost the faulting page: that page alone. */
+		uhmm_migrate_finalize(&m);
+		ret = -EINVAL;
+	}
+	if (ret == -EINVAL && end - start > dmirror_page_size)
+		ret = dmirror_migrate_setup(&m, vmf->address,
+					    vmf->address + dmirror_page_size,
+					    src, dst, dev,
+					    UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+					    vmf->page);
+	if (ret)
+		return ret;
+	ret = dmirror_to_sys_copy(dev, NULL, &m, vmf->page);
+	uhmm_migrate_pages(&m);
+	uhmm_migrate_finalize(&m);
+	return ret;
+}
+
+/*
+ * Evict every page of the device to system memory (dmirror_device_evict_
+ * chunk): RELEASE, and the close of the last open. Pages a CPU fault is
+ * migrating at that moment are left to it.
+ */
+static int dmirror_dev_evict(struct dmirror_device *dev)
+{
+	struct uhmm_pagemap *pgmap;
+	unsigned long npages, first, i, n;
+	uint64_t *src, *dst;
+
+	pthread_mutex_lock(&dev->lock);
+	pgmap = dev->pgmap;
+	npages = pgmap ? uhmm_pagemap_npages(pgmap) : 0;
+	pthread_mutex_unlock(&dev->lock);
+	if (!npages)
+		return 0;
+	src = malloc(DMIRROR_EVICT_CHUNK * sizeof(*src));
+	dst = malloc(DMIRROR_EVICT_CHUNK * sizeof(*dst));
+	if (!src || !dst) {
+		free(src);
+		free(dst);
+		return -ENOMEM;
+	}
+	for (first = 0; first < npages; first += n) {
+		bool any = false;
+
+		n = npages - first;
+		if (n > DMIRROR_EVICT_CHUNK)
+			n = DMIRROR_EVICT_CHUNK;
+		if (uhmm_migrate_device_range(src, pgmap, first, n))
+			continue;
+		for (i = 0; i < n && !any; i++)
+			any = src[i] & UHMM_MIGRATE_PFN_MIGRATE;
+		if (!any)
+			continue;
+		/*
+		 * uhmm_migrate_device_range() raises no invalidation and the
+		 * addresses are unknown here: drop every device entry.
+		 */
+		dmirror_dev_unmap_all(dev);
+		memset(dst, 0, n * sizeof(*dst));
+		for (i = 0; i < n; i++) {
+			struct uhmm_page *page = uhmm_migrate_pfn_to_page(src[i]);
+			int tries = DMIRROR_FAULT_ALLOC_TRIES, r = -ENOMEM;
+
+			if (!page || !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+				continue;
+			while (tries-- > 0 && r)
+				r = uhmm_migrate_alloc_system(&dst[i]);
+			if (r) {
+				dst[i] = 0;
+				continue;
+			}
+			memcpy(uhmm_migrate_pfn_to_addr(dst[i]),
+			       uhmm_page_data(page), dmirror_page_size);
+		}
+		uhmm_migrate_device_finalize(src, dst, n);
+	}
+	free(src);
+	free(dst);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Migration commands                                                   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * -EINVAL if a page of [start, end) has no mapping or is not readable
+ * (a snapshot: nothing is faulted).
+ */
+static int dmirror_check_mapped(struct uhmm_dmirror *dm, unsigned long start,
+				unsigned long end)
+{
+	uint64_t pfns[DMIRROR_FAULT_CHUNK];
+	struct uhmm_range range = {
+		.notifier = dm->notifier,
+		.hmm_pfns = pfns,
+		.default_flags = 0,
+		.pfn_flags_mask = 0,
+		.dev_private_owner = dm->dev,
+	};
+	unsigned long addr, i;
+	int ret;
+
+	for (addr = start; addr < end; addr = range.end) {
+		unsigned long n = (end - addr) >> dmirror_page_shift;
+
+		if (n > DMIRROR_FAULT_CHUNK)
+			n = DMIRROR_FAULT_CHUNK;
+		range.start = addr;
+		range.end = addr + (n << dmirror_page_shift);
+		memset(pfns, 0, n * sizeof(pfns[0]));
+		ret = dmirror_range_lock(dm, &range);
+		if (ret)
+			return ret == -EFAULT ? -EINVAL : ret;
+		pthread_mutex_unlock(&dm->lock);
+		for (i = 0; i < n; i++)
+			if (pfns[i] & UHMM_PFN_ERROR)
+				return -EINVAL;
+	}
+	return 0;
+}
+
+/*
+ * The read-back of MIGRATE_TO_DEV (dmirror_do_read): through the device
+ * page table only, nothing is faulted; -ENOENT when a page has no entry.
+ */
+static int dmirror_read_back(struct uhmm_dmirror *dm,
+			     struct uhmm_dmirror_cmd *cmd, unsigned long start)
+{
+	uint64_t npages = cmd->npages, n;
+	uint64_t vpn = start >> dmirror_page_shift;
+	struct dmirror_copy c = {
+		.buf = (char *)(uintptr_t)cmd->ptr,
+		.write = false,
+	};
+	int ret;
+
+	pthread_mutex_lock(&dm->lock);
+	n = pt_scan(&dm->pt, vpn, npages, UHMM_PFN_VALID);
+	if (n < npages) {
+		pthread_mutex_unlock(&dm->lock);
+		cmd->cpages = n;
+		return -ENOENT;
+	}
+	ret = dmirror_copy_pages(dm, vpn, npages, &c);
+	pthread_mutex_unlock(&dm->lock);
+	cmd->cpages = ret ? c.done : npages;
+	return ret;
+}
+
+/* MIGRATE_TO_DEV (dmirror_migrate_to_device). */
+static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
+				  struct uhmm_dmirror_cmd *cmd,
+				  unsigned long start, unsigned long end)
+{
+	struct dmirror_device *dev = dm->dev;
+	uint64_t src[DMIRROR_MIGRATE_CHUNK], dst[DMIRROR_MIGRATE_CHUNK];
+	struct uhmm_migrate m;
+	unsigned long addr, i;
+	int ret;
+
+	ret = dmirror_notifier_get(dm);
+	if (ret)
+		return ret;
+	ret = dmirror_check_mapped(dm, start, end);
+	if (ret)
+		return ret;
+
+	for (addr = start; addr < end; addr = m.end) {
+		unsigned long n = (end - addr) >> dmirror_page_shift;
+		uint64_t vpn = addr >> dmirror_page_shift;
+		uint64_t *leaf = NULL;
+
+		if (n > DMIRROR_MIGRATE_CHUNK)
+			n = DMIRROR_MIGRATE_CHUNK;
+		ret = dmirror_migrate_setup(&m, addr,
+					    addr + (n << dmirror_page_shift),
+					    src, dst, dev,
+					    UHMM_MIGRATE_SELECT_SYSTEM, NULL);
+		if (ret)
+			return ret;
+		memset(dst, 0, m.npages * sizeof(*dst));
+		for (i = 0; i < m.npages; i++) {
+			struct uhmm_page *page;
+			char *mem;
+
+			if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+				continue;
+			if (dmirror_fail_alloc(dm))
+				continue;
+			page = dmirror_page_alloc(dev);
+			if (!page)
+				continue;
+			mem = uhmm_page_data(page);
+			if (src[i] & UHMM_MIGRATE_PFN_VALID)
+				memcpy(mem, uhmm_migrate_pfn_to_addr(src[i]),
+				       dmirror_page_size);
+			else
+				memset(mem, 0, dmirror_page_size);
+			dst[i] = uhmm_migrate_pfn_device(page) |
+				 (src[i] & UHMM_MIGRATE_PFN_WRITE);
+		}
+		uhmm_migrate_pages(&m);
+
+		/*
+		 * The migrated pages in this open's page table, as
+		 * uhmm_range_fault() reports them to their owner
+		 * (dmirror_migrate_finalize_and_map).
+		 */
+		pthread_mutex_lock(&dm->lock);
+		for (i = 0; i < m.npages; i++, vpn++) {
+			if (!leaf || !(vpn & PT_MASK))
+				leaf = pt_leaf_alloc(&dm->pt, vpn);
+			if (!leaf || !(src[i] & UHMM_MIGRATE_PFN_MIGRATE) ||
+			    !dst[i])
+				continue;
+			leaf[vpn & PT_MASK] = UHMM_PFN_VALID |
+				UHMM_PFN_DEVICE_PRIVATE |
+				((src[i] & UHMM_MIGRATE_PFN_WRITE) ?
+				 UHMM_PFN_WRITE : 0) |
+				((dst[i] >> UHMM_MIGRATE_PFN_SHIFT) &
+				 UHMM_PFN_FRAME_MASK);
+		}
+		pthread_mutex_unlock(&dm->lock);
+		uhmm_migrate_finalize(&m);
+		/* Pages allocated for entries that did not move. */
+		for (i = 0; i < m.npages; i++)
+			if (dst[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+				uhmm_page_put(uhmm_migrate_pfn_to_page(dst[i]));
+	}
+
+	/* Return the migrated data for verification. */
+	return dmirror_read_back(dm, cmd, start);
+}
+
+/* MIGRATE_TO_SYS (dmirror_migrate_to_system). */
+static int dmirror_migrate_to_sys(struct uhmm_dmirror *dm,
+				  struct uhmm_dmirror_cmd *cmd,
+				  unsigned long start, unsigned long end)
+{
+	struct dmirror_device *dev = dm->dev;
+	uint64_t src[DMIRROR_MIGRATE_CHUNK], dst[DMIRROR_MIGRATE_CHUNK];
+	struct uhmm_migrate m;
+	unsigned long addr, i;
+	int ret;
+
+	ret = dmirror_notifier_get(dm);
+	if (ret)
+		return ret;
+	ret = dmirror_check_mapped(dm, start, end);
+	if (ret)
+		return ret;
+
+	for (addr = start; addr < end; addr = m.end) {
+		unsigned long n = (end - addr) >> dmirror_page_shift;
+
+		if (n > DMIRROR_MIGRATE_CHUNK)
+			n = DMIRROR_MIGRATE_CHUNK;
+		ret = dmirror_migrate_setup(&m, addr,
+					    addr + (n << dmirror_page_shift),
+					    src, dst, dev,
+					    UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+					    NULL);
+		if (ret)
+			return ret;
+		dmirror_to_sys_copy(dev, dm, &m, NULL);
+		uhmm_migrate_pages(&m);
+		for (i = 0; i < m.npages; i++)
+			if ((src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
+			    (src[i] & UHMM_MIGRATE_PFN_VALID))
+				cmd->cpages++;
+		uhmm_migrate_finalize(&m);
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* Devices and opens                                                    */
 /* ------------------------------------------------------------------ */
 
@@ -890,6 +1569,7 @@ static int dmirror_device_get(int device, struct dmirror_device **out)
 			return -ENOMEM;
 		}
 		dev->id = device;
+		pthread_mutex_init(&dev->lock, NULL);
 		dmirror_table.dev[device] = dev;
 	}
 	dev->refs++;
@@ -898,17 +1578,58 @@ static int dmirror_device_get(int device, struct dmirror_device **out)
 	return 0;
 }
 
+/*
+ * Drop an open's reference. The last one migrates the device's memory back
+ * (no data lost) and frees it, unless pages are still referenced (a CPU
+ * fault migrating one right now): then the device object stays, as the
+ * owner of those pages.
+ */
 static void dmirror_device_put(struct dmirror_device *dev)
 {
-	bool last;
+	unsigned int i;
+	bool last, idle;
 
 	pthread_mutex_lock(&dmirror_table.lock);
 	last = --dev->refs == 0;
-	if (last)
+	if (last && dmirror_table.dev[dev->id] == dev)
 		dmirror_table.dev[dev->id] = NULL;
 	pthread_mutex_unlock(&dmirror_table.lock);
-	if (last)
-		free(dev);
+	if (!last)
+		return;
+
+	dmirror_dev_evict(dev);
+	pthread_mutex_lock(&dev->lock);
+	idle = dev->calloc == dev->cfree;
+	pthread_mutex_unlock(&dev->lock);
+	if (dev->pgmap && (!idle || uhmm_pagemap_destroy(dev->pgmap)))
+		return;
+	for (i = 0; i < dev->nchunks; i++)
+		free(dev->mem[i]);
+	free(dev->free);
+	pthread_mutex_destroy(&dev->lock);
+	free(dev);
+}
+
+static void dmirror_open_link(struct uhmm_dmirror *dm)
+{
+	pthread_mutex_lock(&dm->dev->lock);
+	dm->dev_next = dm->dev->opens;
+	dm->dev->opens = dm;
+	pthread_mutex_unlock(&dm->dev->lock);
+}
+
+static void dmirror_open_unlink(struct uhmm_dmirror *dm)
+{
+	struct uhmm_dmirror **pp;
+
+	pthread_mutex_lock(&dm->dev->lock);
+	for (pp = &dm->dev->opens; *pp; pp = &(*pp)->dev_next) {
+		if (*pp == dm) {
+			*pp = dm->dev_next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&dm->dev->lock);
 }
 
 UHMM_API int uhmm_dmirror_open(int device, struct uhmm_dmirror **out)
@@ -944,6 +1665,7 @@ UHMM_API int uhmm_dmirror_open(int device, struct uhmm_dmirror **out)
 					    &dmirror_notifier_ops, dm);
 	if (ret)
 		goto err_dev;
+	dmirror_open_link(dm);
 
 	*out = dm;
 	return 0;
@@ -970,9 +1692,9 @@ UHMM_API int uhmm_dmirror_close(struct uhmm_dmirror *dm)
 	if (dmirror_stale(dm))
 		return -EBADF;
 
-	/* Issue B: migrate this open's device memory back first. */
 	if (dm->notifier)
 		uhmm_interval_notifier_remove(dm->notifier);
+	dmirror_open_unlink(dm);
 	pt_destroy(&dm->pt);
 	free(dm->snap_pfns);
 	dmirror_device_put(dm->dev);
@@ -1022,10 +1744,14 @@ UHMM_API int uhmm_dmirror_cmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
 		pthread_mutex_unlock(&dm->lock);
 		return 0;
 	case UHMM_DMIRROR_RELEASE:
-		/* No device memory yet (issue B). */
+		dmirror_dev_evict(dm->dev);
 		return 0;
 	case UHMM_DMIRROR_MIGRATE_TO_DEV:
+		if (__builtin_add_overflow(cmd->ptr, len, &e))
+			return -EFAULT;
+		return dmirror_migrate_to_dev(dm, cmd, start, end);
 	case UHMM_DMIRROR_MIGRATE_TO_SYS:
+		return dmirror_migrate_to_sys(dm, cmd, start, end);
 	case UHMM_DMIRROR_EXCLUSIVE:
 	case UHMM_DMIRROR_CHECK_EXCLUSIVE:
 		return -EOPNOTSUPP;

@@ -1,0 +1,573 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dmirror device memory: MIGRATE_TO_DEV, MIGRATE_TO_SYS, RELEASE, CPU
+ * fault-back through migrate_to_ram, SNAPSHOT of device pages; ports of
+ * the kernel's hmm-tests migrate* scenarios (tools/testing/selftests/mm/
+ * hmm-tests.c) on devices 0 and 1 (device-private memory).
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <uhmm/dmirror.h>
+#include <uhmm/uhmm.h>
+
+#include "harness.h"
+#include "util.h"
+
+#define LOCAL_W (UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE)
+
+static struct uhmm_dmirror *dopen(int dev)
+{
+	struct uhmm_dmirror *dm = NULL;
+
+	ASSERT_EQ(uhmm_dmirror_open(dev, &dm), 0);
+	return dm;
+}
+
+/* The i-th int of a buffer holds i (hmm-tests style). */
+static void fill_ints(void *p, unsigned long npages, int base)
+{
+	int *w = p;
+
+	for (unsigned long i = 0; i < npages * ps() / sizeof(int); i++)
+		w[i] = (int)i + base;
+}
+
+static bool check_ints(const void *p, unsigned long npages, int base)
+{
+	const int *w = p;
+
+	for (unsigned long i = 0; i < npages * ps() / sizeof(int); i++)
+		if (w[i] != (int)i + base)
+			return false;
+	return true;
+}
+
+static int migrate(struct uhmm_dmirror *dm, void *p, void *mirror,
+		   unsigned long npages, struct uhmm_dmirror_cmd *c)
+{
+	return dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npages, c);
+}
+
+/* SNAPSHOT of [p, p + npages) into a fresh array (caller frees). */
+static unsigned char *snap(struct uhmm_dmirror *dm, void *p, unsigned long npages)
+{
+	struct uhmm_dmirror_cmd c;
+	unsigned char *m = malloc(npages);
+
+	ASSERT_NOT_NULL(m);
+	memset(m, 0xaa, npages);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_SNAPSHOT, p, m, npages, &c), 0);
+	ASSERT_EQ(c.cpages, npages);
+	return m;
+}
+
+static bool snap_all(struct uhmm_dmirror *dm, void *p, unsigned long npages,
+		     unsigned char v)
+{
+	unsigned char *m = snap(dm, p, npages);
+	bool ok = true;
+
+	for (unsigned long i = 0; i < npages; i++) {
+		if (m[i] != v) {
+			TH_LOG("page %lu: 0x%02x, want 0x%02x", i, m[i], v);
+			ok = false;
+			break;
+		}
+	}
+	free(m);
+	return ok;
+}
+
+/* Basic migrate: data read back through the device and by the CPU. */
+TEST(migrate)
+{
+	unsigned long n = 64;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 0);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_EQ(c.faults, 0ULL);
+	ASSERT_TRUE(check_ints(mirror, n, 0));
+	/* The pages left the application's address space. */
+	ASSERT_EQ(page_present(p), 0);
+	ASSERT_EQ(page_present(p + (n - 1) * ps()), 0);
+	ASSERT_TRUE(snap_all(dm, p, n, LOCAL_W));
+	/* READ through the device: its own memory, no fault round. */
+	memset(mirror, 0, n * ps());
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_EQ(c.faults, 0ULL);
+	ASSERT_TRUE(check_ints(mirror, n, 0));
+	/* The CPU faults them back. */
+	ASSERT_TRUE(check_ints(p, n, 0));
+	ASSERT_EQ(page_present(p), 1);
+	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_WRITE));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* Holes and the zero page migrate too (as zeros). */
+TEST(migrate_holes_zero_page)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+	volatile char v = p[0];		/* zero page */
+
+	(void)v;
+	p[ps()] = 7;
+	memset(mirror, 0x33, n * ps());
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_EQ(mirror[0], 0);
+	ASSERT_EQ(mirror[ps()], 7);
+	ASSERT_EQ(mirror[5 * ps() + 9], 0);
+	ASSERT_TRUE(snap_all(dm, p, n, LOCAL_W));
+	ASSERT_EQ(p[ps()], 7);
+	ASSERT_EQ(p[6 * ps()], 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* Device WRITE to its own memory, seen by the CPU after fault-back. */
+TEST(migrate_device_write)
+{
+	unsigned long n = 16;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(1);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 0);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	fill_ints(mirror, n, 100);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_WRITE, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_EQ(c.faults, 0ULL);
+	ASSERT_EQ(page_present(p), 0);
+	ASSERT_TRUE(check_ints(p, n, 100));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* hmm-tests migrate_fault: migrate, the CPU reads, migrate again. */
+TEST(migrate_fault)
+{
+	unsigned long n = 32;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 0);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_TRUE(check_ints(mirror, n, 0));
+	ASSERT_TRUE(check_ints(p, n, 0));
+	memset(mirror, 0, n * ps());
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_TRUE(check_ints(mirror, n, 0));
+	ASSERT_TRUE(check_ints(p, n, 0));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* hmm-tests migrate_release: RELEASE brings everything back. */
+TEST(migrate_release)
+{
+	unsigned long n = 48;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 3);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_TRUE(snap_all(dm, p, n, LOCAL_W));
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_RELEASE, p, NULL, 1, &c), 0);
+	/* Back without a CPU fault: present, ordinary pages. */
+	ASSERT_EQ(page_present(p), 1);
+	ASSERT_EQ(page_present(p + (n - 1) * ps()), 1);
+	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_WRITE));
+	ASSERT_TRUE(check_ints(p, n, 3));
+	/* The device reads system memory again. */
+	memset(mirror, 0, n * ps());
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, mirror, n, &c), 0);
+	ASSERT_TRUE(check_ints(mirror, n, 3));
+	/* And can migrate again. */
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_TRUE(check_ints(p, n, 3));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* hmm-tests migrate_shared: shared anonymous memory does not migrate. */
+TEST(migrate_shared)
+{
+	unsigned long n = 4;
+	char *p = mmap(NULL, n * ps(), RW, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	char *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_NE(p, MAP_FAILED);
+	memset(p, 5, n * ps());
+	memset(mirror, 0x11, n * ps());
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), -ENOENT);
+	/* Nothing written to ptr on failure. */
+	ASSERT_EQ(mirror[0], 0x11);
+	ASSERT_EQ(p[0], 5);
+	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_WRITE));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* hmm-tests migrate_multiple: ten rounds of migrate / verify. */
+TEST(migrate_multiple)
+{
+	unsigned long n = 40;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	for (int r = 0; r < 10; r++) {
+		fill_ints(p, n, r);
+		memset(mirror, 0, n * ps());
+		ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+		ASSERT_EQ(c.cpages, n);
+		ASSERT_TRUE(check_ints(mirror, n, r));
+		ASSERT_TRUE(check_ints(p, n, r));
+	}
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* Half faulted back by the CPU, then the mixed range migrates again. */
+TEST(migrate_mixed_residency)
+{
+	unsigned long n = 32;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+	unsigned char *m;
+
+	fill_ints(p, n, 9);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	/* The CPU touches every other page. */
+	for (unsigned long i = 0; i < n; i += 2)
+		ASSERT_EQ(((int *)(p + i * ps()))[1], (int)(i * ps() / sizeof(int)) + 1 + 9);
+	m = snap(dm, p, n);
+	for (unsigned long i = 1; i < n; i += 2)
+		ASSERT_EQ(m[i], LOCAL_W);
+	free(m);
+	memset(mirror, 0, n * ps());
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_TRUE(check_ints(mirror, n, 9));
+	ASSERT_TRUE(snap_all(dm, p, n, LOCAL_W));
+	ASSERT_TRUE(check_ints(p, n, 9));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* MIGRATE_TO_SYS: cpages = pages migrated, data intact, no CPU fault. */
+TEST(migrate_to_sys)
+{
+	unsigned long n = 24;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 4);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_EQ(page_present(p), 1);
+	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_WRITE));
+	ASSERT_TRUE(check_ints(p, n, 4));
+	/* Nothing left on the device: 0 pages. */
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, n, &c), 0);
+	ASSERT_EQ(c.cpages, 0ULL);
+	/* Unmapped range: -EINVAL. */
+	ASSERT_EQ(munmap(p + (n - 1) * ps(), ps()), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, n, &c), -EINVAL);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/*
+ * Two devices (hmm-tests hmm2 snapshot, double_map): a page on device 0 is
+ * not present for device 1 (PROT_NONE in its SNAPSHOT); a READ by device 1
+ * faults it back to system memory and gets the data.
+ */
+TEST(two_devices)
+{
+	unsigned long n = 16;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *d0 = dopen(0), *d1 = dopen(1);
+	struct uhmm_dmirror_cmd c;
+	unsigned char *m;
+
+	fill_ints(p, n, 11);
+	ASSERT_EQ(migrate(d0, p, mirror, n / 2, &c), 0);
+	ASSERT_EQ(migrate(d1, p + n / 2 * ps(), mirror, n / 2, &c), 0);
+	m = snap(d0, p, n);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(m[i], i < n / 2 ? LOCAL_W : UHMM_DMIRROR_PROT_NONE);
+	free(m);
+	m = snap(d1, p, n);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(m[i], i < n / 2 ? UHMM_DMIRROR_PROT_NONE : LOCAL_W);
+	free(m);
+	/* A page on device 1 does not migrate to device 0. */
+	ASSERT_EQ(migrate(d0, p + (n - 1) * ps(), mirror, 1, &c), -ENOENT);
+	/* Device 1 reads everything: device 0's pages come back. */
+	memset(mirror, 0, n * ps());
+	ASSERT_EQ(dcmd(d1, UHMM_DMIRROR_READ, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_EQ(c.faults, 1ULL);
+	ASSERT_TRUE(check_ints(mirror, n, 11));
+	m = snap(d1, p, n);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(m[i], i < n / 2 ? UHMM_DMIRROR_PROT_WRITE : LOCAL_W);
+	free(m);
+	ASSERT_TRUE(snap_all(d0, p, n / 2, UHMM_DMIRROR_PROT_WRITE));
+	ASSERT_TRUE(check_ints(p, n, 11));
+	ASSERT_EQ(uhmm_dmirror_close(d0), 0);
+	ASSERT_EQ(uhmm_dmirror_close(d1), 0);
+}
+
+/* Two opens of one device share its memory: LOCAL through both. */
+TEST(two_opens_same_device)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *a = dopen(0), *b = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 12);
+	ASSERT_EQ(dcmd(b, UHMM_DMIRROR_READ, p, mirror, n, &c), 0);
+	ASSERT_EQ(migrate(a, p, mirror, n, &c), 0);
+	ASSERT_TRUE(snap_all(b, p, n, LOCAL_W));
+	/* b's old entries (system pages) were dropped: it reads device memory. */
+	memset(mirror, 0, n * ps());
+	ASSERT_EQ(dcmd(b, UHMM_DMIRROR_READ, p, mirror, n, &c), 0);
+	ASSERT_TRUE(check_ints(mirror, n, 12));
+	ASSERT_EQ(page_present(p), 0);
+	/* Closing a (not the last open) loses nothing. */
+	ASSERT_EQ(uhmm_dmirror_close(a), 0);
+	ASSERT_TRUE(snap_all(b, p, n, LOCAL_W));
+	ASSERT_TRUE(check_ints(p, n, 12));
+	ASSERT_EQ(uhmm_dmirror_close(b), 0);
+}
+
+/* hmm-tests migrate_mixed (the parts uhmm supports). */
+TEST(migrate_bad_ranges)
+{
+	unsigned long n = 6;
+	char *p = mmap(NULL, n * ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *d0 = dopen(0), *d1 = dopen(1);
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_NE(p, MAP_FAILED);
+	memset(mirror, 0x44, n * ps());
+	/* PROT_NONE. */
+	ASSERT_EQ(migrate(d1, p, mirror, n, &c), -EINVAL);
+	/* A hole after the first page. */
+	ASSERT_EQ(munmap(p + ps(), ps()), 0);
+	ASSERT_EQ(mprotect(p, ps(), RW), 0);
+	ASSERT_EQ(migrate(d1, p, mirror, 3, &c), -EINVAL);
+	ASSERT_EQ(mirror[0], 0x44);
+	/*
+	 * Pages 3-5 read-write, in two VMAs (3 and 4-5). Not told apart by
+	 * protection: UFFDIO_MOVE needs the protection of uhmm's staging
+	 * area (read-write), so read-only or executable memory does not
+	 * migrate in uhmm (it does in the kernel).
+	 */
+	ASSERT_EQ(mprotect(p + 3 * ps(), 3 * ps(), RW), 0);
+	ASSERT_EQ(madvise(p + 4 * ps(), 2 * ps(), MADV_HUGEPAGE), 0);
+	fill_ints(p + 3 * ps(), 3, 7);
+	/* Across a VMA boundary: split into chunks of one VMA each. */
+	ASSERT_EQ(migrate(d1, p + 3 * ps(), mirror, 3, &c), 0);
+	ASSERT_EQ(c.cpages, 3ULL);
+	ASSERT_TRUE(check_ints(mirror, 3, 7));
+	/* Page 5 is on device 1: -ENOENT for device 0. */
+	ASSERT_EQ(migrate(d0, p + 5 * ps(), mirror, 1, &c), -ENOENT);
+	/* One PROT_NONE page inside: -EINVAL. */
+	ASSERT_EQ(mprotect(p + 4 * ps(), ps(), PROT_NONE), 0);
+	ASSERT_EQ(migrate(d0, p + 3 * ps(), mirror, 3, &c), -EINVAL);
+	ASSERT_TRUE(check_ints(p + 3 * ps(), 1, 7));
+	ASSERT_EQ(uhmm_dmirror_close(d0), 0);
+	ASSERT_EQ(uhmm_dmirror_close(d1), 0);
+}
+
+/* FLAGS FAIL_ALLOC: one device page allocation fails, that page stays. */
+TEST(migrate_fail_alloc)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+	unsigned char *m;
+	int on_dev = 0;
+
+	fill_ints(p, n, 21);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, p, NULL, UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), -ENOENT);
+	m = snap(dm, p, n);
+	/* Not migrated: back in place, not in the device page table. */
+	ASSERT_EQ(m[0], UHMM_DMIRROR_PROT_WRITE);
+	for (unsigned long i = 1; i < n; i++)
+		on_dev += m[i] == LOCAL_W;
+	ASSERT_EQ(on_dev, (int)n - 1);
+	free(m);
+	ASSERT_EQ(page_present(p), 1);
+	/* The flag was used up: the next migration succeeds. */
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_TRUE(check_ints(mirror, n, 21));
+	/* MIGRATE_TO_SYS with FAIL_ALLOC: one page stays on the device. */
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, p, NULL, UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, n, &c), 0);
+	ASSERT_EQ(c.cpages, n - 1);
+	ASSERT_TRUE(check_ints(p, n, 21));
+	/* CPU fault with FAIL_ALLOC: the faulting page is never skipped. */
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, p, NULL, UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
+	ASSERT_TRUE(check_ints(p, n, 21));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* read(2) into and write(2) from device pages: the kernel's accesses. */
+TEST(migrate_syscalls)
+{
+	unsigned long n = 4;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	char *buf = map_anon(ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+	int fds[2];
+
+	fill_ints(p, n, 30);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(pipe(fds), 0);
+	/* write(2) from a device page. */
+	ASSERT_EQ(write(fds[1], p, ps()), (ssize_t)ps());
+	ASSERT_EQ(read(fds[0], buf, ps()), (ssize_t)ps());
+	ASSERT_TRUE(check_ints(buf, 1, 30));
+	/* read(2) into a device page. */
+	memset(buf, 0x5a, ps());
+	ASSERT_EQ(write(fds[1], buf, ps()), (ssize_t)ps());
+	ASSERT_EQ(read(fds[0], p + 2 * ps(), ps()), (ssize_t)ps());
+	ASSERT_MEMEQ(p + 2 * ps(), buf, ps());
+	ASSERT_TRUE(check_ints(p + 3 * ps(), 1, 30 + (int)(3 * ps() / sizeof(int))));
+	close(fds[0]);
+	close(fds[1]);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* Closing the last open migrates everything back. */
+TEST(migrate_close)
+{
+	unsigned long n = 32;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 40);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(page_present(p), 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	ASSERT_EQ(page_present(p), 1);
+	ASSERT_EQ(page_present(p + (n - 1) * ps()), 1);
+	ASSERT_TRUE(check_ints(p, n, 40));
+	/* A new device of the same number works from scratch. */
+	dm = dopen(0);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_TRUE(check_ints(mirror, n, 40));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	ASSERT_TRUE(check_ints(p, n, 40));
+}
+
+/* munmap of a device-resident range. */
+TEST(migrate_munmap)
+{
+	unsigned long n = 16;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+	char *q;
+
+	fill_ints(p, n, 50);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(munmap(p, n * ps()), 0);
+	/* The device lost the range. */
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, mirror, n, &c), -EFAULT);
+	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_ERROR));
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_RELEASE, p, NULL, 1, &c), 0);
+	/* New memory at the same place is new memory. */
+	q = mmap(p, n * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	ASSERT_TRUE(q == p);
+	ASSERT_TRUE(snap_all(dm, q, n, UHMM_DMIRROR_PROT_NONE));
+	ASSERT_EQ(q[0], 0);
+	ASSERT_EQ(q[(n - 1) * ps() + 3], 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	dm = dopen(0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_RELEASE, q, NULL, 1, &c), 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* MADV_DONTNEED of a device-resident range: it reads as zeros. */
+TEST(migrate_dontneed)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 60);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(madvise(p, n * ps(), MADV_DONTNEED), 0);
+	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_NONE));
+	memset(mirror, 0x77, n * ps());
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, mirror, n, &c), 0);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(mirror[i * ps() + 17], 0);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(p[i * ps() + 17], 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* More than one migrate chunk (512 pages) and a 2 MiB read-ahead. */
+TEST(migrate_large)
+{
+	unsigned long n = 1536;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(1);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 70);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_TRUE(check_ints(mirror, n, 70));
+	ASSERT_TRUE(check_ints(p, n, 70));
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_TRUE(check_ints(p, n, 70));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* EXCLUSIVE stays unsupported (not in the core). */
+TEST(exclusive_unsupported)
+{
+	char *p = map_anon(ps(), RW), *mirror = map_anon(ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_EXCLUSIVE, p, mirror, 1, &c), -EOPNOTSUPP);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_CHECK_EXCLUSIVE, p, mirror, 1, &c), -EOPNOTSUPP);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
