@@ -134,6 +134,9 @@ static struct {
 	struct dmirror_device *dev[DMIRROR_NDEVICES];
 } dmirror_table = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
+/* Device pages in use, all devices: while 0, no buffer can be on a device. */
+static atomic_ulong dmirror_dev_pages;
+
 /* Bumped in every child of fork(): opens of an older generation are dead. */
 static atomic_ulong dmirror_gen;
 
@@ -422,16 +425,19 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 	struct uhmm_dmirror *dm = uhmm_interval_notifier_priv(sub);
 	/*
 	 * The device's own migrations update the entries of its memory
-	 * themselves (the kernel ignores its own MIGRATE events). Unlike
-	 * the kernel, entries of system pages are dropped here all the
-	 * same: a page moving to this device leaves the application's
-	 * address space (pte_none) and a device copy through a stale entry
-	 * would fault to uhmm under dm->lock; and the sequence moves, so
-	 * that a fault round that saw a device page before the migration
-	 * collected it starts again.
+	 * themselves (the kernel ignores its own MIGRATE events), and no
+	 * other owner's migration can collect this device's pages: a
+	 * MIGRATE event keeps the entries of device memory. Unlike the
+	 * kernel, entries of system pages are dropped even for the device's
+	 * own migrations: a page moving to this device leaves the
+	 * application's address space (pte_none) and a device copy through
+	 * a stale entry would fault to uhmm under dm->lock; and the
+	 * sequence moves, so that a fault round that saw a device page
+	 * before the migration collected it starts again. Another device's
+	 * CPU fault-back migrates a read-ahead window that can cover pages
+	 * of this device: their entries stay too.
 	 */
-	bool own = range->event == UHMM_NOTIFY_MIGRATE &&
-		   range->owner == dm->dev;
+	bool keep_dev = range->event == UHMM_NOTIFY_MIGRATE;
 
 	if (range->flags & UHMM_NOTIFIER_RANGE_BLOCKABLE)
 		pthread_mutex_lock(&dm->lock);
@@ -440,7 +446,7 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 
 	uhmm_interval_set_seq(sub, cur_seq);
 	if (pt_clear(&dm->pt, range->start >> dmirror_page_shift,
-		     range->end >> dmirror_page_shift, own))
+		     range->end >> dmirror_page_shift, keep_dev))
 		dm->inv_count++;
 	/* uhmm_shutdown(): the notifier is freed when this returns. */
 	if (range->event == UHMM_NOTIFY_RELEASE)
@@ -748,6 +754,30 @@ out_free:
 /* Device accesses: READ and WRITE                                      */
 /* ------------------------------------------------------------------ */
 
+/*
+ * Fault the caller's buffer [ptr, ptr + len) back from device memory
+ * before dm->lock is taken for a copy into or out of it. A copy under
+ * dm->lock that hits a device-private page would wait for migrate_to_ram,
+ * which needs the locks of the device's opens (and the MIGRATE
+ * invalidation the lock of every open): a deadlock. One byte per page is
+ * read (a read fault migrates the page back); skipped while no device
+ * page exists. A page that goes to a device again before the copy is a
+ * race of the application with itself.
+ */
+static void dmirror_buf_prefault(uint64_t ptr, uint64_t len)
+{
+	uint64_t a = ptr, end = ptr + len;
+	char b;
+
+	if (!len || !atomic_load_explicit(&dmirror_dev_pages,
+					  memory_order_relaxed))
+		return;
+	while (a < end) {
+		uhmm_copy_nofault(&b, (const void *)(uintptr_t)a, 1, NULL);
+		a = (a & ~(uint64_t)(dmirror_page_size - 1)) + dmirror_page_size;
+	}
+}
+
 struct dmirror_copy {
 	char *buf;		/* the caller's buffer for page 0 */
 	bool write;		/* buffer -> pages (WRITE) or back (READ) */
@@ -886,6 +916,7 @@ static int dmirror_read(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 	ret = uhmm_range_revalidate(start, end);
 	if (ret)
 		return ret;
+	dmirror_buf_prefault(cmd->ptr, npages << dmirror_page_shift);
 
 	for (;;) {
 		pthread_mutex_lock(&dm->lock);
@@ -961,6 +992,7 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 	ret = uhmm_range_revalidate(start, end);
 	if (ret)
 		return ret;
+	dmirror_buf_prefault(cmd->ptr, npages << dmirror_page_shift);
 
 	for (;;) {
 		uint64_t n;
@@ -1081,6 +1113,7 @@ static struct uhmm_page *dmirror_page_alloc(struct dmirror_device *dev)
 	page = uhmm_pagemap_page(dev->pgmap, dev->free[--dev->nfree]);
 	dev->calloc++;
 	pthread_mutex_unlock(&dev->lock);
+	atomic_fetch_add_explicit(&dmirror_dev_pages, 1, memory_order_relaxed);
 	uhmm_page_init(page);
 	return page;
 }
@@ -1093,6 +1126,7 @@ static void dmirror_page_free(struct uhmm_page *page)
 	dev->free[dev->nfree++] = uhmm_page_index(page);
 	dev->cfree++;
 	pthread_mutex_unlock(&dev->lock);
+	atomic_fetch_sub_explicit(&dmirror_dev_pages, 1, memory_order_relaxed);
 }
 
 /* FLAG_FAIL_ALLOC of @dm: whether this allocation must fail (once). */
@@ -1407,6 +1441,7 @@ static int dmirror_read_back(struct uhmm_dmirror *dm,
 	};
 	int ret;
 
+	dmirror_buf_prefault(cmd->ptr, npages << dmirror_page_shift);
 	pthread_mutex_lock(&dm->lock);
 	n = pt_scan(&dm->pt, vpn, npages, UHMM_PFN_VALID);
 	if (n < npages) {
@@ -1437,6 +1472,12 @@ static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 	ret = dmirror_check_mapped(dm, start, end);
 	if (ret)
 		return ret;
+	/*
+	 * The read-back buffer off the devices first: faulting it back
+	 * after the migration could take pages of the range with it (the
+	 * core's fault-back read-ahead).
+	 */
+	dmirror_buf_prefault(cmd->ptr, cmd->npages << dmirror_page_shift);
 
 	for (addr = start; addr < end; addr = m.end) {
 		unsigned long n = (end - addr) >> dmirror_page_shift;
