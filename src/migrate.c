@@ -550,22 +550,31 @@ static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 			done++;
 		}
 	}
-	/* Which slots got a page (and not the zero page)? */
+	/* Which slots got a page? One mincore for the run of slots. */
+	unsigned char vbuf[512], *vec = n <= sizeof(vbuf) ? vbuf : malloc(n);
+
+	if (!vec || os_mincore((void *)stage_addr(rt, slot), n << shift, vec))
+		vec = NULL;
 	for (unsigned long k = 0; k < n; k++) {
 		unsigned long i = ((a - m->start) >> shift) + k;
 		unsigned long s = ms->slot[i];
-		unsigned char vec = 0;
+		unsigned char v1 = 0;
 
 		if (s == E_SLOT_NONE)
 			continue;
-		os_mincore((void *)stage_addr(rt, s), ps, &vec);
+		if (vec && s == slot + k)
+			v1 = vec[k];
+		else
+			os_mincore((void *)stage_addr(rt, s), ps, &v1);
 		m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
-		if (vec & 1)
+		if (v1 & 1)
 			m->src[i] |= ((stage_addr(rt, s) >> shift) << UHMM_MIGRATE_PFN_SHIFT) |
 				     UHMM_MIGRATE_PFN_VALID |
 				     (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
 		m->cpages++;
 	}
+	if (vec && vec != vbuf)
+		free(vec);
 }
 
 int uhmm_migrate_setup(struct uhmm_migrate *m)
@@ -744,6 +753,56 @@ static int install(struct uhmm_rt *rt, unsigned long addr, unsigned long slot)
 	return r;
 }
 
+/*
+ * Device -> system entries [i, j) whose destinations are consecutive
+ * staging slots: one MOVE for the run (a MOVE per page costs a system
+ * call each). Returns the entries installed from i, 0 if none.
+ */
+static unsigned long install_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
+				 unsigned long i)
+{
+	unsigned int shift = rt->page_shift;
+	long first = -1;
+	unsigned long j = i;
+
+	while (j < m->npages) {
+		uint64_t src = m->src[j];
+		long slot;
+		_Atomic uintptr_t *e;
+
+		if (!(src & UHMM_MIGRATE_PFN_MIGRATE) || !uhmm_migrate_pfn_to_page(src))
+			break;
+		slot = stage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(m->dst[j]));
+		if (slot < 0 || (first >= 0 && slot != first + (long)(j - i)))
+			break;
+		e = st_entry(rt, (m->start >> shift) + j, false);
+		if (!e || (atomic_load(e) & ST_DROP))
+			break;
+		if (first < 0)
+			first = slot;
+		j++;
+	}
+	if (j - i < 2)
+		return 0;
+	if (uhmm__uffd_move(rt, m->start + (i << shift), stage_addr(rt, (unsigned long)first),
+			    (j - i) << shift, UFFDIO_MOVE_MODE_DONTWAKE))
+		return 0;	/* per page, below, finds what moved */
+	for (unsigned long k = i; k < j; k++) {
+		unsigned long vpn = (m->start >> shift) + k;
+		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(m->src[k]);
+		_Atomic uintptr_t *e = st_entry(rt, vpn, false);
+		struct stripe *s = stripe_of(rt, vpn);
+
+		stage_free(rt, (unsigned long)first + (k - i), false);
+		atomic_store(&sp->vpn, 0);
+		pthread_mutex_lock(&s->lock);
+		atomic_store(e, 0);
+		pthread_mutex_unlock(&s->lock);
+		uhmm_page_put(sp);
+	}
+	return j - i;
+}
+
 void uhmm_migrate_finalize(struct uhmm_migrate *m)
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
@@ -754,6 +813,12 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 		return;
 	shift = rt->page_shift;
 	for (unsigned long i = 0; i < m->npages; i++) {
+		unsigned long run = install_run(rt, m, i);
+
+		if (run) {
+			i += run - 1;
+			continue;
+		}
 		unsigned long addr = m->start + (i << shift);
 		unsigned long vpn = addr >> shift;
 		_Atomic uintptr_t *e = st_entry(rt, vpn, false);
