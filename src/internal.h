@@ -94,6 +94,7 @@ struct uhmm_rt {
 	bool qoverflow;
 	bool qstop;
 	int in_read;		/* readers inside read(2) */
+	_Atomic unsigned long read_seq;	/* bumped before each read(2) */
 	int running;		/* monitor threads that have started */
 	uint64_t nread;		/* batches read, under qlock */
 
@@ -172,7 +173,7 @@ UHMM_INTERNAL int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
 /* migrate.c */
 struct uhmm_page;
 UHMM_INTERNAL void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr,
-				      bool write);
+				      bool write, unsigned long read_seq);
 UHMM_INTERNAL struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt,
 						     unsigned long addr);
 UHMM_INTERNAL bool uhmm__page_is_busy(struct uhmm_rt *rt, unsigned long addr);

@@ -28,6 +28,7 @@ struct uhmm_page {
 	_Atomic unsigned int refs;
 	void *data;
 	_Atomic unsigned long vpn;	/* where it is mapped; 0 when not */
+	_Atomic unsigned long mig_seq;	/* rt->read_seq when it went there */
 };
 
 #define PGMAP_MAX_CHUNKS 64
@@ -882,6 +883,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 
 			if (migrate && dp) {
 				atomic_store(&dp->vpn, vpn);
+				atomic_store(&dp->mig_seq, atomic_load(&rt->read_seq));
 				pthread_mutex_lock(&s->lock);
 				atomic_store(e, (uintptr_t)dp);
 				pthread_mutex_unlock(&s->lock);
@@ -946,6 +948,11 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 			src[i] = uhmm_migrate_pfn_device(p) | UHMM_MIGRATE_PFN_MIGRATE;
 		}
 		pthread_mutex_unlock(&s->lock);
+		/* As the kernel's eviction, through the notifiers. */
+		if (src[i])
+			uhmm__invalidate(rt, vpn << rt->page_shift,
+					 (vpn + 1) << rt->page_shift,
+					 UHMM_NOTIFY_MIGRATE, pg->owner);
 	}
 	return 0;
 }
@@ -1010,7 +1017,8 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
  * Nothing: a hole of a registered range; map the zero page, as a first
  * touch would.
  */
-void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write)
+void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
+			unsigned long read_seq)
 {
 	unsigned long vpn = addr >> rt->page_shift;
 	struct stripe *s = stripe_of(rt, vpn);
@@ -1068,6 +1076,17 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write)
 			return;
 		}
 		p = (struct uhmm_page *)v;
+		if (atomic_load(&p->mig_seq) >= read_seq) {
+			/*
+			 * The page went to the device after this message was
+			 * read: the thread that faulted got its page before
+			 * (a stale message). Wake only; a thread that really
+			 * waits faults again and is served then.
+			 */
+			pthread_mutex_unlock(&s->lock);
+			os_uffd_wake(rt->uffd, addr, rt->page_size);
+			return;
+		}
 		atomic_store(e, v | ST_BUSY);
 		pthread_mutex_unlock(&s->lock);
 

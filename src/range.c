@@ -463,6 +463,9 @@ int uhmm_range_fault(struct uhmm_range *range)
 	shift = rt->page_shift;
 	if (uhmm_interval_check_retry(range->notifier, range->notifier_seq))
 		return -EBUSY;
+	/* A munmap or madvise that returned has dropped its device pages. */
+	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		uhmm__wait_readers(rt);
 
 	for (addr = start; addr < end;) {
 		struct os_procmap_query q;

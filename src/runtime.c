@@ -366,6 +366,7 @@ static void *reader_main(void *arg)
 	 * once; a thread woken by an install drops its unread message.
 	 */
 	struct uffd_msg msg[1];
+	unsigned long rseq;
 
 	block_signals();
 	thread_running(rt);
@@ -398,6 +399,7 @@ static void *reader_main(void *arg)
 		pthread_mutex_lock(&rt->qlock);
 		rt->in_read++;
 		pthread_mutex_unlock(&rt->qlock);
+		rseq = atomic_fetch_add(&rt->read_seq, 1) + 1;
 		n = os_read(rt->uffd, msg, sizeof(msg));
 		/* Device pages follow the mapping before any later fault. */
 		for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(msg[0]); i++)
@@ -443,7 +445,7 @@ static void *reader_main(void *arg)
 			}
 			uhmm__handle_fault(rt, msg[i].arg.pagefault.address,
 					   msg[i].arg.pagefault.flags &
-					   UFFD_PAGEFAULT_FLAG_WRITE);
+					   UFFD_PAGEFAULT_FLAG_WRITE, rseq);
 		}
 	}
 	pthread_mutex_lock(&rt->qlock);
