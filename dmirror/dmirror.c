@@ -47,6 +47,13 @@
 /* Allocation attempts for the faulting page, which must not be skipped. */
 #define DMIRROR_FAULT_ALLOC_TRIES 4
 
+/*
+ * An entry for a page the device holds exclusively (the kernel's
+ * DPT_XA_TAG_ATOMIC): a sticky bit the core leaves to drivers. Its frame
+ * is where uhmm_make_device_exclusive() put the page.
+ */
+#define DMIRROR_PFN_ATOMIC	UHMM_PFN_P2PDMA_BUS
+
 /* Entries that name device memory rather than a system page. */
 #define DMIRROR_PFN_DEVICE	(UHMM_PFN_DEVICE_PRIVATE | \
 				 UHMM_PFN_DEVICE_COHERENT)
@@ -1455,6 +1462,63 @@ static int dmirror_read_back(struct uhmm_dmirror *dm,
 	return ret;
 }
 
+/*
+ * EXCLUSIVE (dmirror_exclusive): each page becomes exclusive to the
+ * device, with an ATOMIC entry; then the data are read back through the
+ * device page table. The CPU's next touch revokes it (an EXCLUSIVE
+ * invalidation clears the entry).
+ */
+static int dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
+			     unsigned long start, unsigned long end)
+{
+	unsigned long addr;
+	int ret;
+
+	ret = dmirror_notifier_get(dm);
+	if (ret)
+		return ret;
+	ret = dmirror_check_mapped(dm, start, end);
+	if (ret)
+		return ret;
+	for (addr = start; addr < end; addr += dmirror_page_size) {
+		uint64_t vpn = addr >> dmirror_page_shift, *leaf;
+		void *dev_addr;
+
+		ret = uhmm_make_device_exclusive(addr, dm->dev, &dev_addr);
+		if (ret)
+			return ret;
+		pthread_mutex_lock(&dm->lock);
+		leaf = pt_leaf_alloc(&dm->pt, vpn);
+		if (leaf)
+			leaf[vpn & PT_MASK] = UHMM_PFN_VALID | UHMM_PFN_WRITE |
+				DMIRROR_PFN_ATOMIC |
+				(((uintptr_t)dev_addr >> dmirror_page_shift) &
+				 UHMM_PFN_FRAME_MASK);
+		pthread_mutex_unlock(&dm->lock);
+		if (!leaf)
+			return -ENOMEM;
+	}
+	return dmirror_read_back(dm, cmd, start);
+}
+
+/* CHECK_EXCLUSIVE: -EPERM while an ATOMIC entry remains in the range. */
+static int dmirror_check_exclusive(struct uhmm_dmirror *dm, unsigned long start,
+				   unsigned long end)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&dm->lock);
+	for (uint64_t vpn = start >> dmirror_page_shift;
+	     vpn < end >> dmirror_page_shift && !ret; vpn++) {
+		const uint64_t *leaf = pt_leaf(&dm->pt, vpn);
+
+		if (leaf && (leaf[vpn & PT_MASK] & DMIRROR_PFN_ATOMIC))
+			ret = -EPERM;
+	}
+	pthread_mutex_unlock(&dm->lock);
+	return ret;
+}
+
 /* MIGRATE_TO_DEV (dmirror_migrate_to_device). */
 static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 				  struct uhmm_dmirror_cmd *cmd,
@@ -1794,8 +1858,11 @@ UHMM_API int uhmm_dmirror_cmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
 	case UHMM_DMIRROR_MIGRATE_TO_SYS:
 		return dmirror_migrate_to_sys(dm, cmd, start, end);
 	case UHMM_DMIRROR_EXCLUSIVE:
+		if (__builtin_add_overflow(cmd->ptr, len, &e))
+			return -EFAULT;
+		return dmirror_exclusive(dm, cmd, start, end);
 	case UHMM_DMIRROR_CHECK_EXCLUSIVE:
-		return -EOPNOTSUPP;
+		return dmirror_check_exclusive(dm, start, end);
 	}
 	return -EINVAL;
 }

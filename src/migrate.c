@@ -351,7 +351,7 @@ bool uhmm__page_is_busy(struct uhmm_rt *rt, unsigned long addr)
  * so that it can be the destination of UFFDIO_MOVE. Slot states: EMPTY
  * (pte_none: a MOVE destination) or FULL (a page: a copy destination).
  */
-#define STAGE_PAGES (64UL * 1024)	/* 256 MiB of address space */
+#define STAGE_PAGES (1024UL * 1024)	/* 4 GiB of address space (no memory) */
 enum { SLOT_EMPTY = 0, SLOT_FULL = 1, SLOT_USED = 2 };
 
 static int stage_init(struct uhmm_rt *rt)
@@ -383,16 +383,16 @@ static int stage_init(struct uhmm_rt *rt)
 	return 0;
 }
 
-/* @n contiguous slots in state @want (EMPTY for MOVE, else any). */
-static long stage_alloc(struct uhmm_rt *rt, unsigned long n, int want)
+static inline unsigned long stage_addr(struct uhmm_rt *rt, unsigned long i);
+
+static long stage_find(struct uhmm_rt *rt, unsigned long n, int want)
 {
 	unsigned long run = 0;
 
-	pthread_mutex_lock(&rt->stage_lock);
 	for (unsigned long k = 0; k < STAGE_PAGES; k++) {
 		unsigned long i = (rt->stage_hint + k) % STAGE_PAGES;
 		uint8_t s = rt->stage_state[i];
-		bool ok = s != SLOT_USED && (want != SLOT_EMPTY || s == SLOT_EMPTY);
+		bool ok = !(s & SLOT_USED) && (want < 0 || s == want);
 
 		if (i == 0)
 			run = 0;
@@ -403,12 +403,62 @@ static long stage_alloc(struct uhmm_rt *rt, unsigned long n, int want)
 			for (unsigned long j = first; j <= i; j++)
 				rt->stage_state[j] |= SLOT_USED;
 			rt->stage_hint = i + 1;
-			pthread_mutex_unlock(&rt->stage_lock);
 			return (long)first;
 		}
 	}
-	pthread_mutex_unlock(&rt->stage_lock);
 	return -ENOMEM;
+}
+
+/*
+ * Staging slots whose page went to a device keep it (FULL): those are
+ * the warm pages copies into system memory want. When a MOVE finds no
+ * empty slots, give FULL ones back (one MADV_DONTNEED per run).
+ */
+static void stage_reclaim(struct uhmm_rt *rt)
+{
+	unsigned long i = 0;
+
+	while (i < STAGE_PAGES) {
+		unsigned long j = i;
+
+		while (j < STAGE_PAGES && rt->stage_state[j] == SLOT_FULL)
+			j++;
+		if (j > i) {
+			for (unsigned long k = i; k < j; k++)
+				rt->stage_state[k] = SLOT_USED;
+			pthread_mutex_unlock(&rt->stage_lock);
+			os_madvise((void *)stage_addr(rt, i), (j - i) << rt->page_shift,
+				   MADV_DONTNEED);
+			pthread_mutex_lock(&rt->stage_lock);
+			for (unsigned long k = i; k < j; k++)
+				rt->stage_state[k] = SLOT_EMPTY;
+		}
+		i = j + 1;
+	}
+}
+
+/*
+ * @n contiguous slots: EMPTY ones for a MOVE into them, or, for a copy
+ * destination (SLOT_FULL), warm ones first and any after.
+ */
+static long stage_alloc(struct uhmm_rt *rt, unsigned long n, int want)
+{
+	long r;
+
+	pthread_mutex_lock(&rt->stage_lock);
+	if (want == SLOT_EMPTY) {
+		r = stage_find(rt, n, SLOT_EMPTY);
+		if (r < 0) {
+			stage_reclaim(rt);
+			r = stage_find(rt, n, SLOT_EMPTY);
+		}
+	} else {
+		r = stage_find(rt, n, SLOT_FULL);
+		if (r < 0)
+			r = stage_find(rt, n, -1);
+	}
+	pthread_mutex_unlock(&rt->stage_lock);
+	return r;
 }
 
 static void stage_free(struct uhmm_rt *rt, unsigned long i, bool full)
@@ -744,15 +794,26 @@ void uhmm_migrate_pages(struct uhmm_migrate *m)
 	}
 }
 
-/* Put the page of staging slot @slot at @addr (pte_none there). */
-static int install(struct uhmm_rt *rt, unsigned long addr, unsigned long slot)
+/*
+ * Put the page of staging slot @slot at @addr (pte_none there). MOVE
+ * needs the two mappings to have the same protection: a mapping made
+ * read-only meanwhile gets a copy instead, and the slot stays full.
+ * *emptied says which happened.
+ */
+static int install(struct uhmm_rt *rt, unsigned long addr, unsigned long slot,
+		   bool *emptied)
 {
 	/* No wake yet: finalize wakes once the page is accounted for. */
 	int r = uhmm__uffd_move(rt, addr, stage_addr(rt, slot), rt->page_size,
 				UFFDIO_MOVE_MODE_DONTWAKE);
 
+	*emptied = r == 0;
+	if (r == -EINVAL || r == -EBUSY || r == -EPERM)
+		r = uhmm__uffd_copy(rt, addr, stage_addr(rt, slot), rt->page_size,
+				    UFFDIO_COPY_MODE_DONTWAKE);
 	return r;
 }
+
 
 /*
  * Device -> system entries [i, j) whose destinations are consecutive
@@ -858,10 +919,12 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 					uhmm_migrate_pfn_to_addr(m->dst[i])) : -1;
 			int ir = -1;
 
+			bool emptied = false;
+
 			if (migrate && slot >= 0)
-				ir = install(rt, addr, (unsigned long)slot);
+				ir = install(rt, addr, (unsigned long)slot, &emptied);
 			if (ir == 0) {
-				stage_free(rt, (unsigned long)slot, false);
+				stage_free(rt, (unsigned long)slot, !emptied);
 				atomic_store(&sp->vpn, 0);
 				pthread_mutex_lock(&s->lock);
 				atomic_store(e, 0);
@@ -894,8 +957,10 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 					bool full = src & UHMM_MIGRATE_PFN_VALID;
 
 					/* Put the page back where it was. */
-					if (full && install(rt, addr, slot) == 0)
-						full = false;
+					bool emptied = false;
+
+					if (full && install(rt, addr, slot, &emptied) == 0)
+						full = !emptied;
 					stage_free(rt, slot, full);
 				}
 				if (e) {
@@ -989,8 +1054,10 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 			uhmm_page_put(p);
 			continue;
 		}
-		if (slot >= 0 && install(rt, addr, (unsigned long)slot) == 0) {
-			stage_free(rt, (unsigned long)slot, false);
+		bool emptied = false;
+
+		if (slot >= 0 && install(rt, addr, (unsigned long)slot, &emptied) == 0) {
+			stage_free(rt, (unsigned long)slot, !emptied);
 			atomic_store(&p->vpn, 0);
 			pthread_mutex_lock(&s->lock);
 			atomic_store(e, 0);
@@ -1044,13 +1111,15 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			pthread_mutex_unlock(&s->lock);
 			uhmm__invalidate(rt, addr, addr + rt->page_size,
 					 UHMM_NOTIFY_EXCLUSIVE, NULL);
-			r = install(rt, addr, slot);
+			bool emptied = false;
+
+			r = install(rt, addr, slot, &emptied);
 			pthread_mutex_lock(&s->lock);
 			atomic_store(e, r == 0 ? 0 : v);
 			pthread_cond_broadcast(&s->cond);
 			pthread_mutex_unlock(&s->lock);
 			if (r == 0)
-				stage_free(rt, slot, false);
+				stage_free(rt, slot, !emptied);
 			os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
@@ -1090,24 +1159,38 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		atomic_store(e, v | ST_BUSY);
 		pthread_mutex_unlock(&s->lock);
 
-		/* Sequential faults widen the window, up to 2 MiB. */
-		if (vpn == rt->last_fault_vpn + 1 || vpn == rt->last_fault_vpn + rt->ra_pages)
-			rt->ra_pages = rt->ra_pages < 512 ? rt->ra_pages * 2 : 512;
-		else
-			rt->ra_pages = 1;
-		rt->last_fault_vpn = vpn;
+		/*
+		 * Sequential faults widen the window, up to 2 MiB, in the
+		 * direction of the access (memcpy may copy backwards). The
+		 * window stays inside the fault's 2 MiB block.
+		 */
+		{
+			unsigned long last = rt->last_fault_vpn, ra = rt->ra_pages;
+			unsigned long blk_lo = addr & ~((512ul << rt->page_shift) - 1);
+			unsigned long blk_hi = blk_lo + (512ul << rt->page_shift);
+			bool down = vpn + 1 == last || vpn + ra == last;
+
+			if (vpn == last + 1 || vpn == last + ra || down)
+				ra = ra < 512 ? ra * 2 : 512;
+			else
+				ra = 1;
+			rt->ra_pages = ra;
+			rt->last_fault_vpn = vpn;
+			if (down) {
+				vmf.ra_end = addr + rt->page_size;
+				vmf.ra_start = addr - ((ra - 1) << rt->page_shift);
+				if (vmf.ra_start < blk_lo || vmf.ra_start > addr)
+					vmf.ra_start = blk_lo;
+			} else {
+				vmf.ra_start = addr;
+				vmf.ra_end = addr + (ra << rt->page_shift);
+				if (vmf.ra_end > blk_hi || vmf.ra_end < addr)
+					vmf.ra_end = blk_hi;
+			}
+		}
 		vmf.address = addr;
 		vmf.page = p;
 		vmf.flags = write ? UHMM_FAULT_WRITE : 0;
-		vmf.ra_start = addr;
-		vmf.ra_end = addr + (rt->ra_pages << rt->page_shift);
-		{
-			/* Keep the window inside its 2 MiB block. */
-			unsigned long blk = (addr | ((512ul << rt->page_shift) - 1)) + 1;
-
-			if (vmf.ra_end > blk || vmf.ra_end < addr)
-				vmf.ra_end = blk;
-		}
 		r = p->pgmap->ops->migrate_to_ram(&vmf);
 
 		pthread_mutex_lock(&s->lock);
@@ -1267,7 +1350,11 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 	pthread_mutex_unlock(&rt->mlock);
 	if (err)
 		return err;
-	err = ensure_missing(rt, q.vma_start, q.vma_end);
+	/* Writable and present first, as make_device_exclusive faults it
+	 * (before the page is claimed: the fault may come to uhmm). */
+	if (os_madvise((void *)addr, rt->page_size, MADV_POPULATE_WRITE))
+		return -EFAULT;
+	err = ensure_missing(rt, addr, addr + rt->page_size);
 	if (err)
 		return err;
 	vpn = addr >> rt->page_shift;
@@ -1293,21 +1380,14 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 	pthread_mutex_unlock(&s->lock);
 	atomic_store(&rt->has_device_pages, true);
 
-	/* Writable and present first, as make_device_exclusive faults it. */
-	r = os_madvise((void *)addr, rt->page_size, MADV_POPULATE_WRITE);
-	if (r == 0) {
-		uhmm__invalidate(rt, addr, addr + rt->page_size,
-				 UHMM_NOTIFY_EXCLUSIVE, owner);
-		slot = stage_alloc(rt, 1, SLOT_EMPTY);
-		r = slot < 0 ? (int)slot :
-		    uhmm__uffd_move(rt, stage_addr(rt, (unsigned long)slot), addr,
-				    rt->page_size, 0);
-		if (r && slot >= 0)
-			stage_free(rt, (unsigned long)slot, false);
-	} else {
-		r = -EFAULT;
-		slot = -1;
-	}
+	uhmm__invalidate(rt, addr, addr + rt->page_size,
+			 UHMM_NOTIFY_EXCLUSIVE, owner);
+	slot = stage_alloc(rt, 1, SLOT_EMPTY);
+	r = slot < 0 ? (int)slot :
+	    uhmm__uffd_move(rt, stage_addr(rt, (unsigned long)slot), addr,
+			    rt->page_size, 0);
+	if (r && slot >= 0)
+		stage_free(rt, (unsigned long)slot, false);
 	pthread_mutex_lock(&s->lock);
 	atomic_store(e, r == 0 ? (((uintptr_t)slot << 3) | ST_EXCL) : 0);
 	pthread_cond_broadcast(&s->cond);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 #include <uhmm/dmirror.h>
 #include <uhmm/uhmm.h>
@@ -585,14 +586,22 @@ TEST(migrate_large)
 }
 
 /* EXCLUSIVE stays unsupported (not in the core). */
-TEST(exclusive_unsupported)
+/* EXCLUSIVE of an untouched page faults it in first; CHECK of a range
+ * never made exclusive is 0. */
+TEST(exclusive_untouched_page)
 {
 	char *p = map_anon(ps(), RW), *mirror = map_anon(ps(), RW);
 	struct uhmm_dmirror *dm = dopen(0);
 	struct uhmm_dmirror_cmd c;
 
-	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_EXCLUSIVE, p, mirror, 1, &c), -EOPNOTSUPP);
-	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_CHECK_EXCLUSIVE, p, mirror, 1, &c), -EOPNOTSUPP);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_CHECK_EXCLUSIVE, p, mirror, 1, &c), 0);
+	memset(mirror, 1, ps());
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_EXCLUSIVE, p, mirror, 1, &c), 0);
+	ASSERT_EQ(c.cpages, 1);
+	ASSERT_EQ(mirror[0], 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_CHECK_EXCLUSIVE, p, mirror, 1, &c), -EPERM);
+	ASSERT_EQ(p[0], 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_CHECK_EXCLUSIVE, p, mirror, 1, &c), 0);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
 
@@ -672,5 +681,81 @@ TEST(migrate_concurrent_cpu_and_device)
 		ASSERT_EQ(pthread_join(th, NULL), 0);
 		ASSERT_EQ(t.bad, 0);
 	}
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* hmm-tests "exclusive": atomic access, then the CPU increments every word. */
+TEST(exclusive_then_cpu_increments)
+{
+	unsigned long n = 16, words = n * ps() / 8;
+	uint64_t *p = (uint64_t *)map_anon(n * ps(), RW);
+	uint64_t *buf = (uint64_t *)map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm;
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	for (unsigned long i = 0; i < words; i++)
+		p[i] = i;
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_EXCLUSIVE, p, buf, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	for (unsigned long i = 0; i < words; i++)
+		ASSERT_EQ(buf[i], i);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_CHECK_EXCLUSIVE, p, NULL, n, &c), -EPERM);
+	/* The CPU's touches revoke the device's access, then complete. */
+	for (unsigned long i = 0; i < words; i++)
+		p[i]++;
+	for (unsigned long i = 0; i < words; i++)
+		ASSERT_EQ(p[i], i + 1);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_CHECK_EXCLUSIVE, p, NULL, n, &c), 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* hmm-tests "exclusive_mprotect": read-only afterwards: WRITE -> -EPERM. */
+TEST(exclusive_then_mprotect_write_eperm)
+{
+	unsigned long n = 4;
+	char *p = map_anon(n * ps(), RW), *buf = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm;
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	memset(p, 9, n * ps());
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_EXCLUSIVE, p, buf, n, &c), 0);
+	ASSERT_EQ(mprotect(p, n * ps(), PROT_READ), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_WRITE, p, buf, n, &c), -EPERM);
+	ASSERT_EQ(p[0], 9);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* hmm-tests "exclusive_cow": after fork both sides increment. */
+TEST(exclusive_then_fork_both_increment)
+{
+	unsigned long n = 4, words = n * ps() / 8;
+	uint64_t *p = (uint64_t *)map_anon(n * ps(), RW);
+	char *buf = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm;
+	struct uhmm_dmirror_cmd c;
+	pid_t pid;
+	int st;
+
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	for (unsigned long i = 0; i < words; i++)
+		p[i] = i;
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_EXCLUSIVE, p, buf, n, &c), 0);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		for (unsigned long i = 0; i < words; i++)
+			if (++p[i] != i + 1)
+				_exit(1);
+		_exit(0);
+	}
+	for (unsigned long i = 0; i < words; i++)
+		p[i] += 2;
+	ASSERT_EQ(waitpid(pid, &st, 0), pid);
+	ASSERT_TRUE(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	for (unsigned long i = 0; i < words; i++)
+		ASSERT_EQ(p[i], i + 2);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
