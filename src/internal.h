@@ -127,8 +127,8 @@ struct uhmm_rt {
 	void *stage;		/* staging pages, registered WP */
 	uint8_t *stage_state;
 	unsigned long stage_hint;
-	unsigned long last_fault_vpn;	/* read-ahead, reader-local */
-	unsigned long ra_pages;
+	_Atomic unsigned long last_fault_vpn;	/* read-ahead */
+	_Atomic unsigned long ra_pages;
 	unsigned long fork_inv;	/* invalidations held open across fork */
 };
 

@@ -693,8 +693,18 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		goto fail;
 	ms->registered = true;
 
-	/* Mirrors drop the range before anything moves. */
-	uhmm__invalidate(rt, start, end, UHMM_NOTIFY_MIGRATE, m->pgmap_owner);
+	/*
+	 * Mirrors drop the range before anything moves, and the invalidation
+	 * stays open (the sequence odd) until every page is claimed: a
+	 * range_fault that began before saw the old state and must retry
+	 * (the kernel's invalidate_range_start/end around the collection).
+	 */
+	struct uhmm_notifier_range inv = {
+		.start = start, .end = end, .event = UHMM_NOTIFY_MIGRATE,
+		.flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = m->pgmap_owner,
+	};
+
+	uhmm__inv_begin(rt, &inv);
 
 	/* Claim each page: BUSY; remember device pages we collect. */
 	for (unsigned long i = 0; i < n; i++) {
@@ -704,6 +714,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		uintptr_t v;
 
 		if (!e) {
+			uhmm__inv_end(rt);
 			err = -ENOMEM;
 			goto fail;
 		}
@@ -740,6 +751,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	}
 	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
 		atomic_store(&rt->has_device_pages, true);
+	uhmm__inv_end(rt);
 
 	/* Move runs of claimed system pages out, in one ioctl each. */
 	for (unsigned long i = 0; i < n;) {
@@ -1007,17 +1019,23 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 			continue;
 		e = st_entry(rt, vpn, false);
 		s = stripe_of(rt, vpn);
+		/* As the kernel's eviction: through the notifiers, the
+		 * invalidation open while the page is claimed. */
+		struct uhmm_notifier_range inv = {
+			.start = vpn << rt->page_shift,
+			.end = (vpn + 1) << rt->page_shift,
+			.event = UHMM_NOTIFY_MIGRATE,
+			.flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = pg->owner,
+		};
+
+		uhmm__inv_begin(rt, &inv);
 		pthread_mutex_lock(&s->lock);
 		if (e && atomic_load(e) == (uintptr_t)p) {
 			atomic_store(e, (uintptr_t)p | ST_BUSY);
 			src[i] = uhmm_migrate_pfn_device(p) | UHMM_MIGRATE_PFN_MIGRATE;
 		}
 		pthread_mutex_unlock(&s->lock);
-		/* As the kernel's eviction, through the notifiers. */
-		if (src[i])
-			uhmm__invalidate(rt, vpn << rt->page_shift,
-					 (vpn + 1) << rt->page_shift,
-					 UHMM_NOTIFY_MIGRATE, pg->owner);
+		uhmm__inv_end(rt);
 	}
 	return 0;
 }
@@ -1165,7 +1183,8 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		 * window stays inside the fault's 2 MiB block.
 		 */
 		{
-			unsigned long last = rt->last_fault_vpn, ra = rt->ra_pages;
+			unsigned long last = atomic_load_explicit(&rt->last_fault_vpn, memory_order_relaxed);
+			unsigned long ra = atomic_load_explicit(&rt->ra_pages, memory_order_relaxed);
 			unsigned long blk_lo = addr & ~((512ul << rt->page_shift) - 1);
 			unsigned long blk_hi = blk_lo + (512ul << rt->page_shift);
 			bool down = vpn + 1 == last || vpn + ra == last;
@@ -1174,8 +1193,8 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 				ra = ra < 512 ? ra * 2 : 512;
 			else
 				ra = 1;
-			rt->ra_pages = ra;
-			rt->last_fault_vpn = vpn;
+			atomic_store_explicit(&rt->ra_pages, ra, memory_order_relaxed);
+			atomic_store_explicit(&rt->last_fault_vpn, vpn, memory_order_relaxed);
 			if (down) {
 				vmf.ra_end = addr + rt->page_size;
 				vmf.ra_start = addr - ((ra - 1) << rt->page_shift);

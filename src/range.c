@@ -336,9 +336,18 @@ static int fill_regions(const struct vma_ctx *v, const struct os_page_region *re
 			    cow_filter(v, rs, n, &pfns[i], NULL))
 				return -EBUSY;
 		} else if (!f && v->devices) {
-			for (size_t x = 0; x < n; x++)
-				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) |
-					      device_flags(v, rs + (x << shift));
+			for (size_t x = 0; x < n; x++) {
+				uint64_t df = device_flags(v, rs + (x << shift));
+
+				/*
+				 * A device page claimed for migration since the
+				 * decision (the fault-back claims it before its
+				 * invalidation runs): as a moved sequence.
+				 */
+				if (!satisfied(request(range, i + x), df))
+					return -EBUSY;
+				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) | df;
+			}
 		} else {
 			for (size_t x = 0; x < n; x++)
 				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) | f;
