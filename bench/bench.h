@@ -227,4 +227,65 @@ static inline void bench_report(const struct bench_opts *o,
 	fflush(stdout);
 }
 
+
+/* ---- shared by the benchmark programs ---- */
+
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+
+/* The program's name in messages; each main() sets it. */
+static const char *bench_prog = "bench";
+
+/* PAGEMAP_SCAN (6.7), for raw baselines: uapi linux/fs.h. */
+struct pm_page_region {
+	uint64_t start;
+	uint64_t end;
+	uint64_t categories;
+};
+
+struct pm_scan_arg {
+	uint64_t size;
+	uint64_t flags;
+	uint64_t start;
+	uint64_t end;
+	uint64_t walk_end;
+	uint64_t vec;
+	uint64_t vec_len;
+	uint64_t max_pages;
+	uint64_t category_inverted;
+	uint64_t category_mask;
+	uint64_t category_anyof_mask;
+	uint64_t return_mask;
+};
+
+#define PM_SCAN_IOC	_IOWR('f', 16, struct pm_scan_arg)
+
+__attribute__((format(printf, 2, 3), noreturn, unused))
+static void die(int code, const char *fmt, ...)
+{
+	va_list ap;
+
+	fflush(stdout);
+	fprintf(stderr, "%s: %s: ", bench_prog,
+		code == BENCH_EXIT_DATA ? "error" : "cannot run");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(code);
+}
+
+__attribute__((unused)) static void *map_anon(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		die(BENCH_EXIT_SETUP, "mmap of %zu bytes: %s", len,
+		    strerror(errno));
+	return p;
+}
+
 #endif /* UHMM_BENCH_H */

@@ -67,28 +67,6 @@
 #include "bench.h"
 
 /* PAGEMAP_SCAN (6.7), from linux/fs.h: the build headers may be older. */
-struct pm_page_region {
-	uint64_t start;
-	uint64_t end;
-	uint64_t categories;
-};
-
-struct pm_scan_arg {
-	uint64_t size;
-	uint64_t flags;
-	uint64_t start;
-	uint64_t end;
-	uint64_t walk_end;
-	uint64_t vec;
-	uint64_t vec_len;
-	uint64_t max_pages;
-	uint64_t category_inverted;
-	uint64_t category_mask;
-	uint64_t category_anyof_mask;
-	uint64_t return_mask;
-};
-
-#define PM_SCAN_IOC	_IOWR('f', 16, struct pm_scan_arg)
 #define PM_HUGE		(1ull << 6)
 
 #ifndef MADV_POPULATE_WRITE
@@ -112,31 +90,7 @@ static int pagemap_fd = -1;
 /* Helpers                                                              */
 /* ------------------------------------------------------------------ */
 
-__attribute__((format(printf, 2, 3), noreturn))
-static void die(int code, const char *fmt, ...)
-{
-	va_list ap;
 
-	fflush(stdout);
-	fprintf(stderr, "bench_migrate: %s: ",
-		code == BENCH_EXIT_DATA ? "error" : "cannot run");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
-
-static void *map_anon(size_t len)
-{
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		die(BENCH_EXIT_SETUP, "mmap of %zu bytes: %s", len,
-		    strerror(errno));
-	return p;
-}
 
 /* An anonymous mapping of @len bytes aligned to 2 MiB, with @advice. */
 static char *map_range(size_t len, int advice)
@@ -1259,6 +1213,7 @@ static void usage(const char *prog, FILE *f)
 
 int main(int argc, char **argv)
 {
+	bench_prog = "bench_migrate";
 	struct uhmm_features feat = { .size = sizeof(feat) };
 	struct uhmm_dma *dma1, *dma2;
 	bool n_given = false, size_given = false, quick = false;

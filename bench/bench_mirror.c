@@ -50,28 +50,6 @@
 #include "bench.h"
 
 /* PAGEMAP_SCAN (6.7), from linux/fs.h: the build headers may be older. */
-struct pm_page_region {
-	uint64_t start;
-	uint64_t end;
-	uint64_t categories;
-};
-
-struct pm_scan_arg {
-	uint64_t size;
-	uint64_t flags;
-	uint64_t start;
-	uint64_t end;
-	uint64_t walk_end;
-	uint64_t vec;
-	uint64_t vec_len;
-	uint64_t max_pages;
-	uint64_t category_inverted;
-	uint64_t category_mask;
-	uint64_t category_anyof_mask;
-	uint64_t return_mask;
-};
-
-#define PM_SCAN_IOC	_IOWR('f', 16, struct pm_scan_arg)
 #define PM_FILE		(1ull << 2)
 #define PM_PRESENT	(1ull << 3)
 #define PM_SWAPPED	(1ull << 4)
@@ -94,31 +72,7 @@ static volatile unsigned char sink;
 /* Helpers                                                              */
 /* ------------------------------------------------------------------ */
 
-__attribute__((format(printf, 2, 3), noreturn))
-static void die(int code, const char *fmt, ...)
-{
-	va_list ap;
 
-	fflush(stdout);
-	fprintf(stderr, "bench_mirror: %s: ",
-		code == BENCH_EXIT_DATA ? "error" : "cannot run");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(code);
-}
-
-static void *map_anon(size_t len)
-{
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		die(BENCH_EXIT_SETUP, "mmap of %zu bytes: %s", len,
-		    strerror(errno));
-	return p;
-}
 
 /* An anonymous mapping of exactly @len bytes aligned to @align. */
 static void *map_aligned(size_t len, size_t align)
@@ -743,6 +697,7 @@ static const char *uffd_path_name(uint32_t path)
 
 int main(int argc, char **argv)
 {
+	bench_prog = "bench_mirror";
 	struct uhmm_features feat = { .size = sizeof(feat) };
 	char *dst;
 	int ret;
