@@ -176,7 +176,6 @@ UHMM_INTERNAL void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr,
 				      bool write, unsigned long read_seq);
 UHMM_INTERNAL struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt,
 						     unsigned long addr);
-UHMM_INTERNAL bool uhmm__page_is_busy(struct uhmm_rt *rt, unsigned long addr);
 UHMM_INTERNAL void uhmm__device_event(struct uhmm_rt *rt, const struct uffd_msg *m);
 UHMM_INTERNAL void uhmm__device_release(struct uhmm_rt *rt, unsigned long start,
 					unsigned long end);

@@ -338,12 +338,6 @@ struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt, unsigned long addr)
 	return (v & ST_FLAGS) ? NULL : (struct uhmm_page *)v;
 }
 
-bool uhmm__page_is_busy(struct uhmm_rt *rt, unsigned long addr)
-{
-	return atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed) &&
-	       (st_get(rt, addr >> rt->page_shift) & ST_BUSY);
-}
-
 /* ---- staging pages ---- */
 
 /*

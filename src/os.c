@@ -13,9 +13,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/utsname.h>
 
 #include "os.h"
 
@@ -84,11 +82,6 @@ int os_madvise(void *addr, size_t len, int advice)
 	return ret_err(madvise(addr, len, advice));
 }
 
-int os_mprotect(void *addr, size_t len, int prot)
-{
-	return ret_err(mprotect(addr, len, prot));
-}
-
 int os_open(const char *path, int flags)
 {
 	return ret_err(open(path, flags | O_CLOEXEC));
@@ -141,22 +134,6 @@ int os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2)
 	return r;
 }
 
-int os_fstat_mode(int fd, unsigned int *mode, unsigned int *uid)
-{
-	struct stat st;
-
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	*mode = st.st_mode;
-	*uid = st.st_uid;
-	return 0;
-}
-
-int os_access(const char *path, int mode)
-{
-	return ret_err(access(path, mode));
-}
-
 int os_uffd_open_dev(int flags)
 {
 	INJECT(OS_CALL_UFFD_OPEN);
@@ -206,13 +183,6 @@ int os_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode,
 	if (out_ioctls)
 		*out_ioctls = r.ioctls;
 	return 0;
-}
-
-int os_uffd_unregister(int fd, uint64_t start, uint64_t len)
-{
-	struct uffdio_range r = { .start = start, .len = len };
-
-	return ret_err(ioctl(fd, UFFDIO_UNREGISTER, &r));
 }
 
 int os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
@@ -321,13 +291,3 @@ pid_t os_getpid(void)
 	return getpid();
 }
 
-int os_uname_release(char *buf, size_t len)
-{
-	struct utsname u;
-
-	if (uname(&u) < 0)
-		return -errno;
-	strncpy(buf, u.release, len - 1);
-	buf[len - 1] = 0;
-	return 0;
-}

@@ -128,7 +128,6 @@ void *os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
 	      int *err);
 int os_munmap(void *addr, size_t len);
 int os_madvise(void *addr, size_t len, int advice);
-int os_mprotect(void *addr, size_t len, int prot);
 
 /* files and descriptors */
 int os_open(const char *path, int flags);
@@ -138,8 +137,6 @@ ssize_t os_write(int fd, const void *buf, size_t len);
 ssize_t os_pread(int fd, void *buf, size_t len, off_t off);
 int os_eventfd(unsigned int initval, int flags);
 int os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2);
-int os_fstat_mode(int fd, unsigned int *mode, unsigned int *uid);
-int os_access(const char *path, int mode);
 
 /* userfaultfd */
 int os_uffd_open_dev(int flags);
@@ -148,7 +145,6 @@ int os_uffd_api(int fd, uint64_t features, uint64_t *out_features,
 		uint64_t *out_ioctls);
 int os_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode,
 		     uint64_t *out_ioctls);
-int os_uffd_unregister(int fd, uint64_t start, uint64_t len);
 /* The three return 0 or -errno and always set *done (bytes done). */
 int os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
 		 uint64_t mode, int64_t *done);
@@ -169,7 +165,6 @@ int os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old);
 pid_t os_getpid(void);
 int os_raise(int sig);
 int os_yield(void);
-int os_uname_release(char *buf, size_t len);
 
 /* Make the @nth next call of @call fail with -@err (nth = 1 is the next;
  * 0 disarms). Internal, for tests. */
