@@ -269,7 +269,7 @@ static void conclude(struct facts *fx)
 		DEGRADES("uhmm cannot run: PAGEMAP_SCAN and PROCMAP_QUERY are needed, kernel >= 6.11.");
 
 	if (f->flags & UHMM_FEAT_EVENTS) {
-		WORKS("munmap, mremap, MAP_FIXED and MADV_DONTNEED/FREE/REMOVE of mirrored memory raise invalidations as they happen; userfaultfd comes from %s.",
+		WORKS("munmap, mremap, MAP_FIXED and MADV_DONTNEED/FREE/REMOVE of mirrored memory raise invalidations (run by uhmm right after the call; uhmm_range_revalidate() waits for them); userfaultfd comes from %s.",
 		      uffd_path_words(f->uffd_path));
 	} else {
 		uffd_remedy(fx, false, remedy, sizeof(remedy));
@@ -292,9 +292,9 @@ static void conclude(struct facts *fx)
 		else
 			DEGRADES("Shared memory (shmem, hugetlbfs) ranges cannot be tracked: the kernel lacks UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19).");
 		if (f->flags & UHMM_FEAT_MOVE)
-			WORKS("Migration can move pages with UFFDIO_MOVE (batched, huge pages kept whole).");
+			WORKS("Device memory and migration work: pages move with UFFDIO_MOVE, batched, without a CPU copy (huge pages are split into base pages for now).");
 		else
-			DEGRADES("No UFFDIO_MOVE (kernel 6.8): migration must copy pages instead of moving them, which is slower and splits huge pages.");
+			DEGRADES("No UFFDIO_MOVE (kernel 6.8): system pages cannot be taken out of the address space, so they do not migrate to devices (uhmm_migrate_setup collects none).");
 	}
 
 	if (!(f->flags & UHMM_FEAT_POPULATE))
