@@ -288,4 +288,34 @@ __attribute__((unused)) static void *map_anon(size_t len)
 	return p;
 }
 
+/* A zeroed array of one time per repetition. */
+__attribute__((unused)) static double *bench_times(const struct bench_opts *o)
+{
+	double *t = calloc(o->n, sizeof(*t));
+
+	if (!t)
+		die(BENCH_EXIT_SETUP, "out of memory");
+	return t;
+}
+
+/* "-EFAULT" and the like, for messages. */
+__attribute__((unused)) static const char *bench_err_name(int e)
+{
+	static char buf[32];
+
+	switch (e) {
+	case 0: return "0";
+	case -EFAULT: return "-EFAULT";
+	case -EINVAL: return "-EINVAL";
+	case -EBUSY: return "-EBUSY";
+	case -EPERM: return "-EPERM";
+	case -ENOMEM: return "-ENOMEM";
+	case -ENOSYS: return "-ENOSYS";
+	case -EOPNOTSUPP: return "-EOPNOTSUPP";
+	case -ENODEV: return "-ENODEV";
+	}
+	snprintf(buf, sizeof(buf), "%d", e);
+	return buf;
+}
+
 #endif /* UHMM_BENCH_H */

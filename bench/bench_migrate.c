@@ -108,31 +108,6 @@ static char *map_range(size_t len, int advice)
 	return (char *)a;
 }
 
-static double *alloc_times(void)
-{
-	double *t = calloc(opt.n, sizeof(*t));
-
-	if (!t)
-		die(BENCH_EXIT_SETUP, "out of memory");
-	return t;
-}
-
-static const char *err_name(int e)
-{
-	static char buf[32];
-
-	switch (e) {
-	case 0: return "0";
-	case -EFAULT: return "-EFAULT";
-	case -EINVAL: return "-EINVAL";
-	case -EBUSY: return "-EBUSY";
-	case -ENOMEM: return "-ENOMEM";
-	case -ENOSYS: return "-ENOSYS";
-	}
-	snprintf(buf, sizeof(buf), "%d", e);
-	return buf;
-}
-
 /* A pattern that differs in every word and every repetition. */
 static inline uint64_t pat(size_t i, uint64_t seed)
 {
@@ -362,7 +337,7 @@ static void dev_init(size_t npages)
 	r = uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &dev, &dev_ops,
 				npages, &dev.pgmap);
 	if (r)
-		die(BENCH_EXIT_SETUP, "uhmm_pagemap_create: %s", err_name(r));
+		die(BENCH_EXIT_SETUP, "uhmm_pagemap_create: %s", bench_err_name(r));
 }
 
 static void acct_reset(void)
@@ -447,7 +422,7 @@ static void migrate_range(char *p, size_t len, bool to_dev,
 		t1 = bench_now_ns();
 		if (r)
 			die(BENCH_EXIT_DATA, "%s: uhmm_migrate_setup at +%zu: "
-			    "%s", what, off, err_name(r));
+			    "%s", what, off, bench_err_name(r));
 		if (m.cpages != n)
 			die(BENCH_EXIT_DATA, "%s: setup collected %lu of %zu "
 			    "pages at +%zu", what, m.cpages, n, off);
@@ -479,7 +454,7 @@ static void migrate_range(char *p, size_t len, bool to_dev,
 				if (r)
 					die(BENCH_EXIT_DATA, "%s: "
 					    "uhmm_migrate_alloc_system: %s",
-					    what, err_name(r));
+					    what, bench_err_name(r));
 				desc[nd++] = (struct uhmm_dma_desc){
 					uhmm_migrate_pfn_to_addr(dst[i]),
 					dev_mem(sp), pg };
@@ -494,7 +469,7 @@ static void migrate_range(char *p, size_t len, bool to_dev,
 		t3 = bench_now_ns();
 		if (r)
 			die(BENCH_EXIT_DATA, "%s: DMA: %s (descriptor %zu)",
-			    what, err_name(r), b.error_index);
+			    what, bench_err_name(r), b.error_index);
 		uhmm_migrate_pages(&m);
 		t4 = bench_now_ns();
 		for (size_t i = 0; i < n; i++)
@@ -549,7 +524,7 @@ static struct phases phases_median(const struct phases *v, unsigned int n)
 {
 	struct phases m;
 	uint64_t out[PH_N];
-	double *t = alloc_times();
+	double *t = bench_times(&opt);
 
 	for (int k = 0; k < PH_N; k++) {
 		for (unsigned int r = 0; r < n; r++)
@@ -589,8 +564,8 @@ static void bench_migrate(bool thp, struct uhmm_dma *dma)
 {
 	size_t len = mig_len, npages = len / pg;
 	unsigned int nt = uhmm_dma_threads(dma);
-	double *t_dev = alloc_times(), *t_sys = alloc_times();
-	double *t_cpy = alloc_times();
+	double *t_dev = bench_times(&opt), *t_sys = bench_times(&opt);
+	double *t_cpy = bench_times(&opt);
 	struct phases *ph_dev = calloc(opt.n, sizeof(*ph_dev));
 	struct phases *ph_sys = calloc(opt.n, sizeof(*ph_sys));
 	double thp_frac = 0;
@@ -773,7 +748,7 @@ static struct fault_rep acct_take(void)
 
 static struct fault_rep fault_median(const struct fault_rep *v)
 {
-	double *t = alloc_times();
+	double *t = bench_times(&opt);
 	struct fault_rep m;
 	double *out[7] = { &m.calls, &m.pages, &m.handler, &m.setup, &m.copy,
 			   &m.mpages, &m.final };
@@ -813,8 +788,8 @@ static void bench_seq_read(struct uhmm_dma *dma)
 	size_t len = seq_len, npages = len / pg;
 	char *p = map_range(len, MADV_NOHUGEPAGE);
 	char *dst = map_range(len, MADV_NOHUGEPAGE);
-	double *t_dev[2] = { alloc_times(), alloc_times() };
-	double *t_cpy = alloc_times();
+	double *t_dev[2] = { bench_times(&opt), bench_times(&opt) };
+	double *t_cpy = bench_times(&opt);
 	struct fault_rep *fr[2] = { calloc(opt.n, sizeof(struct fault_rep)),
 				    calloc(opt.n, sizeof(struct fault_rep)) };
 	char xj[512], xt[768];
@@ -920,7 +895,7 @@ static void bench_fault_back(struct uhmm_dma *dma)
 	char *p = map_range(len, MADV_NOHUGEPAGE);
 	char *q = map_range(len, MADV_NOHUGEPAGE);
 	unsigned int *perm = malloc(FB_PAGES * sizeof(*perm));
-	double *t_dev = alloc_times(), *t_nat = alloc_times();
+	double *t_dev = bench_times(&opt), *t_nat = bench_times(&opt);
 	struct fault_rep *fr = calloc(opt.n, sizeof(*fr));
 	uint64_t x = 0x2545f4914f6cdd1dull;
 	char xj[512], xt[512];
@@ -1086,7 +1061,7 @@ static void bench_first_touch(struct uhmm_dma *dma)
 	char *c = map_range(len, MADV_NOHUGEPAGE);	/* migrated once */
 	char *r[3] = { a, b, c };
 	const char *rn[3] = { "managed", "native", "after migration" };
-	double *t[3] = { alloc_times(), alloc_times(), alloc_times() };
+	double *t[3] = { bench_times(&opt), bench_times(&opt), bench_times(&opt) };
 	uint64_t *pfns = calloc(npages, sizeof(*pfns));
 	struct uhmm_interval_notifier *sub;
 	struct uhmm_range rg;
@@ -1100,7 +1075,7 @@ static void bench_first_touch(struct uhmm_dma *dma)
 					    &bench_ops, NULL);
 	if (ret)
 		die(BENCH_EXIT_SETUP, "uhmm_interval_notifier_insert: %s",
-		    err_name(ret));
+		    bench_err_name(ret));
 	for (;;) {
 		memset(&rg, 0, sizeof(rg));
 		rg.notifier = sub;
@@ -1113,7 +1088,7 @@ static void bench_first_touch(struct uhmm_dma *dma)
 			break;
 	}
 	if (ret)
-		die(BENCH_EXIT_DATA, "uhmm_range_fault: %s", err_name(ret));
+		die(BENCH_EXIT_DATA, "uhmm_range_fault: %s", bench_err_name(ret));
 	for (size_t i = 0; i < npages; i++)
 		if (!(pfns[i] & UHMM_PFN_VALID) ||
 		    uhmm_pfn_to_addr(pfns[i]) != a + i * pg)
@@ -1249,7 +1224,7 @@ int main(int argc, char **argv)
 	if (!ret)
 		ret = uhmm_features(&feat);
 	if (ret)
-		die(BENCH_EXIT_SETUP, "uhmm_init: %s", err_name(ret));
+		die(BENCH_EXIT_SETUP, "uhmm_init: %s", bench_err_name(ret));
 	if (!(feat.flags & UHMM_FEAT_MOVE))
 		die(BENCH_EXIT_SETUP, "no UFFDIO_MOVE: device memory needs it");
 	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -1257,7 +1232,7 @@ int main(int argc, char **argv)
 	if (!ret)
 		ret = uhmm_dma_create(2, &dma2);
 	if (ret)
-		die(BENCH_EXIT_SETUP, "uhmm_dma_create: %s", err_name(ret));
+		die(BENCH_EXIT_SETUP, "uhmm_dma_create: %s", bench_err_name(ret));
 	dev_pages = mig_len / pg;
 	if (dev_pages < FB_PAGES)
 		dev_pages = FB_PAGES;

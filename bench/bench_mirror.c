@@ -88,33 +88,6 @@ static void *map_aligned(size_t len, size_t align)
 	return (void *)a;
 }
 
-static double *alloc_times(void)
-{
-	double *t = calloc(opt.n, sizeof(*t));
-
-	if (!t)
-		die(BENCH_EXIT_SETUP, "out of memory");
-	return t;
-}
-
-static const char *err_name(int e)
-{
-	static char buf[32];
-
-	switch (e) {
-	case 0: return "0";
-	case -EFAULT: return "-EFAULT";
-	case -EINVAL: return "-EINVAL";
-	case -EBUSY: return "-EBUSY";
-	case -EPERM: return "-EPERM";
-	case -ENOMEM: return "-ENOMEM";
-	case -EOPNOTSUPP: return "-EOPNOTSUPP";
-	case -ENODEV: return "-ENODEV";
-	}
-	snprintf(buf, sizeof(buf), "%d", e);
-	return buf;
-}
-
 static int dm_cmd(enum uhmm_dmirror_op op, const void *addr, void *ptr,
 		  size_t npages, struct uhmm_dmirror_cmd *c)
 {
@@ -270,7 +243,7 @@ static size_t check_snapshot(bool thp, uintptr_t start, uintptr_t end,
 
 	if (o->nreg < 0 || o->nreg_nf < 0)
 		die(BENCH_EXIT_DATA, "%s: PAGEMAP_SCAN: %s", lay,
-		    err_name((int)(o->nreg < 0 ? o->nreg : o->nreg_nf)));
+		    bench_err_name((int)(o->nreg < 0 ? o->nreg : o->nreg_nf)));
 	if (!thp && (size_t)o->nreg != npages)
 		die(BENCH_EXIT_DATA, "4k: PAGEMAP_SCAN gave %ld regions for "
 		    "%zu alternating pages", o->nreg, npages);
@@ -364,14 +337,14 @@ static void bench_snapshot(bool thp)
 	int ret;
 
 	for (int m = 0; m < SNAP_NMETHODS; m++)
-		t[m] = alloc_times();
+		t[m] = bench_times(&opt);
 	if (madvise(p, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE))
 		die(BENCH_EXIT_SETUP, "madvise: %s", strerror(errno));
 	ret = uhmm_interval_notifier_insert(&sub, start, len, &bench_ops,
 					    NULL);
 	if (ret)
 		die(BENCH_EXIT_SETUP, "uhmm_interval_notifier_insert: %s",
-		    err_name(ret));
+		    bench_err_name(ret));
 
 	for (int rep = -1; rep < (int)opt.n; rep++) {
 		struct snap_out o = {
@@ -426,11 +399,11 @@ static void bench_snapshot(bool thp)
 			dt[m] = bench_now_ns() - t0;
 			if (m == SNAP_DMIRROR && (ret || c.cpages != npages))
 				die(BENCH_EXIT_DATA, "SNAPSHOT: %s, cpages "
-				    "%llu of %zu", err_name(ret),
+				    "%llu of %zu", bench_err_name(ret),
 				    (unsigned long long)c.cpages, npages);
 			if (m == SNAP_DIRECT && ret)
 				die(BENCH_EXIT_DATA, "uhmm_range_fault: %s",
-				    err_name(ret));
+				    bench_err_name(ret));
 		}
 		huge = check_snapshot(thp, start, end, &o);
 		if (rep >= 0)
@@ -518,7 +491,7 @@ static void check_read(const char *what, int ret,
 {
 	if (ret || c->cpages != npages)
 		die(BENCH_EXIT_DATA, "%s READ: %s, cpages %llu of %zu", what,
-		    err_name(ret), (unsigned long long)c->cpages, npages);
+		    bench_err_name(ret), (unsigned long long)c->cpages, npages);
 	if (cold ? c->faults < 1 : c->faults != 0)
 		die(BENCH_EXIT_DATA, "%s READ took %llu fault rounds, want %s",
 		    what, (unsigned long long)c->faults, cold ? ">= 1" : "0");
@@ -530,8 +503,8 @@ static void check_read(const char *what, int ret,
 static void bench_read(char *dst)
 {
 	size_t len = size, npages = len >> pg_shift;
-	double *t_cold = alloc_times(), *t_warm = alloc_times();
-	double *t_cpy = alloc_times();
+	double *t_cold = bench_times(&opt), *t_warm = bench_times(&opt);
+	double *t_cpy = bench_times(&opt);
 	uint64_t cold_faults = 0;
 	char extra_json[64], extra_text[64];
 
@@ -638,14 +611,14 @@ static uint64_t timed_munmap(bool mirror, char *dst, int rep)
 		ret = dm_cmd(UHMM_DMIRROR_READ, p, dst, npages, &c);
 		if (ret != -EFAULT)
 			die(BENCH_EXIT_DATA, "READ after munmap: %s, want "
-			    "-EFAULT", err_name(ret));
+			    "-EFAULT", bench_err_name(ret));
 	}
 	return t;
 }
 
 static void bench_munmap(char *dst)
 {
-	double *t_mir = alloc_times(), *t_plain = alloc_times();
+	double *t_mir = bench_times(&opt), *t_plain = bench_times(&opt);
 
 	for (int rep = -1; rep < (int)opt.n; rep++) {
 		uint64_t t_m = 0, t_p = 0;
@@ -713,7 +686,7 @@ int main(int argc, char **argv)
 	if (!ret)
 		ret = uhmm_features(&feat);
 	if (ret)
-		die(BENCH_EXIT_SETUP, "uhmm_init: %s", err_name(ret));
+		die(BENCH_EXIT_SETUP, "uhmm_init: %s", bench_err_name(ret));
 	pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 	if (pagemap_fd < 0)
 		die(BENCH_EXIT_SETUP, "/proc/self/pagemap: %s",
@@ -721,7 +694,7 @@ int main(int argc, char **argv)
 	ret = uhmm_dmirror_open(0, &dm);
 	if (ret)
 		die(BENCH_EXIT_SETUP, "uhmm_dmirror_open(0): %s",
-		    err_name(ret));
+		    bench_err_name(ret));
 	if (!opt.json)
 		printf("# bench_mirror: uhmm %s, n=%u (+1 warm-up), %zu MiB "
 		       "ranges, page %zu, uffd %s, events %s, THP %s\n",
