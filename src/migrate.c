@@ -527,23 +527,18 @@ static int ensure_missing(struct uhmm_rt *rt, unsigned long start, unsigned long
 	return r;
 }
 
+/* Wake faults waiting on BUSY pages of [start, end): each 2 MiB block. */
 static void wake_stripes(struct uhmm_rt *rt, unsigned long start, unsigned long end)
 {
-	for (unsigned long a = start; a < end; a += 512ul << rt->page_shift) {
-		struct stripe *s = stripe_of(rt, a >> rt->page_shift);
+	unsigned long last = (end - 1) >> (rt->page_shift + 9);
+
+	for (unsigned long b = start >> (rt->page_shift + 9); b <= last; b++) {
+		struct stripe *s = stripe_of(rt, b << 9);
 
 		pthread_mutex_lock(&s->lock);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
-		if (((end - a) >> rt->page_shift) < 512)
-			break;
 	}
-	/* The last block too, when the loop stepped over it. */
-	struct stripe *s = stripe_of(rt, (end - 1) >> rt->page_shift);
-
-	pthread_mutex_lock(&s->lock);
-	pthread_cond_broadcast(&s->cond);
-	pthread_mutex_unlock(&s->lock);
 }
 
 /* Move system pages [a, a + n pages) out into slots [slot, slot + n). */

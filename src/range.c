@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include <uhmm/migrate.h>
 #include "internal.h"
 
 #define SCAN_VEC_STACK 256
@@ -132,9 +133,6 @@ static uint64_t cat_flags(const struct vma_ctx *v, uint64_t cat)
 		f |= v->order_bits;
 	return f;
 }
-
-struct uhmm_page;
-UHMM_API const void *uhmm_page_owner(const struct uhmm_page *page);
 
 /*
  * A page that is not present may live on a device: reported (VALID, the
