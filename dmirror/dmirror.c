@@ -597,16 +597,24 @@ static int dmirror_install(struct uhmm_dmirror *dm,
 	return 0;
 }
 
-/* One device fault round over [start, end) (dmirror_fault). */
-static int dmirror_fault(struct uhmm_dmirror *dm, unsigned long start,
-			 unsigned long end, bool write)
+typedef int (*dmirror_chunk_fn)(struct uhmm_dmirror *dm,
+				const struct uhmm_range *range, unsigned long n,
+				void *arg);
+
+/*
+ * Walk [start, end) in chunks of DMIRROR_FAULT_CHUNK pages: for each, the
+ * read_begin / range_fault / lock / read_retry protocol with
+ * @default_flags, then @fn with dm->lock held and the values valid.
+ */
+static int dmirror_walk(struct uhmm_dmirror *dm, unsigned long start,
+			unsigned long end, uint64_t default_flags,
+			dmirror_chunk_fn fn, void *arg)
 {
 	uint64_t pfns[DMIRROR_FAULT_CHUNK];
 	struct uhmm_range range = {
 		.notifier = dm->notifier,
 		.hmm_pfns = pfns,
-		.default_flags = UHMM_PFN_REQ_FAULT |
-				 (write ? UHMM_PFN_REQ_WRITE : 0),
+		.default_flags = default_flags,
 		.pfn_flags_mask = 0,
 		.dev_private_owner = dm->dev,
 	};
@@ -621,16 +629,32 @@ static int dmirror_fault(struct uhmm_dmirror *dm, unsigned long start,
 		range.start = addr;
 		range.end = addr + (n << dmirror_page_shift);
 		memset(pfns, 0, n * sizeof(pfns[0]));
-
 		ret = dmirror_range_lock(dm, &range);
 		if (ret)
 			return ret;
-		ret = dmirror_install(dm, &range, write);
+		ret = fn(dm, &range, n, arg);
 		pthread_mutex_unlock(&dm->lock);
 		if (ret)
 			return ret;
 	}
 	return 0;
+}
+
+static int dmirror_install_chunk(struct uhmm_dmirror *dm,
+				 const struct uhmm_range *range, unsigned long n,
+				 void *arg)
+{
+	(void)n;
+	return dmirror_install(dm, range, *(bool *)arg);
+}
+
+/* One device fault round over [start, end) (dmirror_fault). */
+static int dmirror_fault(struct uhmm_dmirror *dm, unsigned long start,
+			 unsigned long end, bool write)
+{
+	return dmirror_walk(dm, start, end, UHMM_PFN_REQ_FAULT |
+			    (write ? UHMM_PFN_REQ_WRITE : 0),
+			    dmirror_install_chunk, &write);
 }
 
 /*
@@ -1464,37 +1488,24 @@ static int dmirror_dev_evict(struct dmirror_device *dev)
  * -EINVAL if a page of [start, end) has no mapping or is not readable
  * (a snapshot: nothing is faulted).
  */
+static int dmirror_error_chunk(struct uhmm_dmirror *dm,
+			       const struct uhmm_range *range, unsigned long n,
+			       void *arg)
+{
+	(void)dm;
+	(void)arg;
+	for (unsigned long i = 0; i < n; i++)
+		if (range->hmm_pfns[i] & UHMM_PFN_ERROR)
+			return -EINVAL;
+	return 0;
+}
+
 static int dmirror_check_mapped(struct uhmm_dmirror *dm, unsigned long start,
 				unsigned long end)
 {
-	uint64_t pfns[DMIRROR_FAULT_CHUNK];
-	struct uhmm_range range = {
-		.notifier = dm->notifier,
-		.hmm_pfns = pfns,
-		.default_flags = 0,
-		.pfn_flags_mask = 0,
-		.dev_private_owner = dm->dev,
-	};
-	unsigned long addr, i;
-	int ret;
+	int ret = dmirror_walk(dm, start, end, 0, dmirror_error_chunk, NULL);
 
-	for (addr = start; addr < end; addr = range.end) {
-		unsigned long n = (end - addr) >> dmirror_page_shift;
-
-		if (n > DMIRROR_FAULT_CHUNK)
-			n = DMIRROR_FAULT_CHUNK;
-		range.start = addr;
-		range.end = addr + (n << dmirror_page_shift);
-		memset(pfns, 0, n * sizeof(pfns[0]));
-		ret = dmirror_range_lock(dm, &range);
-		if (ret)
-			return ret == -EFAULT ? -EINVAL : ret;
-		pthread_mutex_unlock(&dm->lock);
-		for (i = 0; i < n; i++)
-			if (pfns[i] & UHMM_PFN_ERROR)
-				return -EINVAL;
-	}
-	return 0;
+	return ret == -EFAULT ? -EINVAL : ret;
 }
 
 /*
