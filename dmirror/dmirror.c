@@ -1953,3 +1953,143 @@ UHMM_API int uhmm_dmirror_cmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
 	}
 	return -EINVAL;
 }
+
+/* ------------------------------------------------------------------ */
+/* Byte-granular device access (uhmm_dmirror_access)                    */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Bytes moved per critical section. They go through a bounce buffer on
+ * the stack, so that the caller's buffer is touched only outside dm->lock
+ * (a device page in it is brought back by migrate_to_ram, which takes the
+ * locks of the device's opens).
+ */
+#define DMIRROR_ACCESS_BOUNCE	512
+
+/*
+ * Copy [addr, addr + len) between the pages the device page table points
+ * at and @bounce, under dm->lock: device memory of this device directly,
+ * system pages through the CPU's page tables. Returns 0, -ENOENT when a
+ * page has no entry (for a store: no writable one), or -EFAULT when a
+ * copy faulted (a stale entry); *miss is the address of that page.
+ */
+static int dmirror_access_locked(struct uhmm_dmirror *dm, uint64_t addr,
+				 char *bounce, size_t len, bool write,
+				 uint64_t *miss)
+{
+	uint64_t need = UHMM_PFN_VALID | (write ? UHMM_PFN_WRITE : 0);
+
+	while (len) {
+		uint64_t vpn = addr >> dmirror_page_shift;
+		size_t off = (size_t)(addr & (dmirror_page_size - 1));
+		size_t n = dmirror_page_size - off;
+		const uint64_t *leaf = pt_leaf(&dm->pt, vpn);
+		uint64_t e = leaf ? leaf[vpn & PT_MASK] : 0;
+		char *mem;
+
+		if (n > len)
+			n = len;
+		*miss = addr;
+		if ((e & need) != need)
+			return -ENOENT;
+		if (e & DMIRROR_PFN_DEVICE) {
+			struct uhmm_page *page = uhmm_pfn_to_page(e);
+
+			if (!page || uhmm_page_owner(page) != dm->dev)
+				return -EFAULT;
+			mem = (char *)uhmm_page_data(page) + off;
+			if (write)
+				memcpy(mem, bounce, n);
+			else
+				memcpy(bounce, mem, n);
+		} else {
+			int r;
+
+			mem = (char *)uhmm_pfn_to_addr(e) + off;
+			r = write ? uhmm_copy_nofault(mem, bounce, n, NULL) :
+				    uhmm_copy_nofault(bounce, mem, n, NULL);
+			if (r)
+				return -EFAULT;
+		}
+		addr += n;
+		bounce += n;
+		len -= n;
+	}
+	return 0;
+}
+
+UHMM_API int uhmm_dmirror_access(struct uhmm_dmirror *dm, uint64_t addr,
+				 void *buf, size_t len, int write,
+				 uint64_t *faults)
+{
+	uint64_t pmask = dmirror_page_size - 1, e, nfaults = 0;
+	unsigned int copy_faults = 0, rounds = 0;
+	char bounce[DMIRROR_ACCESS_BOUNCE];
+	char *b = buf;
+	int ret = 0;
+
+	if (faults)
+		*faults = 0;
+	if (!dm || !buf || !len)
+		return -EINVAL;
+	if (dmirror_stale(dm))
+		return -EBADF;
+	if (__builtin_add_overflow(addr, (uint64_t)len, &e) || e > dm->nend)
+		return -EINVAL;
+	if ((uintptr_t)b + len < (uintptr_t)b)
+		return -EFAULT;
+
+	while (len) {
+		size_t n = len < sizeof(bounce) ? len : sizeof(bounce);
+		uint64_t miss = addr, fend;
+
+		if (write && uhmm_copy_nofault(bounce, b, n, NULL)) {
+			ret = -EFAULT;
+			break;
+		}
+		pthread_mutex_lock(&dm->lock);
+		ret = dmirror_access_locked(dm, addr, bounce, n, write, &miss);
+		pthread_mutex_unlock(&dm->lock);
+		if (!ret) {
+			if (!write && uhmm_copy_nofault(b, bounce, n, NULL)) {
+				ret = -EFAULT;
+				break;
+			}
+			addr += n;
+			b += n;
+			len -= n;
+			rounds = 0;
+			continue;
+		}
+
+		/*
+		 * The slow path, as READ's: a stale entry (the mapping
+		 * vanished or lost access under the device) is dropped by
+		 * revalidating, outside the lock since it runs the
+		 * callbacks; then a fault round over the rest of this piece.
+		 */
+		fend = (addr + n + pmask) & ~pmask;
+		miss &= ~pmask;
+		if (ret == -EFAULT) {
+			if (++copy_faults > DMIRROR_COPY_RETRIES)
+				break;
+			uhmm_range_revalidate((unsigned long)miss,
+					      (unsigned long)fend);
+		}
+		if (++rounds > DMIRROR_READ_RESTARTS) {
+			ret = -EBUSY;
+			break;
+		}
+		ret = dmirror_notifier_get(dm);
+		if (ret)
+			break;
+		ret = dmirror_fault(dm, (unsigned long)miss,
+				    (unsigned long)fend, write);
+		if (ret)
+			break;
+		nfaults++;
+	}
+	if (faults)
+		*faults = nfaults;
+	return ret;
+}

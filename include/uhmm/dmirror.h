@@ -85,6 +85,40 @@ enum uhmm_dmirror_op {
 UHMM_API int uhmm_dmirror_cmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
 			      struct uhmm_dmirror_cmd *cmd);
 
+/*
+ * Byte-granular device access (an addition to the contract): a device
+ * load (@write == 0) of @len bytes at @addr into @buf, or a device store
+ * (@write != 0) of @len bytes from @buf to @addr. As READ and WRITE, but
+ * @addr needs no alignment and the access may cross page boundaries: it
+ * goes through the device page table, and pages that have no entry (or,
+ * for a store, no writable one) are faulted in through the mirror first,
+ * one fault round each pass (read-only mappings and the zero page are
+ * fine for loads). Pages that live in this device's memory are accessed
+ * there, without a migration. An access whose pages all have entries
+ * does not call uhmm_range_fault(): this is the path for pointer chasing
+ * (a few hundred nanoseconds per access).
+ *
+ * @faults: out, may be NULL: fault rounds that were needed (0 when every
+ * page had an entry).
+ *
+ * Context: thread-safe; @buf may be anywhere in the process (a device page
+ * in it is brought back first). The device never uses access the process
+ * lost: an entry made stale by mprotect() or munmap() is found at the
+ * access and faulted again, or the access fails.
+ * Return: 0, or a negative errno (the contents of @buf, or of the target
+ * of a store, are unspecified on failure):
+ *   -EINVAL  NULL @dm or @buf, @len == 0, @addr + @len overflowing
+ *   -EBADF   an open inherited through fork()
+ *   -EFAULT  a page is not readable by the process (no mapping,
+ *            PROT_NONE), or @buf is not accessible
+ *   -EPERM   a store to a mapping that is not writable
+ *   -EBUSY   the range kept being invalidated (retry)
+ *   -ENOMEM
+ */
+UHMM_API int uhmm_dmirror_access(struct uhmm_dmirror *dm, uint64_t addr,
+				 void *buf, size_t len, int write,
+				 uint64_t *faults);
+
 #ifdef __cplusplus
 }
 #endif
