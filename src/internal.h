@@ -17,6 +17,7 @@
 
 #include <uhmm/uhmm.h>
 #include "os.h"
+#include "stats.h"
 
 #define UHMM_INTERNAL __attribute__((visibility("hidden")))
 
