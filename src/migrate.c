@@ -172,6 +172,7 @@ void uhmm_page_set_data(struct uhmm_page *p, void *data)
 
 void uhmm_page_init(struct uhmm_page *p)
 {
+	uhmm__stat_add(UHMM__STAT_device_pages_in_use, p != NULL);
 	if (p)
 		atomic_store(&p->refs, 1);
 }
@@ -184,8 +185,10 @@ void uhmm_page_get(struct uhmm_page *p)
 
 void uhmm_page_put(struct uhmm_page *p)
 {
-	if (p && atomic_fetch_sub(&p->refs, 1) == 1)
+	if (p && atomic_fetch_sub(&p->refs, 1) == 1) {
+		uhmm__stat_add(UHMM__STAT_device_pages_in_use, (uint64_t)-1);
 		p->pgmap->ops->page_free(p);
+	}
 }
 
 unsigned int uhmm_page_refcount(const struct uhmm_page *p)
@@ -638,6 +641,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		return -EINVAL;
 	if (rt->uffd < 0)
 		return -ENOSYS;
+	uhmm__stat_migrate_begin(m);
 	shift = rt->page_shift;
 	n = (end - start) >> shift;
 	r = uhmm__vma_query(rt, start, &q);
@@ -874,6 +878,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 
 	if (!m || !rt || !(ms = mstate_of(m)))
 		return;
+	uhmm__stat_migrate_end(m->start, m->src, m->dst, m->npages);
 	shift = rt->page_shift;
 	for (unsigned long i = 0; i < m->npages; i++) {
 		unsigned long run = install_run(rt, m, i);
@@ -1036,6 +1041,7 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 
 	if (!src || !dst || !rt)
 		return;
+	uhmm__stat_migrate_end(0, src, dst, npages);
 	for (unsigned long i = 0; i < npages; i++) {
 		struct uhmm_page *p = uhmm_migrate_pfn_to_page(src[i]);
 		unsigned long vpn, addr;
@@ -1118,6 +1124,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			pthread_mutex_unlock(&s->lock);
 			uhmm__invalidate(rt, addr, addr + rt->page_size,
 					 UHMM_NOTIFY_EXCLUSIVE, NULL);
+			uhmm__stat_inc(UHMM__STAT_faults_exclusive_revoke);
 			bool emptied = false;
 
 			r = install(rt, addr, slot, &emptied);
@@ -1145,6 +1152,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		}
 		if (!v) {
 			pthread_mutex_unlock(&s->lock);
+			uhmm__stat_fault_missing(addr);
 			r = uhmm__uffd_zeropage(rt, addr, rt->page_size, 0);
 			if (r == 0 || r == -ENOENT)
 				return;
@@ -1199,7 +1207,9 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		vmf.address = addr;
 		vmf.page = p;
 		vmf.flags = write ? UHMM_FAULT_WRITE : 0;
+		uhmm__stat_fault_back_begin(addr);
 		r = p->pgmap->ops->migrate_to_ram(&vmf);
+		uhmm__stat_fault_back_end(addr, r);
 
 		pthread_mutex_lock(&s->lock);
 		v = atomic_load(e);

@@ -122,6 +122,7 @@ bool uhmm__inv_begin(struct uhmm_rt *rt, const struct uhmm_notifier_range *r)
 	pthread_mutex_unlock(&rt->lock);
 	if (!hit)
 		return false;
+	uhmm__stat_invalidate(r);
 
 	/* The array is frozen while the sequence is odd. */
 	for (size_t i = 0; i < rt->nsubs && rt->subs[i]->start < r->end; i++) {
@@ -295,14 +296,22 @@ unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub)
 bool uhmm_interval_read_retry(struct uhmm_interval_notifier *sub,
 			      unsigned long seq)
 {
-	return !sub || atomic_load(&sub->invalidate_seq) != seq;
+	bool retry = !sub || atomic_load(&sub->invalidate_seq) != seq;
+
+	if (retry)
+		uhmm__stat_inc(UHMM__STAT_read_retries);
+	return retry;
 }
 
 bool uhmm_interval_check_retry(struct uhmm_interval_notifier *sub,
 			       unsigned long seq)
 {
-	return !sub || atomic_load_explicit(&sub->invalidate_seq,
-					    memory_order_relaxed) != seq;
+	bool retry = !sub || atomic_load_explicit(&sub->invalidate_seq,
+						  memory_order_relaxed) != seq;
+
+	if (retry)
+		uhmm__stat_inc(UHMM__STAT_check_retries);
+	return retry;
 }
 
 void uhmm_interval_set_seq(struct uhmm_interval_notifier *sub,

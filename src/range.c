@@ -188,6 +188,7 @@ static int run_flush(struct uhmm_rt *rt, struct run *run)
 
 	if (run->start == run->end)
 		return 0;
+	uhmm__stat_populate(run->start, run->end, rt->page_size);
 	r = populate(rt, run->start, run->end, run->write);
 	run->start = run->end = 0;
 	run->write = false;
@@ -441,6 +442,7 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 		if (r < 0)
 			return r;
 		if (r > 0) {
+			uhmm__stat_inc(UHMM__STAT_range_fault_rewalks);
 			if (++tries > FAULT_TRIES)
 				return -EBUSY;
 			continue;	/* scan the same chunk again */
@@ -467,6 +469,7 @@ int uhmm_range_fault(struct uhmm_range *range)
 	if (start >= end || !uhmm__aligned(rt, start) || !uhmm__aligned(rt, end) ||
 	    start < range->notifier->start || end > range->notifier->end)
 		return -EINVAL;
+	uhmm__stat_range_fault(range);
 	shift = rt->page_shift;
 	if (uhmm_interval_check_retry(range->notifier, range->notifier_seq))
 		return -EBUSY;

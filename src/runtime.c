@@ -443,6 +443,7 @@ static void *reader_main(void *arg)
 					     ~(rt->page_size - 1), rt->page_size);
 				continue;
 			}
+			uhmm__stat_fault(msg[i].arg.pagefault.address, !!(msg[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE));
 			uhmm__handle_fault(rt, msg[i].arg.pagefault.address,
 					   msg[i].arg.pagefault.flags &
 					   UFFD_PAGEFAULT_FLAG_WRITE, rseq);

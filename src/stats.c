@@ -88,7 +88,6 @@ void uhmm__stat_fault_missing(unsigned long addr)
 
 void uhmm__stat_fault_back_begin(unsigned long addr)
 {
-	slot_add(UHMM__STAT_faults_back, 1);
 	UHMM_PROBE1(fault_back_begin, addr);
 	fault_back_t0 = now_ns();
 }
@@ -97,6 +96,7 @@ void uhmm__stat_fault_back_end(unsigned long addr, int ret)
 {
 	uint64_t ns = now_ns() - fault_back_t0;
 
+	slot_add(UHMM__STAT_faults_back, 1);
 	slot_add(SLOT_LAT(lat_bucket(ns)), 1);
 	UHMM_PROBE3(fault_back_end, addr, ret, ns);
 }

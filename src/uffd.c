@@ -49,12 +49,14 @@ static int uffd_do(struct uhmm_rt *rt, enum uffd_op op, unsigned long dst,
 			return 0;
 		switch (r) {
 		case -EAGAIN:
+			uhmm__stat_inc(UHMM__STAT_uffd_eagain);
 			/* Bounded: a reader that never reads is a bug. */
 			if (++spins > 100000)
 				return -EAGAIN;
 			uhmm__wait_events_read(rt);
 			break;
 		case -EEXIST: {
+			uhmm__stat_inc(UHMM__STAT_uffd_eexist);
 			/* MOVE: the destination is not empty; not ours to skip. */
 			if (op == OP_MOVE)
 				return r;
