@@ -4,7 +4,7 @@
 #
 #   make [-j2]                          libs, CLI, tests, benchmarks, examples
 #   make check                          build, then run tests/run.sh
-#   make run                            build, then run the main job (uhmm info)
+#   make run                            build, then run the main job (uhmm demo)
 #   make bench                          build, then run every benchmark
 #   make check SANITIZE=address,undefined   (BUILD defaults to build-asan)
 #   make check SANITIZE=thread              (BUILD defaults to build-tsan)
@@ -197,7 +197,7 @@ check: all
 		sh tests/run.sh $(BUILD)/tests
 
 run: all
-	$(CLI) info
+	$(CLI) demo
 
 bench: all
 	@set -e; for b in $(BENCHES); do \

@@ -13,6 +13,8 @@
 static const struct cli_cmd cmds[] = {
 	{ "info", cmd_info, "info [--json]",
 	  "what this kernel and process allow, and what works or degrades" },
+	{ "demo", cmd_demo, "demo [--nodes N] [--json] [--stats]",
+	  "a device chases pointers through a CPU-built tree (make run)" },
 };
 
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
