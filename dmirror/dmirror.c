@@ -666,7 +666,7 @@ static bool dmirror_page_is_local(const struct uhmm_dmirror *dm, uint64_t pfn)
 {
 	struct uhmm_page *page;
 
-	if (!dm || !(pfn & UHMM_PFN_DEVICE_PRIVATE))
+	if (!dm || !(pfn & DMIRROR_PFN_DEVICE))
 		return false;
 	page = uhmm_pfn_to_page(pfn);
 	return page && uhmm_page_owner(page) == dm->dev;
@@ -940,7 +940,7 @@ static int dmirror_copy_pages(struct uhmm_dmirror *dm, uint64_t vpn,
 		for (; m; m--, j++, i++) {
 			uint64_t e = leaf[j];
 
-			if (run_n && !(e & DMIRROR_PFN_DEVICE) &&
+			if (run_n && !(e & UHMM_PFN_DEVICE_PRIVATE) &&
 			    (e & UHMM_PFN_FRAME_MASK) ==
 			    (run_pfn & UHMM_PFN_FRAME_MASK) + run_n) {
 				run_n++;
@@ -952,7 +952,7 @@ static int dmirror_copy_pages(struct uhmm_dmirror *dm, uint64_t vpn,
 				if (ret)
 					return ret;
 			}
-			if (e & DMIRROR_PFN_DEVICE) {
+			if (e & UHMM_PFN_DEVICE_PRIVATE) {
 				run_n = 0;
 				ret = dmirror_copy_devpage(dm, c, i, e);
 				if (ret)
@@ -1130,6 +1130,12 @@ static struct dmirror_device *dmirror_page_dev(const struct uhmm_page *page)
 	return (struct dmirror_device *)(uintptr_t)uhmm_page_owner(page);
 }
 
+/* Devices 0 and 1 have private memory, 2 and 3 coherent memory. */
+static bool dmirror_coherent(const struct dmirror_device *dev)
+{
+	return dev->id >= 2;
+}
+
 /*
  * Add a chunk of device memory: the pagemap at the first call, a grown
  * one later (dmirror_allocate_chunk). Under dev->lock.
@@ -1145,7 +1151,11 @@ static int dmirror_devmem_grow(struct dmirror_device *dev)
 	if (dev->nchunks >= DMIRROR_MAX_CHUNKS)
 		return -ENOMEM;
 	dev->chunk_pages = n;
-	if (posix_memalign(&mem, dmirror_page_size, n << dmirror_page_shift))
+	/* Coherent pages are their own storage (BACKING_PAGE()): uhmm's
+	 * pool, uhmm_page_addr(). Private ones get a buffer. */
+	mem = NULL;
+	if (!dmirror_coherent(dev) &&
+	    posix_memalign(&mem, dmirror_page_size, n << dmirror_page_shift))
 		return -ENOMEM;
 	fl = realloc(dev->free, (dev->nchunks + 1) * n * sizeof(*fl));
 	if (!fl) {
@@ -1158,7 +1168,9 @@ static int dmirror_devmem_grow(struct dmirror_device *dev)
 		return -ENOMEM;
 	}
 	if (!dev->pgmap) {
-		ret = uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, dev,
+		ret = uhmm_pagemap_create(dmirror_coherent(dev) ?
+					  UHMM_MEMORY_DEVICE_COHERENT :
+					  UHMM_MEMORY_DEVICE_PRIVATE, dev,
 					  &dmirror_devmem_ops, n, &dev->pgmap);
 		first = ret ? ret : 0;
 	} else {
@@ -1168,10 +1180,13 @@ static int dmirror_devmem_grow(struct dmirror_device *dev)
 		free(mem);
 		return (int)first;
 	}
-	for (i = 0; i < n; i++)
-		uhmm_page_set_data(uhmm_pagemap_page(dev->pgmap,
-						     (unsigned long)first + i),
-				   (char *)mem + (i << dmirror_page_shift));
+	for (i = 0; i < n; i++) {
+		struct uhmm_page *page = uhmm_pagemap_page(dev->pgmap,
+							   (unsigned long)first + i);
+
+		uhmm_page_set_data(page, mem ? (char *)mem + (i << dmirror_page_shift) :
+				   uhmm_page_addr(page));
+	}
 	/* Lowest indices on top. */
 	for (i = 0; i < n; i++)
 		dev->free[dev->nfree++] = (unsigned long)first + n - 1 - i;
@@ -1676,12 +1691,16 @@ static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 			if (!leaf || !(src[i] & UHMM_MIGRATE_PFN_MIGRATE) ||
 			    !dst[i])
 				continue;
+			/* Coherent memory is mapped at its address: the
+			 * device reaches it there, as the CPU does. */
 			leaf[vpn & PT_MASK] = UHMM_PFN_VALID |
-				UHMM_PFN_DEVICE_PRIVATE |
 				((src[i] & UHMM_MIGRATE_PFN_WRITE) ?
 				 UHMM_PFN_WRITE : 0) |
-				((dst[i] >> UHMM_MIGRATE_PFN_SHIFT) &
-				 UHMM_PFN_FRAME_MASK);
+				(dmirror_coherent(dev) ?
+				 UHMM_PFN_DEVICE_COHERENT | (vpn & UHMM_PFN_FRAME_MASK) :
+				 UHMM_PFN_DEVICE_PRIVATE |
+				 ((dst[i] >> UHMM_MIGRATE_PFN_SHIFT) &
+				  UHMM_PFN_FRAME_MASK));
 		}
 		pthread_mutex_unlock(&dm->lock);
 		uhmm_migrate_finalize(&m);
@@ -1721,6 +1740,8 @@ static int dmirror_migrate_to_sys(struct uhmm_dmirror *dm,
 		ret = dmirror_migrate_setup(&m, addr,
 					    addr + (n << dmirror_page_shift),
 					    src, dst, dev,
+					    dmirror_coherent(dev) ?
+					    UHMM_MIGRATE_SELECT_DEVICE_COHERENT :
 					    UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
 					    NULL);
 		if (ret)
@@ -1742,8 +1763,7 @@ static int dmirror_migrate_to_sys(struct uhmm_dmirror *dm,
 
 static bool dmirror_device_supported(int device)
 {
-	/* Devices 2 and 3 (coherent memory) come with issue B. */
-	return device == 0 || device == 1;
+	return device >= 0 && device < DMIRROR_NDEVICES;
 }
 
 static int dmirror_device_get(int device, struct dmirror_device **out)

@@ -122,6 +122,7 @@ struct uhmm_rt {
 	void *_Atomic st_root;	/* VPN -> device page | BUSY */
 	struct stripe stripes[UHMM_STRIPES];
 	_Atomic bool has_device_pages;
+	_Atomic bool has_coherent_pages;	/* a coherent page was mapped */
 	pthread_mutex_t mlock;	/* staging set-up */
 	pthread_mutex_t rlock;	/* readers: read() to queueing, in turn */
 	pthread_mutex_t stage_lock;
@@ -177,6 +178,8 @@ UHMM_INTERNAL void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr,
 				      bool write, unsigned long read_seq);
 UHMM_INTERNAL struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt,
 						     unsigned long addr);
+UHMM_INTERNAL struct uhmm_page *uhmm__coherent_page_at(struct uhmm_rt *rt,
+						    unsigned long addr);
 UHMM_INTERNAL void uhmm__device_event(struct uhmm_rt *rt, const struct uffd_msg *m);
 UHMM_INTERNAL void uhmm__device_release(struct uhmm_rt *rt, unsigned long start,
 					unsigned long end);

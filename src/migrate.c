@@ -27,6 +27,7 @@ struct uhmm_page {
 	unsigned long index;
 	_Atomic unsigned int refs;
 	void *data;
+	void *mem;			/* coherent: its frame's home (pool) */
 	_Atomic unsigned long vpn;	/* where it is mapped; 0 when not */
 	_Atomic unsigned long mig_seq;	/* rt->read_seq when it went there */
 };
@@ -43,22 +44,65 @@ struct uhmm_pagemap {
 	struct {
 		struct uhmm_page *pages;
 		unsigned long first, n;
+		void *pool;		/* coherent: the chunk's frames */
 	} chunk[PGMAP_MAX_CHUNKS];
 };
 
+/*
+ * Coherent device memory is a pool of anonymous frames of uhmm's, one
+ * slot per device page, registered on the runtime's userfaultfd (WP
+ * mode: nothing traps) so that UFFDIO_MOVE can put a frame in and take
+ * it out. A page on the device is its frame mapped at the application's
+ * address (the CPU addresses it directly); while the page is free or
+ * isolated for a migration, the frame sits in its pool slot, which
+ * uhmm_page_addr() names. Pool slots of mapped pages are empty.
+ */
+static void *pool_create(struct uhmm_rt *rt, unsigned long n, int *err)
+{
+	size_t len = n << rt->page_shift;
+	void *p = os_mmap(NULL, len, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, err);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	os_madvise(p, len, MADV_NOHUGEPAGE);
+	*err = os_uffd_register(rt->uffd, (uintptr_t)p, len,
+				UFFDIO_REGISTER_MODE_WP, NULL);
+	if (*err) {
+		os_munmap(p, len);
+		return NULL;
+	}
+	return p;
+}
+
 static int chunk_add(struct uhmm_pagemap *pg, unsigned long n, long *first)
 {
+	struct uhmm_rt *rt = uhmm__rt_peek();
 	struct uhmm_page *p;
+	void *pool = NULL;
+	int err = 0;
 
 	if (pg->nchunks == PGMAP_MAX_CHUNKS)
 		return -ENOSPC;
+	if (n > (SIZE_MAX >> 16))
+		return -EINVAL;
 	p = calloc(n, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
+	if (pg->type == UHMM_MEMORY_DEVICE_COHERENT) {
+		pool = pool_create(rt, n, &err);
+		if (!pool) {
+			free(p);
+			return err;
+		}
+	}
 	for (unsigned long i = 0; i < n; i++) {
 		p[i].pgmap = pg;
 		p[i].index = pg->npages + i;
+		if (pool)
+			p[i].mem = (char *)pool + (i << rt->page_shift);
 	}
+	pg->chunk[pg->nchunks].pool = pool;
 	pg->chunk[pg->nchunks].pages = p;
 	pg->chunk[pg->nchunks].first = pg->npages;
 	pg->chunk[pg->nchunks].n = n;
@@ -76,14 +120,28 @@ int uhmm_pagemap_create(enum uhmm_memory_type type, const void *owner,
 	long first;
 	int err = 0;
 
-	if (!out || !ops || !ops->page_free || !ops->migrate_to_ram || !npages)
+	struct uhmm_rt *rt;
+
+	if (!out || !ops || !ops->page_free || !npages)
 		return -EINVAL;
-	if (type == UHMM_MEMORY_DEVICE_COHERENT)
-		return -EOPNOTSUPP;
-	if (type != UHMM_MEMORY_DEVICE_PRIVATE)
+	if (type != UHMM_MEMORY_DEVICE_PRIVATE &&
+	    type != UHMM_MEMORY_DEVICE_COHERENT)
 		return -EINVAL;
-	if (!uhmm__rt_get(&err))
+	/* The CPU never faults on coherent memory: no migrate_to_ram. */
+	if (type == UHMM_MEMORY_DEVICE_PRIVATE && !ops->migrate_to_ram)
+		return -EINVAL;
+	rt = uhmm__rt_get(&err);
+	if (!rt)
 		return err;
+	if (type == UHMM_MEMORY_DEVICE_COHERENT) {
+		if (rt->uffd < 0 || !(rt->uffd_features & UFFD_FEATURE_MOVE))
+			return -ENOSYS;
+		pthread_mutex_lock(&rt->tlock);
+		err = uhmm__rt_start_threads(rt);
+		pthread_mutex_unlock(&rt->tlock);
+		if (err)
+			return err;
+	}
 	pg = calloc(1, sizeof(*pg));
 	if (!pg)
 		return -ENOMEM;
@@ -137,8 +195,11 @@ int uhmm_pagemap_destroy(struct uhmm_pagemap *pg)
 		for (unsigned long i = 0; i < pg->chunk[c].n; i++)
 			if (atomic_load(&pg->chunk[c].pages[i].refs))
 				return -EBUSY;
-	for (unsigned int c = 0; c < pg->nchunks; c++)
+	for (unsigned int c = 0; c < pg->nchunks; c++) {
 		free(pg->chunk[c].pages);
+		if (pg->chunk[c].pool)
+			os_munmap(pg->chunk[c].pool, pg->chunk[c].n << uhmm__rt_peek()->page_shift);
+	}
 	pthread_mutex_destroy(&pg->lock);
 	free(pg);
 	return 0;
@@ -162,6 +223,11 @@ const void *uhmm_page_owner(const struct uhmm_page *p)
 void *uhmm_page_data(const struct uhmm_page *p)
 {
 	return p ? p->data : NULL;
+}
+
+void *uhmm_page_addr(const struct uhmm_page *p)
+{
+	return p ? p->mem : NULL;
 }
 
 void uhmm_page_set_data(struct uhmm_page *p, void *data)
@@ -202,11 +268,18 @@ static inline uint64_t page_frame(const struct uhmm_page *p)
 	return (uint64_t)(uintptr_t)p >> 3;
 }
 
+static struct uhmm_page *coherent_at(struct uhmm_rt *rt, unsigned long vpn);
+
 struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
 {
-	if (!(pfn & UHMM_PFN_DEVICE_PRIVATE))
+	struct uhmm_rt *rt;
+
+	if (pfn & UHMM_PFN_DEVICE_PRIVATE)
+		return (struct uhmm_page *)(uintptr_t)((pfn & UHMM_PFN_FRAME_MASK) << 3);
+	/* A coherent page's frame is its virtual page number. */
+	if (!(pfn & UHMM_PFN_DEVICE_COHERENT) || !(rt = uhmm__rt_peek()))
 		return NULL;
-	return (struct uhmm_page *)(uintptr_t)((pfn & UHMM_PFN_FRAME_MASK) << 3);
+	return coherent_at(rt, pfn & UHMM_PFN_FRAME_MASK);
 }
 
 uint64_t uhmm_migrate_pfn_device(const struct uhmm_page *p)
@@ -330,7 +403,13 @@ static void st_walk(struct uhmm_rt *rt, unsigned long lo, unsigned long hi,
 		st_walk_node(rt, root, 3, 0, lo, hi, fn, arg);
 }
 
-/* The device page at @addr, for range_fault (NULL when none or busy). */
+static inline bool is_coherent(const struct uhmm_page *p)
+{
+	return p->pgmap->type == UHMM_MEMORY_DEVICE_COHERENT;
+}
+
+/* The device-private page at @addr, for range_fault (NULL when none or
+ * busy). */
 struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt, unsigned long addr)
 {
 	uintptr_t v;
@@ -338,7 +417,27 @@ struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt, unsigned long addr)
 	if (!atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
 		return NULL;
 	v = st_get(rt, addr >> rt->page_shift);
-	return (v & ST_FLAGS) ? NULL : (struct uhmm_page *)v;
+	if (!v || (v & ST_FLAGS) || is_coherent((struct uhmm_page *)v))
+		return NULL;
+	return (struct uhmm_page *)v;
+}
+
+/* The coherent page mapped at @vpn, or NULL. */
+static struct uhmm_page *coherent_at(struct uhmm_rt *rt, unsigned long vpn)
+{
+	uintptr_t v;
+
+	if (!atomic_load_explicit(&rt->has_coherent_pages, memory_order_relaxed))
+		return NULL;
+	v = st_get(rt, vpn);
+	if (!v || (v & ST_FLAGS) || !is_coherent((struct uhmm_page *)v))
+		return NULL;
+	return (struct uhmm_page *)v;
+}
+
+struct uhmm_page *uhmm__coherent_page_at(struct uhmm_rt *rt, unsigned long addr)
+{
+	return coherent_at(rt, addr >> rt->page_shift);
 }
 
 /* ---- staging pages ---- */
@@ -479,6 +578,49 @@ static inline long stage_index(struct uhmm_rt *rt, unsigned long addr)
 	return (long)((addr - base) >> rt->page_shift);
 }
 
+/*
+ * A coherent page's frame from @addr to its pool slot (isolation): the
+ * address becomes pte_none, so CPU accesses fault to uhmm and wait. A
+ * slot that still holds a frame (its page was installed by copy) is
+ * emptied first. A hole at @addr leaves the slot empty: zeros.
+ */
+static int coherent_isolate(struct uhmm_rt *rt, struct uhmm_page *p,
+			    unsigned long addr)
+{
+	int r = uhmm__uffd_move(rt, (uintptr_t)p->mem, addr, rt->page_size,
+				UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+
+	if (r == -EEXIST) {
+		os_madvise(p->mem, rt->page_size, MADV_DONTNEED);
+		r = uhmm__uffd_move(rt, (uintptr_t)p->mem, addr, rt->page_size,
+				    UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+	}
+	return r;
+}
+
+/*
+ * Map a coherent page's frame at @addr (pte_none there), no wake. A
+ * mapping made read-only meanwhile gets a copy (the slot keeps its
+ * frame); an empty slot is a page of zeros.
+ */
+static int coherent_install(struct uhmm_rt *rt, struct uhmm_page *p,
+			    unsigned long addr)
+{
+	int r = uhmm__uffd_move(rt, addr, (uintptr_t)p->mem, rt->page_size,
+				UFFDIO_MOVE_MODE_DONTWAKE);
+
+	if (r == -EINVAL || r == -EBUSY || r == -EPERM)
+		r = uhmm__uffd_copy(rt, addr, (uintptr_t)p->mem, rt->page_size,
+				    UFFDIO_COPY_MODE_DONTWAKE);
+	else if (r == -ENOENT)
+		r = uhmm__uffd_zeropage(rt, addr, rt->page_size,
+					UFFDIO_ZEROPAGE_MODE_DONTWAKE);
+	if (r == 0)
+		atomic_store_explicit(&rt->has_coherent_pages, true,
+				      memory_order_relaxed);
+	return r;
+}
+
 int uhmm_migrate_alloc_system(uint64_t *mpfn)
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
@@ -498,6 +640,7 @@ int uhmm_migrate_alloc_system(uint64_t *mpfn)
 
 /* What uhmm keeps per entry between setup and finalize. */
 #define E_SLOT_NONE (~0UL)
+#define E_SLOT_COH (~0UL - 2)	/* a coherent page to isolate */
 
 struct mstate {
 	unsigned long *slot;	/* staging slot holding the source, per entry */
@@ -670,10 +813,13 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	m->npages = n;
 	m->_private[0] = (uintptr_t)ms;
 
-	/* Shared, file-backed or read-only VMAs: nothing moves (MOVE needs
-	 * private, anonymous, writable memory, as device migration needs
-	 * anonymous memory in the kernel). */
-	if (!anon || !writable)
+	/*
+	 * Shared or file-backed VMAs: nothing moves (device migration needs
+	 * anonymous memory in the kernel too). Read-only ones: device-private
+	 * pages come back (installed by copy), but system and coherent pages
+	 * stay: UFFDIO_MOVE takes pages out of writable mappings only.
+	 */
+	if (!anon)
 		return 0;
 
 	pthread_mutex_lock(&rt->mlock);
@@ -728,15 +874,22 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		} else if (v) {
 			struct uhmm_page *p = (struct uhmm_page *)v;
 
-			if ((m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) &&
-			    p->pgmap->owner == m->pgmap_owner) {
+			if (p->pgmap->owner != m->pgmap_owner) {
+				/* Another device's: stays. */
+			} else if (!is_coherent(p)) {
+				if (m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) {
+					atomic_store(e, v | ST_BUSY);
+					m->src[i] = uhmm_migrate_pfn_device(p) |
+						    UHMM_MIGRATE_PFN_MIGRATE |
+						    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
+					m->cpages++;
+				}
+			} else if ((m->flags & UHMM_MIGRATE_SELECT_DEVICE_COHERENT) &&
+				   writable) {
 				atomic_store(e, v | ST_BUSY);
-				m->src[i] = uhmm_migrate_pfn_device(p) |
-					    UHMM_MIGRATE_PFN_MIGRATE |
-					    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
-				m->cpages++;
+				ms->slot[i] = E_SLOT_COH;	/* to isolate */
 			}
-		} else if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) {
+		} else if ((m->flags & UHMM_MIGRATE_SELECT_SYSTEM) && writable) {
 			atomic_store(e, ST_BUSY);
 			ms->slot[i] = E_SLOT_NONE - 1;	/* to isolate */
 		}
@@ -745,6 +898,30 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
 		atomic_store(&rt->has_device_pages, true);
 	uhmm__inv_end(rt);
+
+	/* Coherent pages: their frames go home to the pool. */
+	for (unsigned long i = 0; i < n; i++) {
+		if (ms->slot[i] != E_SLOT_COH)
+			continue;
+		unsigned long vpn = (start >> shift) + i;
+		_Atomic uintptr_t *e = st_entry(rt, vpn, false);
+		struct uhmm_page *p = (struct uhmm_page *)(atomic_load(e) & ~ST_BUSY);
+
+		ms->slot[i] = E_SLOT_NONE;
+		if (coherent_isolate(rt, p, vpn << shift) == 0) {
+			m->src[i] = uhmm_migrate_pfn_device(p) |
+				    UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
+			m->cpages++;
+			continue;
+		}
+		/* Shared copy-on-write with a child, pinned: it stays. */
+		struct stripe *s = stripe_of(rt, vpn);
+
+		pthread_mutex_lock(&s->lock);
+		atomic_store(e, (uintptr_t)p);
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+	}
 
 	/* Move runs of claimed system pages out, in one ioctl each. */
 	for (unsigned long i = 0; i < n;) {
@@ -939,6 +1116,10 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 			} else {
 				if (slot >= 0)
 					stage_free(rt, (unsigned long)slot, true);
+				/* It stays on the device: a coherent frame goes
+				 * back to the address. */
+				if (is_coherent(sp))
+					coherent_install(rt, sp, addr);
 				pthread_mutex_lock(&s->lock);
 				atomic_store(e, (uintptr_t)sp);
 				pthread_mutex_unlock(&s->lock);
@@ -950,6 +1131,14 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 			struct uhmm_page *dp = uhmm_migrate_pfn_to_page(m->dst[i]);
 			unsigned long slot = ms->slot[i];
 
+			/* Coherent: the device's frame, with the data the
+			 * driver copied, is mapped at the address. */
+			if (migrate && dp && is_coherent(dp) &&
+			    coherent_install(rt, dp, addr)) {
+				/* Not migrated: the driver puts dp. */
+				m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
+				migrate = false;
+			}
 			if (migrate && dp) {
 				atomic_store(&dp->vpn, vpn);
 				atomic_store(&dp->mig_seq, atomic_load(&rt->read_seq));
@@ -1030,6 +1219,21 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 		}
 		pthread_mutex_unlock(&s->lock);
 		uhmm__inv_end(rt);
+		if (src[i] && is_coherent(p) &&
+		    coherent_isolate(rt, p, vpn << rt->page_shift)) {
+			/*
+			 * The frame cannot leave the address (shared
+			 * copy-on-write with a child): it stops being device
+			 * memory where it is, data in place.
+			 */
+			src[i] = 0;
+			atomic_store(&p->vpn, 0);
+			pthread_mutex_lock(&s->lock);
+			atomic_store(e, 0);
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&s->lock);
+			uhmm_page_put(p);
+		}
 	}
 	return 0;
 }
@@ -1080,6 +1284,8 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 		} else {
 			if (slot >= 0)
 				stage_free(rt, (unsigned long)slot, true);
+			if (is_coherent(p))
+				coherent_install(rt, p, addr);
 			pthread_mutex_lock(&s->lock);
 			atomic_store(e, (uintptr_t)p);
 			pthread_cond_broadcast(&s->cond);
@@ -1160,6 +1366,13 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			return;
 		}
 		p = (struct uhmm_page *)v;
+		if (is_coherent(p)) {
+			/* The CPU addresses it: mapped, or a page of zeros
+			 * (an empty pool slot), never a migration. */
+			pthread_mutex_unlock(&s->lock);
+			uhmm__uffd_zeropage(rt, addr, rt->page_size, 0);
+			return;
+		}
 		if (atomic_load(&p->mig_seq) >= read_seq) {
 			/*
 			 * The page went to the device after this message was

@@ -69,6 +69,7 @@ struct vma_ctx {
 	bool shared;
 	bool cow_check;		/* private, writable, and the process forked */
 	bool devices;		/* some pages live on devices */
+	bool coherent;		/* some pages are coherent device memory */
 	uint64_t order_bits;	/* for huge pages */
 };
 
@@ -334,6 +335,11 @@ static int fill_regions(const struct vma_ctx *v, const struct os_page_region *re
 			if (v->cow_check && (f & UHMM_PFN_WRITE) &&
 			    cow_filter(v, rs, n, &pfns[i], NULL))
 				return -EBUSY;
+			/* Coherent device pages are mapped like RAM. */
+			if (v->coherent)
+				for (size_t x = 0; x < n; x++)
+					if (uhmm__coherent_page_at(v->rt, rs + (x << shift)))
+						pfns[i + x] |= UHMM_PFN_DEVICE_COHERENT;
 		} else if (!f && v->devices) {
 			for (size_t x = 0; x < n; x++) {
 				uint64_t df = device_flags(v, rs + (x << shift));
@@ -371,6 +377,7 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 
 	v.cow_check = rt->forked && v.writable && !v.shared;
 	v.devices = atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed);
+	v.coherent = atomic_load_explicit(&rt->has_coherent_pages, memory_order_relaxed);
 	unsigned long cur = s;
 	unsigned int shift = rt->page_shift;
 	uint64_t scan_mask;

@@ -20,7 +20,7 @@ extern "C" {
 
 enum uhmm_memory_type {
 	UHMM_MEMORY_DEVICE_PRIVATE = 1,	/* the CPU cannot address it */
-	UHMM_MEMORY_DEVICE_COHERENT = 2,/* the CPU can (not yet supported) */
+	UHMM_MEMORY_DEVICE_COHERENT = 2,/* the CPU can: mapped like RAM */
 };
 
 struct uhmm_page;	/* opaque: one device page */
@@ -52,15 +52,22 @@ struct uhmm_pagemap_ops {
 
 /**
  * uhmm_pagemap_create() - register a device's memory (memremap_pages)
- * @type: UHMM_MEMORY_DEVICE_PRIVATE
+ * @type: UHMM_MEMORY_DEVICE_PRIVATE or UHMM_MEMORY_DEVICE_COHERENT
  * @owner: cookie compared with uhmm_range.dev_private_owner and
  *         uhmm_migrate.pgmap_owner
- * @ops: page_free and migrate_to_ram are required
+ * @ops: page_free is required; migrate_to_ram too for PRIVATE (the CPU
+ *       never faults on coherent memory: it may be NULL there)
  * @npages: device pages in the first chunk (> 0)
  * @out: the pagemap
  *
- * Return: 0, -EINVAL, -EOPNOTSUPP (COHERENT), -ENOMEM, or an error of
- * uhmm_init().
+ * Coherent memory is a pool of frames of uhmm's (uhmm_page_addr()): a
+ * page migrated to it is its frame mapped at the application's address,
+ * which the CPU reads and writes directly; range_fault reports it as
+ * present with UHMM_PFN_DEVICE_COHERENT (frame: the virtual page number,
+ * as for system memory), and uhmm_pfn_to_page() names the page.
+ *
+ * Return: 0, -EINVAL, -ENOSYS (COHERENT without userfaultfd MOVE),
+ * -ENOMEM, or an error of uhmm_init().
  */
 UHMM_API int uhmm_pagemap_create(enum uhmm_memory_type type, const void *owner,
 				 const struct uhmm_pagemap_ops *ops,
@@ -83,6 +90,13 @@ UHMM_API int uhmm_pagemap_destroy(struct uhmm_pagemap *pgmap);
 UHMM_API struct uhmm_pagemap *uhmm_page_pgmap(const struct uhmm_page *page);
 UHMM_API unsigned long uhmm_page_index(const struct uhmm_page *page);
 UHMM_API const void *uhmm_page_owner(const struct uhmm_page *page);
+/*
+ * Coherent pages: the address of the page's memory while the application
+ * does not map it, i.e. while it is free or collected for a migration
+ * (between uhmm_migrate_setup()/uhmm_migrate_device_range() and
+ * finalize): where a driver copies to and from. NULL for private pages.
+ */
+UHMM_API void *uhmm_page_addr(const struct uhmm_page *page);
 /* Per-page driver data (zone_device_data). */
 UHMM_API void *uhmm_page_data(const struct uhmm_page *page);
 UHMM_API void uhmm_page_set_data(struct uhmm_page *page, void *data);
@@ -93,7 +107,8 @@ UHMM_API void uhmm_page_get(struct uhmm_page *page);
 UHMM_API void uhmm_page_put(struct uhmm_page *page);
 UHMM_API unsigned int uhmm_page_refcount(const struct uhmm_page *page);
 
-/* The page a range_fault value with UHMM_PFN_DEVICE_PRIVATE refers to. */
+/* The page a range_fault value with UHMM_PFN_DEVICE_PRIVATE or
+ * UHMM_PFN_DEVICE_COHERENT refers to (NULL if none). */
 UHMM_API struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn);
 
 /* ------------------------------------------------------------------ */
@@ -145,9 +160,13 @@ struct uhmm_migrate {
  * whose frame src[i] carries; holes and the zero page get MIGRATE without
  * VALID. Pages that cannot be isolated (shared with another process,
  * pinned, in a shared or file mapping) lose MIGRATE and stay where they
- * are. SELECT_DEVICE_PRIVATE: device pages of @pgmap_owner are collected
- * (src[i] = their frame | DEVICE). A CPU access to a collected page waits
- * until finalize. Sends MIGRATE invalidations with owner = pgmap_owner.
+ * are. SELECT_DEVICE_PRIVATE / SELECT_DEVICE_COHERENT: device pages of
+ * that type and of @pgmap_owner are collected (src[i] = their frame |
+ * DEVICE; a coherent page's data are at uhmm_page_addr() until finalize).
+ * Coherent pages are never collected as system memory. In a read-only
+ * VMA only device-private pages are collected. A CPU access to a
+ * collected page waits until finalize. Sends MIGRATE invalidations with
+ * owner = pgmap_owner.
  *
  * Return: 0 (cpages may be 0), -EINVAL (bad range, arrays, not one VMA,
  * hugetlb or special VMA, fault_page not a device page being faulted),
