@@ -759,3 +759,25 @@ TEST(exclusive_then_fork_both_increment)
 		ASSERT_EQ(p[i], i + 2);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
+
+/* Device pages of a mapping made read-only come back on a CPU read
+ * (installed by copy: UFFDIO_MOVE needs a writable mapping). */
+TEST(migrate_then_mprotect_readonly)
+{
+	unsigned long n = 16;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 21);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(mprotect(p, n * ps(), PROT_READ), 0);
+	ASSERT_TRUE(snap_all(dm, p, n / 2, UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL |
+			     UHMM_DMIRROR_PROT_READ));
+	/* The first half by the CPU, the second by MIGRATE_TO_SYS. */
+	ASSERT_TRUE(check_ints(p, n / 2, 21));
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, n, &c), 0);
+	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_READ));
+	ASSERT_TRUE(check_ints(p, n, 21));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
