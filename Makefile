@@ -96,7 +96,11 @@ LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+MANDIR ?= $(PREFIX)/share/man
 HEADERS := $(wildcard include/uhmm/*.h)
+MAN1 := $(wildcard man/*.1)
+MAN3 := $(wildcard man/*.3)
+MAN7 := $(wildcard man/*.7)
 
 # With the standard layout the .pc file locates itself (${pcfiledir}), so
 # it works both at its final place and in a DESTDIR staging tree.
@@ -222,6 +226,11 @@ endif
 		> $(DESTDIR)$(PKGCONFIGDIR)/uhmm.pc
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/uhmm.pc
 	install -m 755 $(CLI) $(DESTDIR)$(BINDIR)/uhmm
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 \
+		$(DESTDIR)$(MANDIR)/man7
+	$(if $(MAN1),install -m 644 $(MAN1) $(DESTDIR)$(MANDIR)/man1/)
+	$(if $(MAN3),install -m 644 $(MAN3) $(DESTDIR)$(MANDIR)/man3/)
+	$(if $(MAN7),install -m 644 $(MAN7) $(DESTDIR)$(MANDIR)/man7/)
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR)$(INCLUDEDIR)/uhmm/,$(notdir $(HEADERS)))
@@ -229,6 +238,9 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libuhmm.a $(DESTDIR)$(LIBDIR)/libuhmm.so \
 		$(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/$(SOREAL)
 	rm -f $(DESTDIR)$(PKGCONFIGDIR)/uhmm.pc $(DESTDIR)$(BINDIR)/uhmm
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(MAN1))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man3/,$(notdir $(MAN3))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man7/,$(notdir $(MAN7)))
 
 clean:
 	rm -rf $(BUILD)
@@ -239,4 +251,16 @@ clean:
 ALL_OBJS := $(LIB_OBJS) $(CLI_OBJS) \
 	$(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o) \
 	$(EX_SRCS:%.c=$(BUILD)/obj/%.o)
+
+# The Debian packages the build uses (scripts/deps.sh: installs them as
+# root, else says what to install; never fails), once per build directory.
+$(BUILD)/.deps: scripts/deps.sh
+	@mkdir -p $(@D)
+	@sh scripts/deps.sh
+	@touch $@
+$(ALL_OBJS): | $(BUILD)/.deps
+# <sys/sdt.h> is a system header (not in the .d files): probes appear
+# once deps.sh has installed it.
+$(BUILD)/obj/src/stats.o: $(BUILD)/.deps
+
 -include $(ALL_OBJS:.o=.d)
