@@ -481,13 +481,23 @@ static int stage_init(struct uhmm_rt *rt)
 
 static inline unsigned long stage_addr(struct uhmm_rt *rt, unsigned long i);
 
+static inline uint8_t slot_get(struct uhmm_rt *rt, unsigned long i)
+{
+	return __atomic_load_n(&rt->stage_state[i], __ATOMIC_ACQUIRE);
+}
+
+static inline void slot_set(struct uhmm_rt *rt, unsigned long i, uint8_t v)
+{
+	__atomic_store_n(&rt->stage_state[i], v, __ATOMIC_RELAXED);
+}
+
 static long stage_find(struct uhmm_rt *rt, unsigned long n, int want)
 {
 	unsigned long run = 0;
 
 	for (unsigned long k = 0; k < STAGE_PAGES; k++) {
 		unsigned long i = (rt->stage_hint + k) % STAGE_PAGES;
-		uint8_t s = rt->stage_state[i];
+		uint8_t s = slot_get(rt, i);
 		bool ok = !(s & SLOT_USED) && (want < 0 || s == want);
 
 		if (i == 0)
@@ -497,7 +507,7 @@ static long stage_find(struct uhmm_rt *rt, unsigned long n, int want)
 			unsigned long first = i + 1 - n;
 
 			for (unsigned long j = first; j <= i; j++)
-				rt->stage_state[j] |= SLOT_USED;
+				slot_set(rt, j, slot_get(rt, j) | SLOT_USED);
 			rt->stage_hint = i + 1;
 			return (long)first;
 		}
@@ -517,17 +527,17 @@ static void stage_reclaim(struct uhmm_rt *rt)
 	while (i < STAGE_PAGES) {
 		unsigned long j = i;
 
-		while (j < STAGE_PAGES && rt->stage_state[j] == SLOT_FULL)
+		while (j < STAGE_PAGES && slot_get(rt, j) == SLOT_FULL)
 			j++;
 		if (j > i) {
 			for (unsigned long k = i; k < j; k++)
-				rt->stage_state[k] = SLOT_USED;
+				slot_set(rt, k, SLOT_USED);
 			pthread_mutex_unlock(&rt->stage_lock);
 			os_madvise((void *)stage_addr(rt, i), (j - i) << rt->page_shift,
 				   MADV_DONTNEED);
 			pthread_mutex_lock(&rt->stage_lock);
 			for (unsigned long k = i; k < j; k++)
-				rt->stage_state[k] = SLOT_EMPTY;
+				slot_set(rt, k, SLOT_EMPTY);
 		}
 		i = j + 1;
 	}
@@ -557,11 +567,14 @@ static long stage_alloc(struct uhmm_rt *rt, unsigned long n, int want)
 	return r;
 }
 
+/*
+ * Give a slot back. No lock: only its holder writes a USED slot, and a
+ * finder (under stage_lock) that reads it a moment early skips it.
+ */
 static void stage_free(struct uhmm_rt *rt, unsigned long i, bool full)
 {
-	pthread_mutex_lock(&rt->stage_lock);
-	rt->stage_state[i] = full ? SLOT_FULL : SLOT_EMPTY;
-	pthread_mutex_unlock(&rt->stage_lock);
+	__atomic_store_n(&rt->stage_state[i], full ? SLOT_FULL : SLOT_EMPTY,
+			 __ATOMIC_RELEASE);
 }
 
 static inline unsigned long stage_addr(struct uhmm_rt *rt, unsigned long i)
@@ -845,19 +858,33 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 
 	uhmm__inv_begin(rt, &inv);
 
-	/* Claim each page: BUSY; remember device pages we collect. */
+	/*
+	 * Claim each page: BUSY; remember device pages we collect. A leaf
+	 * of the state tree and a stripe both cover one 2 MiB block: one
+	 * lookup and one lock per block.
+	 */
+	struct stripe *s = NULL;
+	_Atomic uintptr_t *e = NULL;
+
 	for (unsigned long i = 0; i < n; i++) {
 		unsigned long vpn = (start >> shift) + i;
-		struct stripe *s = stripe_of(rt, vpn);
-		_Atomic uintptr_t *e = st_entry(rt, vpn, true);
 		uintptr_t v;
 
-		if (!e) {
-			uhmm__inv_end(rt);
-			err = -ENOMEM;
-			goto fail;
+		if (!s || !(vpn & (ST_FAN - 1))) {
+			if (s)
+				pthread_mutex_unlock(&s->lock);
+			s = NULL;
+			e = st_entry(rt, vpn, true);
+			if (!e) {
+				uhmm__inv_end(rt);
+				err = -ENOMEM;
+				goto fail;
+			}
+			s = stripe_of(rt, vpn);
+			pthread_mutex_lock(&s->lock);
+		} else {
+			e++;
 		}
-		pthread_mutex_lock(&s->lock);
 		v = atomic_load(e);
 		if (v & ST_BUSY) {
 			struct uhmm_page *p = (struct uhmm_page *)(v & ~ST_BUSY);
@@ -893,8 +920,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			atomic_store(e, ST_BUSY);
 			ms->slot[i] = E_SLOT_NONE - 1;	/* to isolate */
 		}
-		pthread_mutex_unlock(&s->lock);
 	}
+	if (s)
+		pthread_mutex_unlock(&s->lock);
 	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
 		atomic_store(&rt->has_device_pages, true);
 	uhmm__inv_end(rt);
@@ -904,8 +932,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		if (ms->slot[i] != E_SLOT_COH)
 			continue;
 		unsigned long vpn = (start >> shift) + i;
-		_Atomic uintptr_t *e = st_entry(rt, vpn, false);
-		struct uhmm_page *p = (struct uhmm_page *)(atomic_load(e) & ~ST_BUSY);
+		_Atomic uintptr_t *ce = st_entry(rt, vpn, false);
+		struct uhmm_page *p = (struct uhmm_page *)(atomic_load(ce) & ~ST_BUSY);
+		struct stripe *cs = stripe_of(rt, vpn);
 
 		ms->slot[i] = E_SLOT_NONE;
 		if (coherent_isolate(rt, p, vpn << shift) == 0) {
@@ -915,12 +944,10 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			continue;
 		}
 		/* Shared copy-on-write with a child, pinned: it stays. */
-		struct stripe *s = stripe_of(rt, vpn);
-
-		pthread_mutex_lock(&s->lock);
-		atomic_store(e, (uintptr_t)p);
-		pthread_cond_broadcast(&s->cond);
-		pthread_mutex_unlock(&s->lock);
+		pthread_mutex_lock(&cs->lock);
+		atomic_store(ce, (uintptr_t)p);
+		pthread_cond_broadcast(&cs->cond);
+		pthread_mutex_unlock(&cs->lock);
 	}
 
 	/* Move runs of claimed system pages out, in one ioctl each. */
@@ -940,9 +967,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		if (slot < 0) {
 			/* No staging room: these pages stay. */
 			for (unsigned long k = i; k < j; k++) {
-				_Atomic uintptr_t *e = st_entry(rt, (start >> shift) + k, false);
-
-				atomic_store(e, 0);
+				atomic_store(st_entry(rt, (start >> shift) + k, false), 0);
 			}
 			i = j;
 			continue;
@@ -1571,6 +1596,8 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 	if (rt->uffd < 0)
 		return -ENOSYS;
 	r = uhmm__vma_query(rt, addr, &q);
+	if (r < 0 && r != -ENOENT)
+		return r;	/* -ENOMEM: not the caller's fault */
 	if (r < 0 || q.vma_start > addr || q.inode || q.dev_major || q.dev_minor ||
 	    (q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED) ||
 	    !(q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE) ||
