@@ -21,25 +21,127 @@
 #define OS_PAGEMAP_SCAN _IOWR(PROCFS_IOCTL_MAGIC, 16, struct os_pm_scan_arg)
 #define OS_PROCMAP_QUERY _IOWR(PROCFS_IOCTL_MAGIC, 17, struct os_procmap_query)
 
-/* Fault injection: always built; one relaxed load per call. */
+/*
+ * Fault injection: always built; a counter and one relaxed load per call.
+ * inject_nth counts down to the first failure, inject_more is the number
+ * of consecutive failures after it.
+ */
 static _Atomic unsigned long inject_nth[OS_CALL_NR];
+static _Atomic unsigned long inject_more[OS_CALL_NR];
 static _Atomic int inject_err[OS_CALL_NR];
+static _Atomic unsigned long call_count[OS_CALL_NR];
+
+/*
+ * What each call can really fail with, given the arguments uhmm passes
+ * (valid descriptors, aligned ranges, known requests): the errnos the
+ * injection sweep (tests/test_inject.c) walks. Errors that only a bug in
+ * uhmm can cause (EBADF, EINVAL for a bad argument) are left out.
+ */
+static const struct {
+	const char *name;
+	int err[6];
+} os_calls[OS_CALL_NR] = {
+	/* mmap: out of address space or map count (EAGAIN needs MAP_LOCKED
+	 * or mlockall(MCL_FUTURE) and is left out). */
+	[OS_CALL_MMAP] = { "mmap", { ENOMEM } },
+	/* MADV_POPULATE_*: no memory, signal pending, the range went away
+	 * or a page cannot be faulted (EFAULT); MADV_DONTNEED: unmapped. */
+	[OS_CALL_MADVISE] = { "madvise", { ENOMEM, EINTR, EFAULT, EAGAIN } },
+	/* open(/dev/userfaultfd) + USERFAULTFD_IOC_NEW, userfaultfd(2):
+	 * no access, descriptor limit, no memory. */
+	[OS_CALL_UFFD_OPEN] = { "uffd_open", { EPERM, EACCES, EMFILE, ENOMEM } },
+	/* UFFDIO_API: feature not offered (EINVAL), EVENT_FORK unprivileged. */
+	[OS_CALL_UFFD_API] = { "uffd_api", { EINVAL, EPERM } },
+	/* UFFDIO_REGISTER: VMA split needs memory or map count; a VMA
+	 * registered on another userfaultfd (EBUSY); a VMA that cannot be
+	 * registered (file mappings, VM_PFNMAP: EINVAL). */
+	[OS_CALL_UFFD_REGISTER] = { "uffd_register", { ENOMEM, EBUSY, EINVAL } },
+	/* UFFDIO_COPY/ZEROPAGE: an event is pending (EAGAIN), the page is
+	 * there (EEXIST), the VMA changed (ENOENT), no memory, the source
+	 * cannot be read (EFAULT). */
+	[OS_CALL_UFFD_COPY] = { "uffd_copy", { EAGAIN, EEXIST, ENOENT, ENOMEM, EFAULT } },
+	[OS_CALL_UFFD_ZEROPAGE] = { "uffd_zeropage", { EAGAIN, EEXIST, ENOENT, ENOMEM } },
+	/* UFFDIO_MOVE: as COPY, plus EBUSY (page pinned, shared, or under
+	 * migration) and EEXIST for a populated destination. */
+	[OS_CALL_UFFD_MOVE] = { "uffd_move", { EAGAIN, EEXIST, ENOENT, ENOMEM, EBUSY } },
+	/* UFFDIO_WAKE cannot fail with a valid range: not walked. */
+	[OS_CALL_UFFD_WAKE] = { "uffd_wake", { 0 } },
+	/* PAGEMAP_SCAN: mmap lock wait interrupted (EINTR), no memory
+	 * (EFAULT needs a bad output buffer: uhmm's own). */
+	[OS_CALL_PAGEMAP_SCAN] = { "pagemap_scan", { EINTR, ENOMEM } },
+	/* PROCMAP_QUERY: no VMA at or after the address (ENOENT), lock wait
+	 * interrupted (EINTR), no memory. */
+	[OS_CALL_PROCMAP_QUERY] = { "procmap_query", { ENOENT, EINTR, ENOMEM } },
+	/* read(2) of the uffd (O_NONBLOCK: EAGAIN) and of small procfs
+	 * files; a signal. */
+	[OS_CALL_READ] = { "read", { EAGAIN, EINTR } },
+	/* open of procfs/sysfs files: descriptor limits, no memory. */
+	[OS_CALL_OPEN] = { "open", { EMFILE, ENFILE, ENOMEM } },
+	/* mincore: a hole in the range (ENOMEM), no memory (EAGAIN). */
+	[OS_CALL_MINCORE] = { "mincore", { ENOMEM, EAGAIN } },
+	[OS_CALL_EVENTFD] = { "eventfd", { EMFILE, ENFILE, ENOMEM } },
+	[OS_CALL_POLL] = { "poll", { EINTR, ENOMEM } },
+	/* munmap: splitting a VMA exceeds vm.max_map_count. */
+	[OS_CALL_MUNMAP] = { "munmap", { ENOMEM } },
+};
+
+__attribute__((visibility("hidden")))
+void uhmm__fault_inject_n(enum os_call call, unsigned long nth,
+			  unsigned long count, int err)
+{
+	atomic_store(&inject_nth[call], 0);
+	atomic_store(&inject_err[call], err);
+	atomic_store(&inject_more[call], nth && count ? count - 1 : 0);
+	atomic_store(&inject_nth[call], nth);
+}
 
 __attribute__((visibility("hidden")))
 void uhmm__fault_inject(enum os_call call, unsigned long nth, int err)
 {
-	atomic_store(&inject_err[call], err);
-	atomic_store(&inject_nth[call], nth);
+	uhmm__fault_inject_n(call, nth, 1, err);
+}
+
+__attribute__((visibility("hidden")))
+unsigned long uhmm__os_calls(enum os_call call)
+{
+	return atomic_load(&call_count[call]);
+}
+
+__attribute__((visibility("hidden")))
+void uhmm__os_calls_reset(void)
+{
+	for (int i = 0; i < OS_CALL_NR; i++)
+		atomic_store(&call_count[i], 0);
+}
+
+__attribute__((visibility("hidden")))
+const char *uhmm__os_call_name(enum os_call call)
+{
+	return call < OS_CALL_NR ? os_calls[call].name : "?";
+}
+
+__attribute__((visibility("hidden")))
+const int *uhmm__os_call_errnos(enum os_call call)
+{
+	static const int none[1];
+
+	return call < OS_CALL_NR ? os_calls[call].err : none;
 }
 
 static int injected(enum os_call call)
 {
-	unsigned long n = atomic_load_explicit(&inject_nth[call],
-					       memory_order_relaxed);
+	unsigned long n;
 
+	atomic_fetch_add_explicit(&call_count[call], 1, memory_order_relaxed);
+	n = atomic_load_explicit(&inject_nth[call], memory_order_relaxed);
 	while (n) {
 		if (atomic_compare_exchange_weak(&inject_nth[call], &n, n - 1))
 			return n == 1 ? -atomic_load(&inject_err[call]) : 0;
+	}
+	n = atomic_load_explicit(&inject_more[call], memory_order_relaxed);
+	while (n) {
+		if (atomic_compare_exchange_weak(&inject_more[call], &n, n - 1))
+			return -atomic_load(&inject_err[call]);
 	}
 	return 0;
 }
@@ -73,17 +175,30 @@ void *os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
 
 int os_munmap(void *addr, size_t len)
 {
+	INJECT(OS_CALL_MUNMAP);
 	return ret_err(munmap(addr, len));
 }
 
+/*
+ * MADV_POPULATE_*, PAGEMAP_SCAN and PROCMAP_QUERY fail with EINTR only
+ * when a signal interrupted their wait for the mmap lock (a handler has
+ * run by the time the call returns): the call is simply made again.
+ */
 int os_madvise(void *addr, size_t len, int advice)
 {
-	INJECT(OS_CALL_MADVISE);
-	return ret_err(madvise(addr, len, advice));
+	int r;
+
+	do {
+		r = injected(OS_CALL_MADVISE);
+		if (!r)
+			r = ret_err(madvise(addr, len, advice));
+	} while (r == -EINTR);
+	return r;
 }
 
 int os_open(const char *path, int flags)
 {
+	INJECT(OS_CALL_OPEN);
 	return ret_err(open(path, flags | O_CLOEXEC));
 }
 
@@ -116,6 +231,7 @@ ssize_t os_pread(int fd, void *buf, size_t len, off_t off)
 
 int os_eventfd(unsigned int initval, int flags)
 {
+	INJECT(OS_CALL_EVENTFD);
 	return ret_err(eventfd(initval, flags));
 }
 
@@ -125,8 +241,12 @@ int os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2)
 		{ .fd = fd1, .events = POLLIN },
 		{ .fd = fd2, .events = POLLIN },
 	};
-	int r = poll(p, 2, timeout_ms);
+	int r = injected(OS_CALL_POLL);
 
+	if (r == 0)
+		r = poll(p, 2, timeout_ms);
+	else
+		errno = -r;
 	if (r < 0)
 		return -errno;
 	*rev1 = p[0].revents;
@@ -256,19 +376,32 @@ int os_uffd_poison(int fd, uint64_t start, uint64_t len)
 
 int os_mincore(void *addr, size_t len, unsigned char *vec)
 {
+	INJECT(OS_CALL_MINCORE);
 	return ret_err(mincore(addr, len, vec));
 }
 
 int os_pagemap_scan(int fd, struct os_pm_scan_arg *arg)
 {
-	INJECT(OS_CALL_PAGEMAP_SCAN);
-	return ret_err(ioctl(fd, OS_PAGEMAP_SCAN, arg));
+	int r;
+
+	do {
+		r = injected(OS_CALL_PAGEMAP_SCAN);
+		if (!r)
+			r = ret_err(ioctl(fd, OS_PAGEMAP_SCAN, arg));
+	} while (r == -EINTR);
+	return r;
 }
 
 int os_procmap_query(int fd, struct os_procmap_query *q)
 {
-	INJECT(OS_CALL_PROCMAP_QUERY);
-	return ret_err(ioctl(fd, OS_PROCMAP_QUERY, q));
+	int r;
+
+	do {
+		r = injected(OS_CALL_PROCMAP_QUERY);
+		if (!r)
+			r = ret_err(ioctl(fd, OS_PROCMAP_QUERY, q));
+	} while (r == -EINTR);
+	return r;
 }
 
 int os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old)

@@ -115,12 +115,20 @@ struct os_procmap_query {
 #define MADV_POPULATE_WRITE 23
 #endif
 
-/* Fault injection hook points: tests make the Nth call of a kind fail. */
+/*
+ * Fault injection hook points: tests make the Nth call of a kind fail.
+ * Each kind counts its calls (uhmm__os_calls()), injected or not. The
+ * errnos each call can really return with the arguments uhmm passes are
+ * in os.c (os_call_errnos[]); tests/test_inject.c walks them.
+ */
 enum os_call {
 	OS_CALL_MMAP, OS_CALL_MADVISE, OS_CALL_UFFD_OPEN, OS_CALL_UFFD_API,
 	OS_CALL_UFFD_REGISTER, OS_CALL_UFFD_COPY, OS_CALL_UFFD_ZEROPAGE,
 	OS_CALL_UFFD_MOVE, OS_CALL_UFFD_WAKE, OS_CALL_PAGEMAP_SCAN,
-	OS_CALL_PROCMAP_QUERY, OS_CALL_READ, OS_CALL_NR,
+	OS_CALL_PROCMAP_QUERY, OS_CALL_READ,
+	OS_CALL_OPEN, OS_CALL_MINCORE, OS_CALL_EVENTFD, OS_CALL_POLL,
+	OS_CALL_MUNMAP,
+	OS_CALL_NR,
 };
 
 /* memory */
@@ -169,5 +177,15 @@ int os_yield(void);
 /* Make the @nth next call of @call fail with -@err (nth = 1 is the next;
  * 0 disarms). Internal, for tests. */
 void uhmm__fault_inject(enum os_call call, unsigned long nth, int err);
+/* The same, failing @count consecutive calls from the @nth on. */
+void uhmm__fault_inject_n(enum os_call call, unsigned long nth,
+			  unsigned long count, int err);
+/* Calls of @call since the last uhmm__os_calls_reset() (injected ones
+ * included); the name of a kind; the realistic errnos of a kind (positive,
+ * 0-terminated). Internal, for tests. */
+unsigned long uhmm__os_calls(enum os_call call);
+void uhmm__os_calls_reset(void);
+const char *uhmm__os_call_name(enum os_call call);
+const int *uhmm__os_call_errnos(enum os_call call);
 
 #endif /* UHMM_OS_H */

@@ -1,0 +1,694 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fault-injection sweep: for each scenario, count the system calls of
+ * each kind (os.h OS_CALL_*) its operation makes, then make the Nth call
+ * of each kind fail with each errno that call can really return
+ * (uhmm__os_call_errnos()), one injection point per forked child. Every
+ * point must end with the operation succeeding (by retrying) or failing
+ * with a documented error, the data intact, no descriptor leaked, no
+ * device page lost, and the runtime usable afterwards.
+ *
+ * UHMM_INJECT_ALL=1 walks every call index; by default each kind is
+ * sampled (at most INJECT_PER_KIND indices, first and last included).
+ *
+ * Known library bugs (reported, not yet fixed) are listed in known[]:
+ * their points are printed as "known" and not counted as failures, so the
+ * rest of the sweep keeps guarding. Remove an entry once it is fixed.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <uhmm/dmirror.h>
+#include <uhmm/migrate.h>
+#include <uhmm/uhmm.h>
+
+#include "harness.h"
+#include "util.h"
+#include "os.h"
+
+#define INJECT_PER_KIND 32
+#define NPAGES 8
+
+/* ------------------------------------------------------------ state */
+
+struct st {
+	unsigned long n;
+	char *buf;		/* the application's memory */
+	char *aux;		/* a device buffer (READ/WRITE/readback) */
+	struct uhmm_dmirror *dm;
+	struct uhmm_interval_notifier *sub;
+	_Atomic unsigned int unmaps;	/* UNMAP invalidations covering buf */
+	char why[256];		/* the reason for a failed check */
+};
+
+static bool inv(struct uhmm_interval_notifier *sub,
+		const struct uhmm_notifier_range *r, unsigned long seq)
+{
+	struct st *s = uhmm_interval_notifier_priv(sub);
+
+	uhmm_interval_set_seq(sub, seq);
+	if (r->event == UHMM_NOTIFY_UNMAP &&
+	    r->start <= (unsigned long)s->buf &&
+	    r->end >= (unsigned long)s->buf + s->n * ps())
+		atomic_fetch_add(&s->unmaps, 1);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops inv_ops = { .invalidate = inv };
+
+static int count_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	int n = 0;
+
+	if (!d)
+		return -1;
+	while ((e = readdir(d)))
+		if (e->d_name[0] != '.')
+			n++;
+	closedir(d);
+	return n - 1;	/* the directory's own descriptor */
+}
+
+/* CPU access with a SIGBUS/SIGSEGV turned into an error. */
+static sigjmp_buf cpu_jmp;
+static volatile sig_atomic_t cpu_armed;
+
+static void cpu_sig(int sig)
+{
+	if (cpu_armed) {
+		cpu_armed = 0;
+		siglongjmp(cpu_jmp, sig);
+	}
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+/* 0: the pages hold seed's data; -EIO: other data; -EFAULT: a signal. */
+static int cpu_check(const char *p, unsigned long n, uint32_t seed)
+{
+	int r;
+
+	if (sigsetjmp(cpu_jmp, 1))
+		return -EFAULT;
+	cpu_armed = 1;
+	r = check(p, n, seed) ? 0 : -EIO;
+	cpu_armed = 0;
+	return r;
+}
+
+static int rf(struct st *s, uint64_t flags)
+{
+	uint64_t pfns[NPAGES];
+	struct uhmm_range r = {
+		.notifier = s->sub, .start = (unsigned long)s->buf,
+		.end = (unsigned long)s->buf + s->n * ps(), .hmm_pfns = pfns,
+		.default_flags = flags,
+	};
+	int ret = -EBUSY;
+
+	for (int i = 0; i < 100 && ret == -EBUSY; i++) {
+		r.notifier_seq = uhmm_interval_read_begin(s->sub);
+		ret = uhmm_range_fault(&r);
+	}
+	if (ret == 0 && flags)
+		for (unsigned long i = 0; i < s->n; i++)
+			if (!(pfns[i] & UHMM_PFN_VALID) ||
+			    uhmm_pfn_to_addr(pfns[i]) != s->buf + i * ps())
+				return -EIO;
+	return ret;
+}
+
+static int dm_cmd(struct st *s, enum uhmm_dmirror_op op, void *addr,
+		  void *ptr, unsigned long n, unsigned long *cpages)
+{
+	struct uhmm_dmirror_cmd c;
+	int r = dcmd(s->dm, op, addr, ptr, n, &c);
+
+	if (cpages)
+		*cpages = c.cpages;
+	return r;
+}
+
+/* ------------------------------------------------------------ scenarios */
+
+struct scenario {
+	const char *name;
+	bool dmirror;			/* needs dmirror device 0 */
+	int (*setup)(struct st *s);	/* not injected */
+	int (*op)(struct st *s);	/* injected: 0 or -errno */
+	bool (*verify)(struct st *s, int r);	/* after disarming */
+	const int *allowed;		/* documented errors of op */
+};
+
+/* -EMFILE/-ENFILE/-ENOENT: opening /proc/self files when the runtime
+ * starts (uhmm_init()). */
+static const int err_rf[] = { ENOMEM, EFAULT, EMFILE, ENFILE, ENOENT, ENOSYS, 0 };
+static const int err_dm[] = { ENOMEM, EFAULT, EMFILE, ENFILE, ENOENT, ENOSYS, EBUSY, 0 };
+
+static bool fail(struct st *s, const char *what)
+{
+	snprintf(s->why, sizeof(s->why), "%s", what);
+	return false;
+}
+
+static int setup_filled(struct st *s)
+{
+	s->buf = map_anon(s->n * ps(), RW);
+	if (!s->buf)
+		return -ENOMEM;
+	fill(s->buf, s->n, 1);
+	return 0;
+}
+
+static int setup_empty(struct st *s)
+{
+	s->buf = map_anon(s->n * ps(), RW);
+	return s->buf ? 0 : -ENOMEM;
+}
+
+static int op_rf(struct st *s)
+{
+	int r = uhmm_interval_notifier_insert(&s->sub, (unsigned long)s->buf,
+					      s->n * ps(), &inv_ops, s);
+
+	if (r)
+		return r;
+	return rf(s, FAULT_W);
+}
+
+static bool follow_rf(struct st *s)
+{
+	if (!s->sub && uhmm_interval_notifier_insert(&s->sub, (unsigned long)s->buf,
+						     s->n * ps(), &inv_ops, s))
+		return fail(s, "follow-up insert failed");
+	if (rf(s, FAULT_W))
+		return fail(s, "follow-up range_fault failed");
+	return true;
+}
+
+static bool verify_rf_filled(struct st *s, int r)
+{
+	(void)r;
+	if (cpu_check(s->buf, s->n, 1))
+		return fail(s, "data changed");
+	return follow_rf(s) && (cpu_check(s->buf, s->n, 1) == 0 ||
+				fail(s, "data changed after follow-up"));
+}
+
+static bool verify_rf_empty(struct st *s, int r)
+{
+	(void)r;
+	for (unsigned long i = 0; i < s->n * ps(); i++)
+		if (s->buf[i])
+			return fail(s, "untouched memory not zero");
+	return follow_rf(s);
+}
+
+/* Insert, range_fault, munmap, revalidate: the UNMAP must arrive. */
+static int op_munmap(struct st *s)
+{
+	int r = op_rf(s), r2;
+
+	munmap(s->buf, s->n * ps());
+	r2 = uhmm_range_revalidate((unsigned long)s->buf,
+				   (unsigned long)s->buf + s->n * ps());
+	if (r == 0 && atomic_load(&s->unmaps) == 0)
+		return -EIO;	/* an invalidation lost */
+	return r ? r : r2;
+}
+
+static bool verify_munmap(struct st *s, int r)
+{
+	(void)r;
+	if (s->sub)
+		uhmm_interval_notifier_remove(s->sub);
+	s->sub = NULL;
+	s->buf = map_anon(s->n * ps(), RW);
+	if (!s->buf)
+		return fail(s, "mmap");
+	fill(s->buf, s->n, 1);
+	atomic_store(&s->unmaps, 0);
+	if (!follow_rf(s))
+		return false;
+	munmap(s->buf, s->n * ps());
+	if (uhmm_range_revalidate((unsigned long)s->buf,
+				  (unsigned long)s->buf + s->n * ps()))
+		return fail(s, "follow-up revalidate failed");
+	if (!atomic_load(&s->unmaps))
+		return fail(s, "follow-up munmap: no UNMAP");
+	s->buf = NULL;
+	return true;
+}
+
+static int setup_dm(struct st *s)
+{
+	int r = uhmm_dmirror_open(0, &s->dm);
+
+	if (r)
+		return r;
+	s->aux = map_anon(s->n * ps(), RW);
+	if (!s->aux)
+		return -ENOMEM;
+	return setup_filled(s);
+}
+
+static int to_dev(struct st *s)
+{
+	unsigned long cp = 0;
+	int r = dm_cmd(s, UHMM_DMIRROR_MIGRATE_TO_DEV, s->buf, s->aux, s->n, &cp);
+
+	return r ? r : cp == s->n ? 0 : -EAGAIN;
+}
+
+static int op_migrate(struct st *s)
+{
+	int r = to_dev(s);
+
+	if (r)
+		return r;
+	if (!check(s->aux, s->n, 1))
+		return -EIO;	/* read-back differs */
+	return dm_cmd(s, UHMM_DMIRROR_MIGRATE_TO_SYS, s->buf, NULL, s->n, NULL);
+}
+
+/* The data, by CPU, then the same operation works again. */
+static bool verify_data_then(struct st *s, int (*again)(struct st *))
+{
+	int c = cpu_check(s->buf, s->n, 1);
+
+	if (c)
+		return fail(s, c == -EFAULT ? "CPU access to the data faults (page poisoned/lost)" :
+			       "data lost or changed");
+	c = again(s);
+	if (c) {
+		snprintf(s->why, sizeof(s->why), "follow-up failed: %d (%s)", c,
+			 strerror(-c));
+		return false;
+	}
+	if (cpu_check(s->buf, s->n, 1))
+		return fail(s, "data wrong after the follow-up");
+	return true;
+}
+
+static bool verify_migrate(struct st *s, int r)
+{
+	(void)r;
+	return verify_data_then(s, op_migrate);
+}
+
+static int setup_on_dev(struct st *s)
+{
+	int r = setup_dm(s);
+
+	return r ? r : to_dev(s);
+}
+
+static int op_cpu_read(struct st *s)
+{
+	return cpu_check(s->buf, s->n, 1);
+}
+
+static bool verify_cpu_read(struct st *s, int r)
+{
+	(void)r;
+	return verify_data_then(s, to_dev);
+}
+
+static int op_exclusive(struct st *s)
+{
+	return dm_cmd(s, UHMM_DMIRROR_EXCLUSIVE, s->buf, s->aux, s->n, NULL);
+}
+
+static bool verify_exclusive(struct st *s, int r)
+{
+	(void)r;
+	return verify_data_then(s, op_exclusive);
+}
+
+static int op_fork(struct st *s)
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		for (int k = 0; k < OS_CALL_NR; k++)
+			uhmm__fault_inject((enum os_call)k, 0, 0);
+		_exit(cpu_check(s->buf, s->n, 1) == 0 ? 0 : 2);
+	}
+	if (waitpid(pid, &status, 0) != pid)
+		return -ECHILD;
+	if (!WIFEXITED(status) || WEXITSTATUS(status))
+		return -EIO;	/* the child lost the device pages' data */
+	return 0;
+}
+
+static bool verify_fork(struct st *s, int r)
+{
+	(void)r;
+	return verify_data_then(s, op_fork);
+}
+
+static int op_rw(struct st *s)
+{
+	unsigned long cp = 0;
+	int r;
+
+	memset(s->aux, 0, s->n * ps());
+	r = dm_cmd(s, UHMM_DMIRROR_READ, s->buf, s->aux, s->n, &cp);
+	if (r)
+		return r;
+	if (cp != s->n || !check(s->aux, s->n, 1))
+		return -EIO;
+	r = dm_cmd(s, UHMM_DMIRROR_WRITE, s->buf, s->aux, s->n, &cp);
+	if (r)
+		return r;
+	if (cp != s->n)
+		return -EIO;
+	r = dm_cmd(s, UHMM_DMIRROR_SNAPSHOT, s->buf, s->aux, s->n, &cp);
+	if (r)
+		return r;
+	if (cp != s->n)
+		return -EIO;
+	for (unsigned long i = 0; i < s->n; i++)
+		if (!((unsigned char)s->aux[i] & (UHMM_DMIRROR_PROT_READ |
+						   UHMM_DMIRROR_PROT_WRITE)) ||
+		    (unsigned char)s->aux[i] == UHMM_DMIRROR_PROT_ERROR)
+			return -EFAULT;	/* reported unmapped */
+	return 0;
+}
+
+static bool verify_rw(struct st *s, int r)
+{
+	(void)r;
+	return verify_data_then(s, op_rw);
+}
+
+static const struct scenario scenarios[] = {
+	{ "range_fault_populated", false, setup_filled, op_rf, verify_rf_filled, err_rf },
+	{ "range_fault_unpopulated", false, setup_empty, op_rf, verify_rf_empty, err_rf },
+	{ "notifier_munmap", false, setup_filled, op_munmap, verify_munmap, err_rf },
+	{ "migrate_roundtrip", true, setup_dm, op_migrate, verify_migrate, err_dm },
+	{ "cpu_fault_back", true, setup_on_dev, op_cpu_read, verify_cpu_read, err_dm },
+	{ "exclusive", true, setup_dm, op_exclusive, verify_exclusive, err_dm },
+	{ "fork_device_pages", true, setup_on_dev, op_fork, verify_fork, err_dm },
+	{ "dmirror_read_write_snapshot", true, setup_dm, op_rw, verify_rw, err_dm },
+};
+
+/* ------------------------------------------------------------ the walk */
+
+static bool allowed(const int *list, int kind, int err, int r)
+{
+	if (r == 0)
+		return true;
+	/* No VMA found: the range looks unmapped, as after a racing munmap. */
+	if (kind == OS_CALL_PROCMAP_QUERY && err == ENOENT &&
+	    (r == -EINVAL || r == -EFAULT))
+		return true;
+	/* A VMA that cannot be registered: not migratable memory. */
+	if (kind == OS_CALL_UFFD_REGISTER && err == EINVAL && r == -EINVAL)
+		return true;
+	for (; *list; list++)
+		if (-*list == r)
+			return true;
+	return false;
+}
+
+static void disarm(void)
+{
+	for (int k = 0; k < OS_CALL_NR; k++)
+		uhmm__fault_inject((enum os_call)k, 0, 0);
+}
+
+static void teardown(struct st *s)
+{
+	if (s->sub)
+		uhmm_interval_notifier_remove(s->sub);
+	if (s->dm)
+		uhmm_dmirror_close(s->dm);
+	uhmm_shutdown();
+	if (s->buf)
+		munmap(s->buf, s->n * ps());
+	if (s->aux)
+		munmap(s->aux, s->n * ps());
+}
+
+/*
+ * One injection point, in a forked child (kind < 0: count only). Writes
+ * the per-kind counts (counting) or a failure line to @fd. Exit status:
+ * 0 pass, 1 fail, 3 setup failed.
+ */
+static void point(const struct scenario *sc, int kind, unsigned long nth,
+		  int err, int fd)
+{
+	struct st s = { .n = NPAGES };
+	struct sigaction sa = { .sa_handler = cpu_sig };
+	int fds0 = count_fds(), r, fds1;
+	char line[512];
+
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGSEGV, &sa, NULL);
+	r = sc->setup(&s);
+	if (r) {
+		dprintf(fd, "setup: %d (%s)\n", r, strerror(-r));
+		_exit(3);
+	}
+	uhmm__os_calls_reset();
+	if (kind >= 0)
+		uhmm__fault_inject((enum os_call)kind, nth, err);
+	r = sc->op(&s);
+	disarm();
+	if (kind < 0) {
+		if (r) {
+			dprintf(fd, "uninjected op failed: %d (%s)\n", r, strerror(-r));
+			_exit(1);
+		}
+		for (int k = 0; k < OS_CALL_NR; k++)
+			dprintf(fd, "%lu\n", uhmm__os_calls((enum os_call)k));
+		_exit(0);
+	}
+	line[0] = 0;
+	if (!allowed(sc->allowed, kind, err, r))
+		snprintf(line, sizeof(line), "op returned %d (%s), not documented",
+			 r, strerror(-r));
+	else if (!sc->verify(&s, r))
+		snprintf(line, sizeof(line), "op %d: %s", r, s.why);
+	teardown(&s);
+	fds1 = count_fds();
+	if (!line[0] && fds1 != fds0)
+		snprintf(line, sizeof(line), "op %d: %d descriptors before, %d after shutdown",
+			 r, fds0, fds1);
+	if (line[0]) {
+		dprintf(fd, "%s\n", line);
+		_exit(1);
+	}
+	_exit(0);
+}
+
+/*
+ * Library bugs the sweep found that are not fixed yet (src/migrate.c):
+ *  - a failure inside migrate_to_ram (here: PROCMAP_QUERY in the driver's
+ *    uhmm_migrate_setup) makes uhmm__handle_fault() UFFDIO_POISON the
+ *    page: the poison marker stays, so every later CPU access gets SIGBUS
+ *    although the data still sit on the device (the kernel delivers one
+ *    SIGBUS and retries migrate_to_ram at the next access);
+ *  - fork's prepare handler (fault_in) ignores MADV_POPULATE_READ
+ *    failures: a device page that could not come home reads as zeros in
+ *    the child.
+ */
+static const struct {
+	const char *scenario;
+	int kind;
+	const char *what;	/* substring of the failure */
+} known[] = {
+	{ "cpu_fault_back", OS_CALL_PROCMAP_QUERY, "faults (page poisoned" },
+	{ "fork_device_pages", OS_CALL_PROCMAP_QUERY, "returned -5" },
+	{ "fork_device_pages", OS_CALL_MADVISE, "returned -5" },
+};
+
+static bool is_known(const struct scenario *sc, int kind, const char *out)
+{
+	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+		if (!strcmp(known[i].scenario, sc->name) && known[i].kind == kind &&
+		    strstr(out, known[i].what))
+			return true;
+	return false;
+}
+
+/* Runs one point in a child with a timeout; 0 pass, else the reason. */
+static int run_point(const struct scenario *sc, int kind, unsigned long nth,
+		     int err, char *out, size_t outsz)
+{
+	int p[2], status = 0;
+	double t0 = th_now();
+	pid_t pid;
+	ssize_t n;
+
+	ASSERT_EQ(pipe(p), 0);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		close(p[0]);
+		setpgid(0, 0);
+		point(sc, kind, nth, err, p[1]);
+	}
+	close(p[1]);
+	for (;;) {
+		pid_t w = waitpid(pid, &status, WNOHANG);
+
+		if (w == pid)
+			break;
+		if (th_now() - t0 > 20) {
+			kill(-pid, SIGKILL);
+			kill(pid, SIGKILL);
+			waitpid(pid, &status, 0);
+			snprintf(out, outsz, "hang (killed after 20 s)");
+			close(p[0]);
+			return 1;
+		}
+		usleep(2000);
+	}
+	kill(-pid, SIGKILL);	/* a grandchild left behind */
+	n = read(p[0], out, outsz - 1);
+	close(p[0]);
+	out[n > 0 ? n : 0] = 0;
+	while (n > 0 && out[n - 1] == '\n')
+		out[--n] = 0;
+	if (WIFSIGNALED(status)) {
+		snprintf(out, outsz, "killed by signal %d", WTERMSIG(status));
+		return 1;
+	}
+	return WEXITSTATUS(status);
+}
+
+static void sweep(const struct scenario *sc)
+{
+	unsigned long counts[OS_CALL_NR] = { 0 };
+	unsigned long walked = 0, possible = 0, failures = 0, nknown = 0;
+	bool all = getenv("UHMM_INJECT_ALL") != NULL;
+	char out[4096];
+	int r;
+
+	/* Probe in a child: this process must not install uhmm's handlers. */
+	pid_t pid = fork();
+
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		struct uhmm_features f = { .size = sizeof(f) };
+
+		if (uhmm_init() == -ENOSYS)
+			_exit(10);
+		if (uhmm_features(&f))
+			_exit(1);
+		_exit(sc->dmirror && (!(f.flags & UHMM_FEAT_MOVE) ||
+				      f.uffd_path == UHMM_UFFD_NONE) ? 11 : 0);
+	}
+	ASSERT_EQ(waitpid(pid, &r, 0), pid);
+	if (WIFEXITED(r) && WEXITSTATUS(r) == 10)
+		SKIP("kernel without PROCMAP_QUERY/PAGEMAP_SCAN");
+	if (WIFEXITED(r) && WEXITSTATUS(r) == 11)
+		SKIP("no userfaultfd with UFFDIO_MOVE: no device memory");
+	ASSERT_EQ(r, 0);
+	/* Count twice: the monitor threads' calls vary; keep the maximum. */
+	for (int t = 0; t < 2; t++) {
+		r = run_point(sc, -1, 0, 0, out, sizeof(out));
+		if (r == 3 && strstr(out, "setup:"))
+			SKIP("%s", out);
+		if (r)
+			TH_FAIL("counting run: %s", out);
+		char *p = out;
+
+		for (int k = 0; k < OS_CALL_NR; k++) {
+			unsigned long c = strtoul(p, &p, 10);
+
+			if (c > counts[k])
+				counts[k] = c;
+		}
+	}
+	for (int k = 0; k < OS_CALL_NR; k++) {
+		const int *errs = uhmm__os_call_errnos((enum os_call)k);
+		unsigned long c = counts[k], step;
+
+		if (!c)
+			continue;
+		for (const int *e = errs; *e; e++)
+			possible += c;
+		step = all || c <= INJECT_PER_KIND ? 1 :
+		       (c + INJECT_PER_KIND - 2) / (INJECT_PER_KIND - 1);
+		for (unsigned long nth = 1; nth <= c; nth += step) {
+			/* The last call is always walked. */
+			unsigned long at = nth + step > c ? c : nth;
+
+			for (const int *e = errs; *e; e++) {
+				walked++;
+				r = run_point(sc, k, at, *e, out, sizeof(out));
+				if (r == 0)
+					continue;
+				if (is_known(sc, k, out)) {
+					nknown++;
+					TH_LOG("%s: %s #%lu -> %s: known bug: %s", sc->name,
+					       uhmm__os_call_name((enum os_call)k),
+					       at, strerrorname_np(*e), out);
+					continue;
+				}
+				failures++;
+				if (failures <= 30)
+					TH_LOG("%s: %s #%lu -> %s: %s", sc->name,
+					       uhmm__os_call_name((enum os_call)k),
+					       at, strerrorname_np(*e), out);
+			}
+			if (at == c)
+				break;
+		}
+	}
+	printf("# %s: %lu injection points walked of %lu (calls:", sc->name,
+	       walked, possible);
+	for (int k = 0; k < OS_CALL_NR; k++)
+		if (counts[k])
+			printf(" %s=%lu", uhmm__os_call_name((enum os_call)k),
+			       counts[k]);
+	printf("), %lu failed, %lu known bugs\n", failures, nknown);
+	fflush(stdout);
+	ASSERT_EQ(failures, 0UL);
+}
+
+TEST_TIMEOUT(inject_range_fault_populated, 300) { sweep(&scenarios[0]); }
+TEST_TIMEOUT(inject_range_fault_unpopulated, 300) { sweep(&scenarios[1]); }
+TEST_TIMEOUT(inject_notifier_munmap, 300) { sweep(&scenarios[2]); }
+TEST_TIMEOUT(inject_migrate_roundtrip, 300) { sweep(&scenarios[3]); }
+TEST_TIMEOUT(inject_cpu_fault_back, 300) { sweep(&scenarios[4]); }
+TEST_TIMEOUT(inject_exclusive, 300) { sweep(&scenarios[5]); }
+TEST_TIMEOUT(inject_fork_device_pages, 300) { sweep(&scenarios[6]); }
+TEST_TIMEOUT(inject_dmirror_read_write_snapshot, 300) { sweep(&scenarios[7]); }
+
+/* The counters count, and a count of consecutive failures stops. */
+TEST(inject_counter_and_repeat)
+{
+	uhmm__os_calls_reset();
+	ASSERT_EQ(uhmm__os_calls(OS_CALL_MADVISE), 0UL);
+	char *p = map_anon(4 * ps(), RW);
+
+	ASSERT_NOT_NULL(p);
+	uhmm__fault_inject_n(OS_CALL_MADVISE, 2, 2, ENOMEM);
+	ASSERT_EQ(os_madvise(p, ps(), MADV_DONTNEED), 0);
+	ASSERT_EQ(os_madvise(p, ps(), MADV_DONTNEED), -ENOMEM);
+	ASSERT_EQ(os_madvise(p, ps(), MADV_DONTNEED), -ENOMEM);
+	ASSERT_EQ(os_madvise(p, ps(), MADV_DONTNEED), 0);
+	ASSERT_EQ(uhmm__os_calls(OS_CALL_MADVISE), 4UL);
+	for (int k = 0; k < OS_CALL_NR; k++)
+		ASSERT_NOT_NULL(uhmm__os_call_name((enum os_call)k));
+	ASSERT_EQ(uhmm__os_call_errnos(OS_CALL_UFFD_COPY)[0], EAGAIN);
+}
