@@ -1,0 +1,223 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Migration of transparent huge pages through dmirror: the hmm-tests
+ * migrate_anon_huge_* scenarios (empty, zero page, MADV_FREE after
+ * migration, fault-back, partial munmap, mremap before and after, an
+ * allocation failure each way). uhmm has no SELECT_COMPOUND yet
+ * (docs/semantics.md M5): a THP is split into base pages when it moves,
+ * which these tests pin (no PMD bit after a round trip); the data must
+ * be right in every case.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <uhmm/dmirror.h>
+#include <uhmm/uhmm.h>
+
+#include "harness.h"
+#include "util.h"
+
+#define TWOMEG (2UL << 20)
+#define LOCAL_W (UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE)
+
+/* A 2 MiB-aligned, MADV_HUGEPAGE range of 2 MiB inside a 4 MiB mapping. */
+static char *thp_area(char **base)
+{
+	char *b = map_anon(2 * TWOMEG, RW);
+	char *p = (char *)(((uintptr_t)b + TWOMEG - 1) & ~(TWOMEG - 1));
+
+	ASSERT_EQ(madvise(p, TWOMEG, MADV_HUGEPAGE), 0);
+	*base = b;
+	return p;
+}
+
+static unsigned long npg(void)
+{
+	return TWOMEG / ps();
+}
+
+static void tfill(char *p, unsigned long len, unsigned int seed)
+{
+	for (unsigned long i = 0; i < len / sizeof(uint32_t); i++)
+		((uint32_t *)p)[i] = (uint32_t)i * 2654435761u + seed;
+}
+
+static bool tcheck(const char *p, unsigned long len, unsigned int seed)
+{
+	for (unsigned long i = 0; i < len / sizeof(uint32_t); i++)
+		if (((const uint32_t *)p)[i] != (uint32_t)i * 2654435761u + seed)
+			return false;
+	return true;
+}
+
+static unsigned char snap1(struct uhmm_dmirror *dm, void *p)
+{
+	struct uhmm_dmirror_cmd c;
+	unsigned char b = 0xaa;
+
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_SNAPSHOT, p, &b, 1, &c), 0);
+	return b;
+}
+
+static bool thp_backed(struct uhmm_dmirror *dm, void *p)
+{
+	return snap1(dm, p) & UHMM_DMIRROR_PROT_PMD;
+}
+
+static struct uhmm_dmirror *dopen0(void)
+{
+	struct uhmm_dmirror *dm = NULL;
+
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	return dm;
+}
+
+/* An untouched THP-eligible range migrates (as zeros). */
+TEST(thp_empty)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+
+	memset(mirror, 0x77, TWOMEG);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(c.cpages, npg());
+	for (unsigned long i = 0; i < TWOMEG; i++)
+		ASSERT_EQ(mirror[i], 0);
+	ASSERT_EQ(snap1(dm, p), LOCAL_W);
+	ASSERT_EQ(p[TWOMEG - 1], 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* The huge zero page (read faults on a THP range) migrates as zeros. */
+TEST(thp_zero_page)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+	volatile char x;
+
+	for (unsigned long i = 0; i < TWOMEG; i += ps())
+		x = p[i];
+	(void)x;
+	memset(mirror, 0x77, TWOMEG);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(c.cpages, npg());
+	for (unsigned long i = 0; i < TWOMEG; i++)
+		ASSERT_EQ(mirror[i], 0);
+	p[5] = 5;
+	ASSERT_EQ(p[5], 5);
+	ASSERT_EQ(p[ps() + 5], 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* A written THP goes to the device and faults back: split (M5). */
+TEST(thp_fault_back_split)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+
+	tfill(p, TWOMEG, 1);
+	if (!thp_backed(dm, p))
+		TH_LOG("no THP here (THP disabled or no huge page free): base pages");
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(c.cpages, npg());
+	ASSERT_TRUE(tcheck(mirror, TWOMEG, 1));
+	/* Device memory in base pages: no PMD bit. */
+	ASSERT_EQ(snap1(dm, p), LOCAL_W);
+	ASSERT_TRUE(tcheck(p, TWOMEG, 1));
+	ASSERT_EQ(snap1(dm, p + TWOMEG - ps()) & ~UHMM_DMIRROR_PROT_PMD,
+		  UHMM_DMIRROR_PROT_WRITE);
+	/* uhmm has no SELECT_COMPOUND: the THP came back as base pages. */
+	ASSERT_FALSE(thp_backed(dm, p));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* MADV_FREE of a device-resident THP range: its pages are released. */
+TEST(thp_madv_free_after_migration)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+
+	tfill(p, TWOMEG, 2);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(madvise(p, TWOMEG, MADV_FREE), 0);
+	/* Gone from the device; a touch sees a fresh (zero) page. */
+	ASSERT_EQ(snap1(dm, p), UHMM_DMIRROR_PROT_NONE);
+	ASSERT_EQ(p[0], 0);
+	tfill(p, TWOMEG, 3);
+	ASSERT_TRUE(tcheck(p, TWOMEG, 3));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* munmap of half a device-resident THP range; the rest comes back. */
+TEST(thp_partial_munmap)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+
+	tfill(p, TWOMEG, 4);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(munmap(p + TWOMEG / 2, TWOMEG / 2), 0);
+	ASSERT_EQ(memcmp(p, mirror, TWOMEG / 2), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p + TWOMEG / 2, mirror, 1, &c),
+		  -EFAULT);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* mremap of a THP range before the migration, and of the device-resident
+ * range after it: the data follow the mapping. */
+TEST(thp_mremap_before_and_after)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	char *dst = map_anon(4 * TWOMEG, RW);
+	char *t1 = (char *)(((uintptr_t)dst + TWOMEG - 1) & ~(TWOMEG - 1));
+	char *t2 = t1 + TWOMEG;
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+
+	tfill(p, TWOMEG, 5);
+	ASSERT_EQ(mremap(p, TWOMEG, TWOMEG, MREMAP_MAYMOVE | MREMAP_FIXED, t1),
+		  (void *)t1);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, t1, mirror, npg(), &c), 0);
+	ASSERT_EQ(c.cpages, npg());
+	ASSERT_TRUE(tcheck(mirror, TWOMEG, 5));
+	ASSERT_EQ(mremap(t1, TWOMEG, TWOMEG, MREMAP_MAYMOVE | MREMAP_FIXED, t2),
+		  (void *)t2);
+	ASSERT_EQ(snap1(dm, t2), LOCAL_W);
+	ASSERT_TRUE(tcheck(t2, TWOMEG, 5));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* FLAG_FAIL_ALLOC: one allocation fails each way; the rest migrates and
+ * every byte is right (hmm-tests migrate_anon_huge_err). */
+TEST(thp_fail_alloc_both_ways)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+
+	tfill(p, TWOMEG, 6);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, p, NULL,
+		       UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
+	/* One page stayed: the read-back through the mirror lacks it. */
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c),
+		  -ENOENT);
+	ASSERT_TRUE(tcheck(p, TWOMEG, 6));
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_TRUE(tcheck(mirror, TWOMEG, 6));
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, p, NULL,
+		       UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, npg(), &c), 0);
+	ASSERT_EQ(c.cpages, npg() - 1);
+	ASSERT_TRUE(tcheck(p, TWOMEG, 6));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
