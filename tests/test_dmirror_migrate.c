@@ -779,5 +779,9 @@ TEST(migrate_then_mprotect_readonly)
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, n, &c), 0);
 	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_READ));
 	ASSERT_TRUE(check_ints(p, n, 21));
+	/* System pages of a read-only mapping stay (semantics M12). */
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), -ENOENT);
+	ASSERT_TRUE(snap_all(dm, p, n, UHMM_DMIRROR_PROT_READ));
+	ASSERT_TRUE(check_ints(p, n, 21));
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
