@@ -5,7 +5,8 @@
 #   make [-j2]                          libs, CLI, tests, benchmarks, examples
 #   make check                          build, then run tests/run.sh
 #   make run                            build, then run the main job (uhmm demo)
-#   make bench                          build, then run every benchmark
+#   make bench                          build, then run every benchmark (uhmm bench)
+#   make plot-deps                      install gnuplot for uhmm bench --plot
 #   make check SANITIZE=address,undefined   (BUILD defaults to build-asan)
 #   make check SANITIZE=thread              (BUILD defaults to build-tsan)
 #   make install PREFIX=/usr/local DESTDIR=/staging
@@ -177,8 +178,20 @@ $(BUILD)/$(SONAME) $(BUILD)/libuhmm.so: $(SHARED)
 # Everything links the static library, so it runs from the build
 # directory without LD_LIBRARY_PATH and tests may use internal symbols.
 
-$(CLI): $(CLI_OBJS) $(STATIC)
-	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJS) $(STATIC) $(ALL_LDLIBS)
+# `uhmm bench` runs the scenarios of bench/bench_mirror.c and
+# bench/bench_migrate.c: built a second time, main() renamed.
+CLI_BENCH_OBJS := $(BUILD)/obj/cli-bench/bench_mirror.o \
+	$(BUILD)/obj/cli-bench/bench_migrate.o
+
+$(BUILD)/obj/cli-bench/bench_%.o: bench/bench_%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Ibench -DBENCH_ENTRY=bench_$*_main -c -o $@ $<
+
+-include $(CLI_BENCH_OBJS:.o=.d)
+
+$(CLI): $(CLI_OBJS) $(CLI_BENCH_OBJS) $(STATIC)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJS) $(CLI_BENCH_OBJS) $(STATIC) \
+		$(ALL_LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(STATIC)
 	@mkdir -p $(@D)
@@ -203,11 +216,24 @@ check: all
 run: all
 	$(CLI) demo
 
+# Every scenario of bench/bench_mirror.c and bench/bench_migrate.c; the
+# programs in $(BUILD)/bench/ still run on their own.
 bench: all
-	@set -e; for b in $(BENCHES); do \
-		echo "# $$b"; \
-		$$b || { echo "# $$b failed (exit $$?)" >&2; exit 1; }; \
-	done
+	$(CLI) bench
+
+# gnuplot, for `uhmm bench --plot FILE`: installed only when asked for.
+.PHONY: plot-deps
+plot-deps:
+	@if command -v gnuplot >/dev/null 2>&1; then \
+		echo "gnuplot is installed: $$(command -v gnuplot)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q gnuplot-nox || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+		  apt-get install -y -q gnuplot-nox; }; \
+	else \
+		echo "install gnuplot with: sudo apt-get install -y gnuplot-nox"; \
+		exit 1; \
+	fi
 
 # uhmm.pc is generated at install time: its paths depend on PREFIX.
 install: libs cli

@@ -28,6 +28,15 @@
 #define BENCH_EXIT_DATA		1	/* a measured result is wrong */
 #define BENCH_EXIT_SETUP	2	/* bad usage, or cannot run */
 
+/*
+ * A benchmark's entry point: main() for its own program; `uhmm bench`
+ * builds it again with -DBENCH_ENTRY=bench_<name>_main and runs it in a
+ * child process with --json --only SCENARIO.
+ */
+#ifdef BENCH_ENTRY
+int BENCH_ENTRY(int argc, char **argv);
+#endif
+
 static inline uint64_t bench_now_ns(void)
 {
 	struct timespec ts;
@@ -93,16 +102,37 @@ struct bench_opts {
 	unsigned int n;		/* repetitions after the warm-up */
 	bool json;
 	size_t size_mib;
+	const char *only;	/* --only: comma-separated scenarios, or NULL */
 };
+
+/* Whether scenario @name runs: every one unless --only names some. */
+static inline bool bench_want(const struct bench_opts *o, const char *name)
+{
+	size_t len = strlen(name);
+	const char *p = o->only;
+
+	if (!p)
+		return true;
+	while (*p) {
+		if (!strncmp(p, name, len) && (p[len] == ',' || !p[len]))
+			return true;
+		p = strchr(p, ',');
+		if (!p)
+			break;
+		p++;
+	}
+	return false;
+}
 
 static inline void bench_usage(const char *prog, FILE *f)
 {
 	fprintf(f,
-		"usage: %s [-n N] [--size MiB] [--quick] [--json]\n"
+		"usage: %s [-n N] [--size MiB] [--quick] [--json] [--only LIST]\n"
 		"  -n N        repetitions after one warm-up (default 7)\n"
 		"  --size MiB  size of each measured range (default 64)\n"
 		"  --quick     n=3, 16 MiB (explicit -n/--size still win)\n"
-		"  --json      one JSON object per figure instead of text\n",
+		"  --json      one JSON object per figure instead of text\n"
+		"  --only LIST run only these scenarios (comma-separated)\n",
 		prog);
 }
 
@@ -116,6 +146,7 @@ static inline int bench_parse(int argc, char **argv, struct bench_opts *o)
 	bool quick = false;
 
 	o->json = false;
+	o->only = NULL;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		char *end;
@@ -124,6 +155,8 @@ static inline int bench_parse(int argc, char **argv, struct bench_opts *o)
 			o->json = true;
 		} else if (!strcmp(a, "--quick")) {
 			quick = true;
+		} else if (!strcmp(a, "--only") && i + 1 < argc) {
+			o->only = argv[++i];
 		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			bench_usage(argv[0], stdout);
 			return 1;

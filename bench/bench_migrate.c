@@ -1176,17 +1176,24 @@ static void bench_first_touch(struct uhmm_dma *dma)
 static void usage(const char *prog, FILE *f)
 {
 	fprintf(f,
-		"usage: %s [-n N] [--size MiB] [--quick] [--json]\n"
+		"usage: %s [-n N] [--size MiB] [--quick] [--json] [--only LIST]\n"
 		"  -n N        repetitions after one warm-up (default 5)\n"
 		"  --size MiB  size of each migration (default 256; a multiple "
 		"of 2)\n"
 		"  --quick     n=3, 64 MiB migrations (explicit -n/--size "
 		"still win)\n"
-		"  --json      one JSON object per figure instead of text\n",
+		"  --json      one JSON object per figure instead of text\n"
+		"  --only LIST run only these scenarios (comma-separated):\n"
+		"              migrate, seq_read, fault_back, first_touch\n",
 		prog);
 }
 
-int main(int argc, char **argv)
+/* `uhmm bench` links this file with BENCH_ENTRY=bench_migrate_main. */
+#ifndef BENCH_ENTRY
+#define BENCH_ENTRY main
+#endif
+
+int BENCH_ENTRY(int argc, char **argv)
 {
 	bench_prog = "bench_migrate";
 	struct uhmm_features feat = { .size = sizeof(feat) };
@@ -1253,13 +1260,18 @@ int main(int argc, char **argv)
 	 * The big migrations first: every page on the device holds a uhmm
 	 * staging slot, and the staging area is finite.
 	 */
-	bench_migrate(false, dma1);
-	bench_migrate(false, dma2);
-	bench_migrate(true, dma1);
-	bench_migrate(true, dma2);
-	bench_seq_read(dma2);
-	bench_fault_back(dma2);
-	bench_first_touch(dma2);
+	if (bench_want(&opt, "migrate")) {
+		bench_migrate(false, dma1);
+		bench_migrate(false, dma2);
+		bench_migrate(true, dma1);
+		bench_migrate(true, dma2);
+	}
+	if (bench_want(&opt, "seq_read"))
+		bench_seq_read(dma2);
+	if (bench_want(&opt, "fault_back"))
+		bench_fault_back(dma2);
+	if (bench_want(&opt, "first_touch"))
+		bench_first_touch(dma2);
 
 	uhmm_dma_destroy(dma1);
 	uhmm_dma_destroy(dma2);

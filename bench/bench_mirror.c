@@ -668,7 +668,12 @@ static const char *uffd_path_name(uint32_t path)
 	return "none";
 }
 
-int main(int argc, char **argv)
+/* `uhmm bench` links this file with BENCH_ENTRY=bench_mirror_main. */
+#ifndef BENCH_ENTRY
+#define BENCH_ENTRY main
+#endif
+
+int BENCH_ENTRY(int argc, char **argv)
 {
 	bench_prog = "bench_mirror";
 	struct uhmm_features feat = { .size = sizeof(feat) };
@@ -706,14 +711,18 @@ int main(int argc, char **argv)
 	/* The destination of every READ, mapped once for the whole run. */
 	dst = map_anon(size);
 
-	bench_snapshot(false);
-	if (size >= HPAGE_SIZE)
-		bench_snapshot(true);
-	else
-		fprintf(stderr, "bench_mirror: --size below 2 MiB: no THP "
-			"snapshot\n");
-	bench_read(dst);
-	bench_munmap(dst);
+	if (bench_want(&opt, "snapshot")) {
+		bench_snapshot(false);
+		if (size >= HPAGE_SIZE)
+			bench_snapshot(true);
+		else
+			fprintf(stderr, "bench_mirror: --size below 2 MiB: no "
+				"THP snapshot\n");
+	}
+	if (bench_want(&opt, "read"))
+		bench_read(dst);
+	if (bench_want(&opt, "munmap"))
+		bench_munmap(dst);
 
 	munmap(dst, size);
 	uhmm_dmirror_close(dm);

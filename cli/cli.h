@@ -30,6 +30,9 @@ int cmd_info(int argc, char **argv);
 /* cli/demo.c */
 int cmd_demo(int argc, char **argv);
 
+/* cli/bench.c */
+int cmd_bench(int argc, char **argv);
+
 /*
  * cli/stats_json.c: @s as one JSON object (no trailing newline), every
  * counter of UHMM_STAT_FIELDS by name, plus the fault-back latency

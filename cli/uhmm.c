@@ -15,6 +15,8 @@ static const struct cli_cmd cmds[] = {
 	  "what this kernel and process allow, and what works or degrades" },
 	{ "demo", cmd_demo, "demo [--nodes N] [--json] [--stats]",
 	  "a device chases pointers through a CPU-built tree (make run)" },
+	{ "bench", cmd_bench, "bench [--quick] [--json] [SCENARIO...]",
+	  "benchmarks, each figure against its physical limit (make bench)" },
 };
 
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
