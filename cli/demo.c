@@ -359,9 +359,13 @@ static void check_walk(struct demo *d, struct step *s, const struct walk *dev,
 		d->failed = true;
 }
 
+/*
+ * A device traversal step, checked against @cpu and printed; with @cpu
+ * NULL, the walk is left in @out for the caller to check and print.
+ */
 static int device_step(struct demo *d, const struct node *root,
 		       const struct walk *cpu, const char *name,
-		       const char *what)
+		       const char *what, struct walk *out)
 {
 	struct step *s = step_begin(d, name);
 	struct walk w;
@@ -386,9 +390,27 @@ static int device_step(struct demo *d, const struct node *root,
 			 "%s node loads fell in the hot pages", grp(w.dev_nodes));
 		s->note = note[d->nsteps - 1];
 	}
+	if (out)
+		*out = w;
+	if (!cpu)
+		return 0;
 	check_walk(d, s, &w, cpu);
 	step_print(d, s);
 	return 0;
+}
+
+static void cpu_step(struct demo *d, const struct node *root,
+		     struct walk *cpu, const char *name, const char *what)
+{
+	struct step *s = step_begin(d, name);
+	uint64_t t0 = now_ns();
+
+	cpu_walk(root, cpu);
+	s->ms = (double)(now_ns() - t0) / 1e6;
+	step_stats(d, s);
+	s->nodes = cpu->nodes;
+	s->sum = cpu->sum;
+	snprintf(s->what, sizeof(s->what), "%s", what);
 }
 
 static void print_json(const struct demo *d, int ret)
@@ -570,7 +592,7 @@ int cmd_demo(int argc, char **argv)
 	struct uhmm_features feat = { .size = sizeof(feat) };
 	struct demo d = { .n = DEMO_DEFAULT_NODES };
 	struct node *root = NULL;
-	struct walk cpu;
+	struct walk cpu, dw;
 	struct step *s;
 	uint64_t t0;
 	int r;
@@ -602,14 +624,8 @@ int cmd_demo(int argc, char **argv)
 		 "CPU builds a binary tree: %s nodes, each malloc'ed", grp(d.n));
 	step_print(&d, s);
 
-	s = step_begin(&d, "cpu_traverse");
-	t0 = now_ns();
-	cpu_walk(root, &cpu);
-	s->ms = (double)(now_ns() - t0) / 1e6;
-	s->nodes = cpu.nodes;
-	s->sum = cpu.sum;
-	snprintf(s->what, sizeof(s->what), "CPU traversal (the reference)");
-	step_print(&d, s);
+	cpu_step(&d, root, &cpu, "cpu_traverse", "CPU traversal (the reference)");
+	step_print(&d, &d.steps[d.nsteps - 1]);
 
 	r = uhmm_init();
 	if (!r)
@@ -624,11 +640,11 @@ int cmd_demo(int argc, char **argv)
 	find_hot_pages(&d);
 
 	r = device_step(&d, root, &cpu, "device_traverse_cold",
-			"device traversal, cold mirror (faults pages in)");
+			"device traversal, cold mirror (faults pages in)", NULL);
 	if (r)
 		goto out;
 	r = device_step(&d, root, &cpu, "device_traverse_warm",
-			"device traversal again, warm mirror");
+			"device traversal again, warm mirror", NULL);
 	if (r)
 		goto out;
 
@@ -642,22 +658,31 @@ int cmd_demo(int argc, char **argv)
 	if (r)
 		goto out;
 	r = device_step(&d, root, &cpu, "device_traverse_migrated",
-			"device traversal, hot part in device memory");
+			"device traversal, hot part in device memory", NULL);
 	if (r)
 		goto out;
 
 	cpu_update(&d, d.hot_levels > 2 ? d.hot_levels - 2 : d.hot_levels);
-	s = step_begin(&d, "cpu_traverse_updated");
-	t0 = now_ns();
-	cpu_walk(root, &cpu);
-	s->ms = (double)(now_ns() - t0) / 1e6;
-	s->nodes = cpu.nodes;
-	s->sum = cpu.sum;
-	snprintf(s->what, sizeof(s->what), "CPU traversal of the updated tree");
-	step_print(&d, s);
 
-	r = device_step(&d, root, &cpu, "device_traverse_updated",
-			"device traversal sees the CPU's updates");
+	/*
+	 * The device first, while part of the hot part is still in device
+	 * memory; then the CPU's reference traversal, which touches every
+	 * node and so brings the rest back.
+	 */
+	r = device_step(&d, root, NULL, "device_traverse_updated",
+			"device traversal sees the CPU's updates", &dw);
+	if (r)
+		goto out;
+	cpu_step(&d, root, &cpu, "cpu_traverse_updated",
+		 "CPU traversal of the updated tree (the reference)");
+	check_walk(&d, &d.steps[d.nsteps - 2], &dw, &cpu);
+	step_print(&d, &d.steps[d.nsteps - 2]);
+	d.steps[d.nsteps - 1].note = "its touches brought the rest of the "
+		"hot part back from device memory";
+	if (!d.steps[d.nsteps - 1].pages_to_sys)
+		d.steps[d.nsteps - 1].note = NULL;
+	d.steps[d.nsteps - 1].pages_on_dev = pages_on_device(&d);
+	step_print(&d, &d.steps[d.nsteps - 1]);
 out:
 	if (d.json) {
 		print_json(&d, r);
