@@ -186,6 +186,20 @@ static int fig_add(const struct fig *f, const char *line)
 	return 0;
 }
 
+/* A value for people: 3 significant digits, no exponent. */
+static const char *num(double v)
+{
+	static char bufs[4][32];
+	static unsigned int k;
+	char *b = bufs[k++ % 4];
+
+	if (v >= 1000 || v <= -1000)
+		snprintf(b, 32, "%.0f", v);
+	else
+		snprintf(b, 32, "%.3g", v);
+	return b;
+}
+
 /* Speed of the figure relative to its baseline: > 1 is faster. */
 static double fig_speed(const struct fig *f)
 {
@@ -202,9 +216,9 @@ static double fig_speed(const struct fig *f)
 
 static void fig_print_text(const struct fig *f)
 {
-	printf("  %-30s %9.3g %-8s | %-42s %9.3g %-8s | ratio %6.2f",
-	       f->name, f->value, f->unit, f->baseline_name, f->baseline,
-	       f->unit, f->ratio);
+	printf("  %-30s %9s %-8s | %-42s %9s %-8s | ratio %6.2f",
+	       f->name, num(f->value), f->unit, f->baseline_name,
+	       num(f->baseline), f->unit, f->ratio);
 	if (f->target_op[0])
 		printf(" | target %s %g: %s", f->target_op, f->target,
 		       f->met ? "met" : "MISSED");
@@ -225,9 +239,9 @@ static void print_markdown(void)
 	for (size_t i = 0; i < nfigs; i++) {
 		const struct fig *f = &figs[i];
 
-		printf("| %s | %.3g %s | %s %.3g %s | %.2f | ", f->name,
-		       f->value, f->unit, f->baseline_name, f->baseline,
-		       f->unit, f->ratio);
+		printf("| %s | %s %s | %s %s %s | %.2f | ", f->name,
+		       num(f->value), f->unit, f->baseline_name,
+		       num(f->baseline), f->unit, f->ratio);
 		if (f->target_op[0])
 			printf("%s %g (%s)", f->target_op, f->target,
 			       f->met ? "met" : "missed");
