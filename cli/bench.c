@@ -459,6 +459,9 @@ static void exec_child(const struct scenario *sc, const struct opts *o, int wfd)
 	_exit(BENCH_EXIT_SETUP);
 }
 
+/* Whether a progress line is on the terminal now. */
+static bool progress_shown;
+
 static void progress(const struct opts *o, unsigned int k, unsigned int total,
 		     const char *name, double t, size_t nf)
 {
@@ -467,6 +470,16 @@ static void progress(const struct opts *o, unsigned int k, unsigned int total,
 	fprintf(stderr, "\r\033[K[%u/%u] %s: %.0f s, %zu figure%s so far",
 		k, total, name, t, nf, nf == 1 ? "" : "s");
 	fflush(stderr);
+	progress_shown = true;
+}
+
+static void progress_clear(void)
+{
+	if (!progress_shown)
+		return;
+	fprintf(stderr, "\r\033[K");
+	fflush(stderr);
+	progress_shown = false;
 }
 
 /* One input line of scenario @si. */
@@ -475,6 +488,7 @@ static void handle_line(const struct opts *o, unsigned int si, char *line,
 {
 	struct fig f;
 
+	progress_clear();
 	if (!strncmp(line, "{\"stats\":", 9)) {
 		if (o->json)
 			printf("{\"scenario\":\"%s\",%s\n", scenarios[si].name,
@@ -492,8 +506,6 @@ static void handle_line(const struct opts *o, unsigned int si, char *line,
 	if (fig_add(&f, line))
 		return;
 	(*nf)++;
-	if (o->progress)
-		fprintf(stderr, "\r\033[K");
 	if (o->json)
 		fig_print_json(&figs[nfigs - 1]);
 	else if (!o->markdown)
@@ -566,8 +578,7 @@ static int run_scenario(const struct opts *o, unsigned int si, unsigned int k,
 			len = 0;	/* an overlong line: dropped */
 	}
 	close(fds[0]);
-	if (shown && o->progress)
-		fprintf(stderr, "\r\033[K");
+	progress_clear();
 	while (waitpid(pid, &status, 0) < 0)
 		if (errno != EINTR)
 			return BENCH_EXIT_SETUP;
