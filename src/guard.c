@@ -125,12 +125,15 @@ int uhmm_copy_nofault(void *dst, const void *src, size_t len,
 		sigaddset(&ss, SIGSEGV);
 		sigaddset(&ss, SIGBUS);
 		pthread_sigmask(SIG_UNBLOCK, &ss, NULL);
+		os_expect_faults(false);
 		if (fault_addr)
 			*fault_addr = guard_addr;
 		return -EFAULT;
 	}
 	guard_pad = &pad;
+	os_expect_faults(true);
 	guarded_memcpy(dst, src, len);
+	os_expect_faults(false);
 	guard_pad = NULL;
 	return 0;
 }

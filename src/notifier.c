@@ -279,8 +279,10 @@ unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub)
 	struct uhmm_rt *rt = sub ? sub->rt : NULL;
 	unsigned long seq;
 
-	/* 0 is even: never a valid sequence, so read_retry() says retry. */
-	if (!rt)
+	/* 0 is even: never a valid sequence, so read_retry() says retry.
+	 * A notifier of another runtime (the parent's, after fork) is not
+	 * touched: its locks may be held by threads that are not here. */
+	if (!rt || !uhmm__sub_valid(sub, uhmm__rt_peek()))
 		return 0;
 
 	pthread_mutex_lock(&rt->lock);
@@ -296,7 +298,8 @@ unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub)
 bool uhmm_interval_read_retry(struct uhmm_interval_notifier *sub,
 			      unsigned long seq)
 {
-	bool retry = !sub || atomic_load(&sub->invalidate_seq) != seq;
+	bool retry = !sub || atomic_load(&sub->invalidate_seq) != seq ||
+		     !uhmm__sub_valid(sub, uhmm__rt_peek());
 
 	if (retry)
 		uhmm__stat_inc(UHMM__STAT_read_retries);

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
@@ -16,6 +17,59 @@
 #include <sys/syscall.h>
 
 #include "os.h"
+
+/*
+ * Memory the kernel writes behind the back of valgrind and MemorySanitizer
+ * (PAGEMAP_SCAN's output array, PROCMAP_QUERY's name buffer, pages filled
+ * by UFFDIO_COPY/ZEROPAGE/MOVE) is declared defined right after the call.
+ * The valgrind client requests cost a few instructions outside valgrind;
+ * -DUHMM_NO_VALGRIND drops them.
+ */
+#if !defined(UHMM_NO_VALGRIND) && defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define OS_VALGRIND 1
+#endif
+#endif
+#if defined(__has_feature)
+#if __has_feature(memory_sanitizer)
+#include <sanitizer/msan_interface.h>
+#define OS_MSAN 1
+#endif
+#endif
+
+static void mem_defined(const void *p, size_t n)
+{
+	if (!p || !n)
+		return;
+#ifdef OS_VALGRIND
+	VALGRIND_MAKE_MEM_DEFINED(p, n);
+#endif
+#ifdef OS_MSAN
+	__msan_unpoison(p, n);
+#endif
+}
+
+void os_expect_faults(bool on)
+{
+#ifdef OS_VALGRIND
+	if (on)
+		VALGRIND_DISABLE_ERROR_REPORTING;
+	else
+		VALGRIND_ENABLE_ERROR_REPORTING;
+#else
+	(void)on;
+#endif
+}
+
+bool os_on_valgrind(void)
+{
+#ifdef OS_VALGRIND
+	return RUNNING_ON_VALGRIND != 0;
+#else
+	return false;
+#endif
+}
 
 #define PROCFS_IOCTL_MAGIC 'f'
 #define OS_PAGEMAP_SCAN _IOWR(PROCFS_IOCTL_MAGIC, 16, struct os_pm_scan_arg)
@@ -317,6 +371,7 @@ int os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
 	INJECT(OS_CALL_UFFD_COPY);
 	r = ret_err(ioctl(fd, UFFDIO_COPY, &c));
 	*done = c.copy > 0 ? c.copy : 0;
+	mem_defined((void *)(uintptr_t)dst, (size_t)*done);
 	return r;
 }
 
@@ -332,6 +387,7 @@ int os_uffd_zeropage(int fd, uint64_t start, uint64_t len, uint64_t mode,
 	INJECT(OS_CALL_UFFD_ZEROPAGE);
 	r = ret_err(ioctl(fd, UFFDIO_ZEROPAGE, &z));
 	*done = z.zeropage > 0 ? z.zeropage : 0;
+	mem_defined((void *)(uintptr_t)start, (size_t)*done);
 	return r;
 }
 
@@ -347,6 +403,7 @@ int os_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len,
 	INJECT(OS_CALL_UFFD_MOVE);
 	r = ret_err(ioctl(fd, UFFDIO_MOVE, &m));
 	*done = m.move > 0 ? m.move : 0;
+	mem_defined((void *)(uintptr_t)dst, (size_t)*done);
 	return r;
 }
 
@@ -389,6 +446,10 @@ int os_pagemap_scan(int fd, struct os_pm_scan_arg *arg)
 		if (!r)
 			r = ret_err(ioctl(fd, OS_PAGEMAP_SCAN, arg));
 	} while (r == -EINTR);
+	if (r > 0)
+		mem_defined((void *)(uintptr_t)arg->vec,
+			    (size_t)r * sizeof(struct os_page_region));
+	mem_defined(arg, sizeof(*arg));
 	return r;
 }
 
@@ -401,6 +462,11 @@ int os_procmap_query(int fd, struct os_procmap_query *q)
 		if (!r)
 			r = ret_err(ioctl(fd, OS_PROCMAP_QUERY, q));
 	} while (r == -EINTR);
+	if (r == 0) {
+		mem_defined(q, sizeof(*q));
+		mem_defined((void *)(uintptr_t)q->vma_name_addr, q->vma_name_size);
+		mem_defined((void *)(uintptr_t)q->build_id_addr, q->build_id_size);
+	}
 	return r;
 }
 

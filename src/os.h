@@ -13,6 +13,7 @@
 #define UHMM_OS_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -173,6 +174,14 @@ int os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old);
 pid_t os_getpid(void);
 int os_raise(int sig);
 int os_yield(void);
+
+/* True when running under valgrind (uhmm then opens no userfaultfd:
+ * valgrind holds its lock across munmap and page faults, which would
+ * wait for uhmm's reader thread forever). */
+bool os_on_valgrind(void);
+/* Around a copy that may fault on purpose (uhmm_copy_nofault): valgrind
+ * must not report its invalid reads or writes. Per thread. */
+void os_expect_faults(bool on);
 
 /* Make the @nth next call of @call fail with -@err (nth = 1 is the next;
  * 0 disarms). Internal, for tests. */
