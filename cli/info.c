@@ -98,6 +98,15 @@ struct facts {
 	char thp[32];		/* the selected THP mode, "" if unknown */
 	long nr_hugepages;	/* -1: unknown */
 	long max_map_count;	/* -1: unknown */
+	long map_count;		/* this process's mappings; -1: unknown */
+	bool have_caps;		/* cap_eff and seccomp below are known */
+	uint64_t cap_eff;	/* effective capabilities */
+	long seccomp;		/* 0 none, 1 strict, 2 filter; -1: unknown */
+	long no_new_privs;	/* -1: unknown */
+	char thp_defrag[32];	/* "" if unknown */
+	char thp_shmem[32];	/* "" if unknown */
+	long huge_total, huge_free, huge_kb;	/* /proc/meminfo; -1: unknown */
+	bool hugetlbfs_mounted;
 	/* conclusions */
 	char works[MAX_NOTES][NOTE_LEN];
 	int nworks;
@@ -188,6 +197,103 @@ static const char *uffd_path_words(uint32_t path)
 	}
 }
 
+/* The [selected] word of a sysfs mode file such as THP's "enabled". */
+static void read_bracketed(const char *path, char *out, size_t size)
+{
+	char buf[256], *l, *r;
+
+	out[0] = '\0';
+	if (read_line(path, buf, sizeof(buf)) && (l = strchr(buf, '[')) &&
+	    (r = strchr(l, ']'))) {
+		*r = '\0';
+		snprintf(out, size, "%s", l + 1);
+	}
+}
+
+/* Privileges from /proc/self/status, and the number of mappings. */
+static void gather_status(struct facts *fx)
+{
+	char line[256];
+	FILE *fp;
+
+	fx->seccomp = -1;
+	fx->no_new_privs = -1;
+	fx->map_count = -1;
+	fp = fopen("/proc/self/status", "re");
+	if (fp) {
+		while (fgets(line, sizeof(line), fp)) {
+			unsigned long long v;
+			long n;
+
+			if (sscanf(line, "CapEff: %llx", &v) == 1) {
+				fx->cap_eff = v;
+				fx->have_caps = true;
+			} else if (sscanf(line, "Seccomp: %ld", &n) == 1) {
+				fx->seccomp = n;
+			} else if (sscanf(line, "NoNewPrivs: %ld", &n) == 1) {
+				fx->no_new_privs = n;
+			}
+		}
+		fclose(fp);
+	}
+	fp = fopen("/proc/self/maps", "re");
+	if (fp) {
+		int c, prev = '\n';
+
+		fx->map_count = 0;
+		while ((c = getc(fp)) != EOF) {
+			if (c == '\n')
+				fx->map_count++;
+			prev = c;
+		}
+		if (prev != '\n')
+			fx->map_count++;
+		fclose(fp);
+	}
+}
+
+/* hugetlbfs: pages from /proc/meminfo, and whether it is mounted. */
+static void gather_hugetlb(struct facts *fx)
+{
+	char line[512];
+	FILE *fp;
+
+	fx->huge_total = fx->huge_free = fx->huge_kb = -1;
+	fp = fopen("/proc/meminfo", "re");
+	if (fp) {
+		while (fgets(line, sizeof(line), fp)) {
+			long n;
+
+			if (sscanf(line, "HugePages_Total: %ld", &n) == 1)
+				fx->huge_total = n;
+			else if (sscanf(line, "HugePages_Free: %ld", &n) == 1)
+				fx->huge_free = n;
+			else if (sscanf(line, "Hugepagesize: %ld", &n) == 1)
+				fx->huge_kb = n;
+		}
+		fclose(fp);
+	}
+	fp = fopen("/proc/mounts", "re");
+	if (fp) {
+		while (fgets(line, sizeof(line), fp)) {
+			char dev[128], dir[256], type[64];
+
+			if (sscanf(line, "%127s %255s %63s", dev, dir, type) == 3 &&
+			    !strcmp(type, "hugetlbfs"))
+				fx->hugetlbfs_mounted = true;
+		}
+		fclose(fp);
+	}
+}
+
+#define CAP_SYS_PTRACE_BIT 19
+#define CAP_SYS_ADMIN_BIT 21
+
+static bool has_cap(const struct facts *fx, unsigned int bit)
+{
+	return fx->have_caps && (fx->cap_eff >> bit) & 1;
+}
+
 static void gather(struct facts *fx)
 {
 	struct utsname u;
@@ -231,11 +337,22 @@ static void gather(struct facts *fx)
 	}
 	fx->nr_hugepages = read_long("/proc/sys/vm/nr_hugepages");
 	fx->max_map_count = read_long("/proc/sys/vm/max_map_count");
+	read_bracketed("/sys/kernel/mm/transparent_hugepage/defrag",
+		       fx->thp_defrag, sizeof(fx->thp_defrag));
+	read_bracketed("/sys/kernel/mm/transparent_hugepage/shmem_enabled",
+		       fx->thp_shmem, sizeof(fx->thp_shmem));
+	gather_status(fx);
+	gather_hugetlb(fx);
 }
 
 /* How to give this user a full userfaultfd, in one clause. */
 static void uffd_remedy(struct facts *fx, bool user_only, char *out, size_t size)
 {
+	if (fx->seccomp == 2 && !user_only) {
+		snprintf(out, size, "this process runs under a seccomp filter (Seccomp: 2 in /proc/self/status), which may block userfaultfd: in a container, allow it (Docker: `--security-opt seccomp=unconfined` or a profile that allows userfaultfd)%s",
+			 fx->euid == 0 ? "" : ", and give this user access to /dev/userfaultfd or run `sysctl vm.unprivileged_userfaultfd=1` (as root)");
+		return;
+	}
 	if (fx->euid == 0 && !user_only) {
 		snprintf(out, size, "check for a seccomp filter blocking userfaultfd (containers: Docker's default profile does) and that the kernel has CONFIG_USERFAULTFD");
 		return;
@@ -309,15 +426,22 @@ static void conclude(struct facts *fx)
 	else
 		DEGRADES("Transparent huge pages are off: every mapping is reported at order 0; to enable, `echo madvise > /sys/kernel/mm/transparent_hugepage/enabled`.");
 
-	if (f->flags & UHMM_FEAT_HUGETLB)
-		WORKS("%ld hugetlbfs pages are configured: MAP_HUGETLB memory can be mirrored.",
-		      fx->nr_hugepages);
+	if ((f->flags & UHMM_FEAT_HUGETLB) && fx->huge_free == 0)
+		DEGRADES("%ld hugetlbfs pages are configured but none is free: MAP_HUGETLB mappings will fail; add pages with `echo %ld > /proc/sys/vm/nr_hugepages`.",
+			 fx->nr_hugepages, fx->nr_hugepages + 16);
+	else if (f->flags & UHMM_FEAT_HUGETLB)
+		WORKS("%ld hugetlbfs pages are configured (%ld free%s): MAP_HUGETLB memory can be mirrored (it does not migrate: migration takes base pages of private anonymous memory).",
+		      fx->nr_hugepages, fx->huge_free,
+		      fx->hugetlbfs_mounted ? ", hugetlbfs mounted" : "");
 	else
 		DEGRADES("No hugetlbfs pages are configured: MAP_HUGETLB memory is unavailable (its tests skip); to enable, `echo 16 > /proc/sys/vm/nr_hugepages`.");
 
 	if (fx->max_map_count >= 0 && fx->max_map_count < 65530)
 		DEGRADES("vm.max_map_count is %ld: uhmm splits mappings when it tracks them, so large programs may run out of mappings; raise it with `sysctl vm.max_map_count=262144`.",
 			 fx->max_map_count);
+	else if (fx->max_map_count > 0 && fx->map_count >= 0)
+		WORKS("vm.max_map_count is %ld (this process has %ld mappings): tracked ranges no longer merge with their neighbours, so a program mirroring many separate ranges uses more of it; raise it with `sysctl vm.max_map_count=262144` if mmap starts failing with ENOMEM.",
+		      fx->max_map_count, fx->map_count);
 }
 
 /* ------------------------------------------------------------------ */
@@ -370,6 +494,15 @@ static void print_plain(const struct facts *fx)
 	}
 	printf("running as:                  %s (euid %u), %s\n", fx->user,
 	       (unsigned)fx->euid, fx->euid == 0 ? "privileged" : "not root");
+	if (fx->have_caps)
+		printf("capabilities:                CapEff 0x%llx (CAP_SYS_PTRACE %s, CAP_SYS_ADMIN %s)\n",
+		       (unsigned long long)fx->cap_eff,
+		       has_cap(fx, CAP_SYS_PTRACE_BIT) ? "yes" : "no",
+		       has_cap(fx, CAP_SYS_ADMIN_BIT) ? "yes" : "no");
+	if (fx->seccomp >= 0)
+		printf("seccomp:                     %s%s\n",
+		       fx->seccomp == 0 ? "none" : fx->seccomp == 1 ? "strict" : "filter",
+		       fx->no_new_privs == 1 ? " (no_new_privs)" : "");
 	if (fx->unpriv_uffd >= 0)
 		printf("vm.unprivileged_userfaultfd: %ld\n", fx->unpriv_uffd);
 	else
@@ -380,13 +513,19 @@ static void print_plain(const struct facts *fx)
 		       fx->dev_access ? "read/write" : "no access");
 	else
 		printf("/dev/userfaultfd:            does not exist\n");
-	printf("transparent hugepages:       %s\n", fx->thp[0] ? fx->thp : "unknown");
+	printf("transparent hugepages:       %s (defrag %s, shmem %s)\n",
+	       fx->thp[0] ? fx->thp : "unknown",
+	       fx->thp_defrag[0] ? fx->thp_defrag : "unknown",
+	       fx->thp_shmem[0] ? fx->thp_shmem : "unknown");
 	if (fx->nr_hugepages >= 0)
-		printf("nr_hugepages:                %ld\n", fx->nr_hugepages);
+		printf("nr_hugepages:                %ld (%ld free, %ld kB each, hugetlbfs %s)\n",
+		       fx->nr_hugepages, fx->huge_free, fx->huge_kb,
+		       fx->hugetlbfs_mounted ? "mounted" : "not mounted");
 	else
 		printf("nr_hugepages:                unknown\n");
 	if (fx->max_map_count >= 0)
-		printf("vm.max_map_count:            %ld\n", fx->max_map_count);
+		printf("vm.max_map_count:            %ld (this process: %ld mappings)\n",
+		       fx->max_map_count, fx->map_count);
 	else
 		printf("vm.max_map_count:            unknown\n");
 
@@ -527,6 +666,36 @@ static void print_json(const struct facts *fx)
 	json_long_or_null(fx->nr_hugepages);
 	printf(", \"max_map_count\": ");
 	json_long_or_null(fx->max_map_count);
+	printf(", \"map_count\": ");
+	json_long_or_null(fx->map_count);
+	if (fx->have_caps)
+		printf(", \"capabilities\": {\"cap_eff\": \"0x%llx\", \"sys_ptrace\": %s, \"sys_admin\": %s}",
+		       (unsigned long long)fx->cap_eff,
+		       has_cap(fx, CAP_SYS_PTRACE_BIT) ? "true" : "false",
+		       has_cap(fx, CAP_SYS_ADMIN_BIT) ? "true" : "false");
+	else
+		printf(", \"capabilities\": null");
+	printf(", \"seccomp\": ");
+	json_long_or_null(fx->seccomp);
+	printf(", \"no_new_privs\": ");
+	json_long_or_null(fx->no_new_privs);
+	printf(", \"thp_defrag\": ");
+	if (fx->thp_defrag[0])
+		json_str(fx->thp_defrag);
+	else
+		printf("null");
+	printf(", \"thp_shmem\": ");
+	if (fx->thp_shmem[0])
+		json_str(fx->thp_shmem);
+	else
+		printf("null");
+	printf(", \"hugetlb\": {\"total\": ");
+	json_long_or_null(fx->huge_total);
+	printf(", \"free\": ");
+	json_long_or_null(fx->huge_free);
+	printf(", \"page_kb\": ");
+	json_long_or_null(fx->huge_kb);
+	printf(", \"mounted\": %s}", fx->hugetlbfs_mounted ? "true" : "false");
 	printf(", \"works\": ");
 	json_notes((const char (*)[NOTE_LEN])fx->works, fx->nworks);
 	printf(", \"degrades\": ");
