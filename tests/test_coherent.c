@@ -29,6 +29,7 @@ static struct uhmm_dmirror *dopen(int dev)
 {
 	struct uhmm_dmirror *dm = NULL;
 
+	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(dev, &dm), 0);
 	return dm;
 }

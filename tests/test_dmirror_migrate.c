@@ -27,6 +27,7 @@ static struct uhmm_dmirror *dopen(int dev)
 {
 	struct uhmm_dmirror *dm = NULL;
 
+	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(dev, &dm), 0);
 	return dm;
 }
@@ -327,6 +328,8 @@ TEST(two_devices)
 	unsigned long n = 16;
 	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
 	struct uhmm_dmirror *d0 = dopen(0), *d1 = dopen(1);
+
+	require_kernel_faults();	/* d1 faults d0's pages back */
 	struct uhmm_dmirror_cmd c;
 	unsigned char *m;
 
@@ -467,6 +470,8 @@ TEST(migrate_syscalls)
 	unsigned long n = 4;
 	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
 	char *buf = map_anon(ps(), RW);
+
+	require_kernel_faults();
 	struct uhmm_dmirror *dm = dopen(0);
 	struct uhmm_dmirror_cmd c;
 	int fds[2];
@@ -546,6 +551,8 @@ TEST(migrate_dontneed)
 	unsigned long n = 8;
 	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
 	struct uhmm_dmirror *dm = dopen(0);
+
+	require_kernel_faults();	/* READ populates a migrated range */
 	struct uhmm_dmirror_cmd c;
 
 	fill_ints(p, n, 60);

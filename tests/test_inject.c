@@ -110,7 +110,7 @@ static int cpu_check(const char *p, unsigned long n, uint32_t seed)
 
 static int rf(struct st *s, uint64_t flags)
 {
-	uint64_t pfns[NPAGES];
+	uint64_t pfns[NPAGES] = { 0 };
 	struct uhmm_range r = {
 		.notifier = s->sub, .start = (unsigned long)s->buf,
 		.end = (unsigned long)s->buf + s->n * ps(), .hmm_pfns = pfns,
@@ -505,9 +505,8 @@ static void point(const struct scenario *sc, int kind, unsigned long nth,
  *    page: the poison marker stays, so every later CPU access gets SIGBUS
  *    although the data still sit on the device (the kernel delivers one
  *    SIGBUS and retries migrate_to_ram at the next access);
- *  - fork's prepare handler (fault_in) ignores MADV_POPULATE_READ
- *    failures: a device page that could not come home reads as zeros in
- *    the child.
+ *    fork's prepare handler meets the same poisoned page: the child
+ *    reads zeros there.
  */
 static const struct {
 	const char *scenario;
@@ -516,7 +515,6 @@ static const struct {
 } known[] = {
 	{ "cpu_fault_back", OS_CALL_PROCMAP_QUERY, "faults (page poisoned" },
 	{ "fork_device_pages", OS_CALL_PROCMAP_QUERY, "returned -5" },
-	{ "fork_device_pages", OS_CALL_MADVISE, "returned -5" },
 };
 
 static bool is_known(const struct scenario *sc, int kind, const char *out)

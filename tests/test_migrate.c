@@ -109,6 +109,7 @@ static const struct uhmm_pagemap_ops toy_ops = {
 
 static void toy_init(void)
 {
+	require_uffd(true);
 	memset(&toy, 0, sizeof(toy));
 	pthread_mutex_init(&toy.lock, NULL);
 	toy.mem = map_anon(DEV_PAGES * ps(), RW);
@@ -346,6 +347,8 @@ TEST(kernel_access_read_write_syscalls)
 	char *p = map_anon(n * ps(), RW);
 	char *buf = map_anon(ps(), RW);
 	int fds[2];
+
+	require_kernel_faults();
 
 	toy_init();
 	fill_pattern(p, n, 3);

@@ -178,6 +178,7 @@ TEST(stale_seq_ebusy)
 
 	ASSERT_NOT_NULL(p);
 	ASSERT_EQ(cnt_insert(&c, a, len), 0);
+	require_uffd(false);	/* the munmap below must raise an event */
 	ASSERT_EQ(rf(c.sub, a, a + len, pfns, FAULT_W, 0), 0);
 	unsigned long seq = uhmm_interval_read_begin(c.sub);
 

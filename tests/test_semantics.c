@@ -138,7 +138,7 @@ TEST(shared_file_clean_page_reported_writable)
 {
 	char path[] = "/tmp/uhmm-sem-XXXXXX";
 	int fd = mkstemp(path);
-	uint64_t pfns[1];
+	uint64_t pfns[1] = { 0 };
 	struct rec c;
 	struct uhmm_interval_notifier *n;
 	char *p;
@@ -167,7 +167,7 @@ TEST(cow_page_writable_again_after_child_exit)
 {
 	size_t len = ps();
 	char *p = anon(len);
-	uint64_t pfns[1];
+	uint64_t pfns[1] = { 0 };
 	struct rec c;
 	struct uhmm_interval_notifier *n;
 	pid_t pid;

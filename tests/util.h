@@ -16,6 +16,7 @@
 #ifndef UHMM_TESTS_UTIL_H
 #define UHMM_TESTS_UTIL_H
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -119,6 +120,45 @@ TH_UNUSED static int make_tmp_file(unsigned long size)
 		return -1;
 	}
 	return fd;
+}
+
+/*
+ * Skips the test when the runtime has no userfaultfd: no UNMAP/REMOVE/
+ * REMAP events (only uhmm_range_revalidate() sees changes) and no device
+ * memory. That is so under valgrind (uhmm opens none there, it would
+ * deadlock: docs/semantics.md), under a seccomp filter that blocks
+ * userfaultfd, or with no access to it at all. @move: device memory and
+ * migration are needed too (UFFDIO_MOVE).
+ */
+TH_UNUSED static void require_uffd(bool move)
+{
+	struct uhmm_features f = { .size = sizeof(f) };
+
+	if (uhmm_features(&f) != 0)
+		return;		/* the test's own checks say why */
+	if (f.uffd_path == UHMM_UFFD_NONE)
+		SKIP("no userfaultfd%s (error %d): no events, no device memory",
+		     f.uffd_error == -EDEADLK ? " under valgrind" : "",
+		     f.uffd_error);
+	if (move && !(f.flags & UHMM_FEAT_MOVE))
+		SKIP("no UFFDIO_MOVE: no device memory");
+}
+
+/*
+ * Skips the test when the kernel's own faults on device pages and on
+ * ranges registered for migration cannot be served: a userfaultfd opened
+ * with UFFD_USER_MODE_ONLY (an unprivileged user with
+ * vm.unprivileged_userfaultfd=0) makes read(2) into such a page, write(2)
+ * from it and MADV_POPULATE_* (range_fault with REQ_FAULT) fail with
+ * EFAULT (docs/semantics.md).
+ */
+TH_UNUSED static void require_kernel_faults(void)
+{
+	struct uhmm_features f = { .size = sizeof(f) };
+
+	require_uffd(true);
+	if (uhmm_features(&f) == 0 && f.uffd_path == UHMM_UFFD_SYSCALL_USER_ONLY)
+		SKIP("userfaultfd in UFFD_USER_MODE_ONLY (unprivileged): kernel-mode faults on device pages fail with EFAULT");
 }
 
 #ifndef UTIL_DCMD_SENTINEL
