@@ -85,7 +85,9 @@ struct uhmm_features {
  *
  * Context: thread-safe, idempotent.
  * Return: 0, or -ENOSYS when neither PAGEMAP_SCAN nor PROCMAP_QUERY is
- * available (kernel older than 6.11), -ENOMEM.
+ * available (kernel older than 6.11), -ENOMEM, or the error of opening
+ * /proc/self/maps or /proc/self/pagemap (-ENOENT without procfs,
+ * -EMFILE/-ENFILE at the descriptor limits, -EACCES).
  */
 UHMM_API int uhmm_init(void);
 
