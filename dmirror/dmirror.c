@@ -43,6 +43,8 @@
 #define DMIRROR_MAX_CHUNKS	64
 /* Pages per migrate_vma call (kernel: PTRS_PER_PTE). */
 #define DMIRROR_MIGRATE_CHUNK	512
+/* A device THP: pages per block of device memory. */
+#define DMIRROR_BLOCK_PAGES	512UL
 /* Pages per uhmm_migrate_device_range() call when evicting. */
 #define DMIRROR_EVICT_CHUNK	2048
 /* Allocation attempts for the faulting page, which must not be skipped. */
@@ -106,6 +108,15 @@ struct dmirror_device {
 	char *mem[DMIRROR_MAX_CHUNKS];
 	unsigned long *free;	/* stack of free page indices */
 	unsigned long nfree;
+	/*
+	 * Memory comes in blocks of DMIRROR_BLOCK_PAGES (a THP's worth):
+	 * free whole blocks are handed out as device THPs, or broken into
+	 * base pages when the free stack runs out. A block out as a THP
+	 * comes back when its last page does (blk_out).
+	 */
+	unsigned long *blk_free;
+	unsigned long nblk_free;
+	uint16_t *blk_out;	/* per block: THP pages still out, or 0 */
 	uint64_t calloc;	/* pages handed out */
 	uint64_t cfree;		/* pages given back */
 	/* The device's DMA engine: every migration copy goes through it. */
@@ -1163,6 +1174,20 @@ static int dmirror_devmem_grow(struct dmirror_device *dev)
 		return -ENOMEM;
 	}
 	dev->free = fl;
+	{
+		unsigned long nb = (dev->nchunks + 1) * (n / DMIRROR_BLOCK_PAGES);
+		unsigned long *bf = realloc(dev->blk_free, nb * sizeof(*bf));
+		uint16_t *bo;
+
+		if (bf)
+			dev->blk_free = bf;
+		bo = bf ? realloc(dev->blk_out, nb * sizeof(*bo)) : NULL;
+		if (!bo) {
+			free(mem);
+			return -ENOMEM;
+		}
+		dev->blk_out = bo;
+	}
 	if (!dev->dma && uhmm_dma_create(DMIRROR_DMA_THREADS, &dev->dma)) {
 		free(mem);
 		return -ENOMEM;
@@ -1187,9 +1212,13 @@ static int dmirror_devmem_grow(struct dmirror_device *dev)
 		uhmm_page_set_data(page, mem ? (char *)mem + (i << dmirror_page_shift) :
 				   uhmm_page_addr(page));
 	}
-	/* Lowest indices on top. */
-	for (i = 0; i < n; i++)
-		dev->free[dev->nfree++] = (unsigned long)first + n - 1 - i;
+	/* Whole blocks, lowest indices on top. */
+	for (i = n / DMIRROR_BLOCK_PAGES; i-- > 0;) {
+		unsigned long b = (unsigned long)first / DMIRROR_BLOCK_PAGES + i;
+
+		dev->blk_out[b] = 0;
+		dev->blk_free[dev->nblk_free++] = b;
+	}
 	dev->mem[dev->nchunks++] = mem;
 	return 0;
 }
@@ -1200,9 +1229,16 @@ static struct uhmm_page *dmirror_page_alloc(struct dmirror_device *dev)
 	struct uhmm_page *page;
 
 	pthread_mutex_lock(&dev->lock);
-	if (!dev->nfree && dmirror_devmem_grow(dev)) {
+	if (!dev->nfree && !dev->nblk_free && dmirror_devmem_grow(dev)) {
 		pthread_mutex_unlock(&dev->lock);
 		return NULL;
+	}
+	if (!dev->nfree) {
+		/* Break a block into base pages, lowest on top. */
+		unsigned long b = dev->blk_free[--dev->nblk_free];
+
+		for (unsigned long i = DMIRROR_BLOCK_PAGES; i-- > 0;)
+			dev->free[dev->nfree++] = b * DMIRROR_BLOCK_PAGES + i;
 	}
 	page = uhmm_pagemap_page(dev->pgmap, dev->free[--dev->nfree]);
 	dev->calloc++;
@@ -1212,12 +1248,47 @@ static struct uhmm_page *dmirror_page_alloc(struct dmirror_device *dev)
 	return page;
 }
 
+/*
+ * A device THP (dmirror_devmem_alloc_page(..., is_large)): a free block,
+ * its pages each with reference count 1, or NULL.
+ */
+static struct uhmm_page *dmirror_folio_alloc(struct dmirror_device *dev)
+{
+	struct uhmm_page *head;
+	unsigned long b;
+
+	pthread_mutex_lock(&dev->lock);
+	if (!dev->nblk_free && dmirror_devmem_grow(dev)) {
+		pthread_mutex_unlock(&dev->lock);
+		return NULL;
+	}
+	b = dev->blk_free[--dev->nblk_free];
+	dev->blk_out[b] = DMIRROR_BLOCK_PAGES;
+	dev->calloc += DMIRROR_BLOCK_PAGES;
+	pthread_mutex_unlock(&dev->lock);
+	atomic_fetch_add_explicit(&dmirror_dev_pages, DMIRROR_BLOCK_PAGES,
+				  memory_order_relaxed);
+	head = uhmm_pagemap_page(dev->pgmap, b * DMIRROR_BLOCK_PAGES);
+	for (unsigned long i = 0; i < DMIRROR_BLOCK_PAGES; i++)
+		uhmm_page_init(uhmm_pagemap_page(dev->pgmap,
+						 b * DMIRROR_BLOCK_PAGES + i));
+	return head;
+}
+
 static void dmirror_page_free(struct uhmm_page *page)
 {
 	struct dmirror_device *dev = dmirror_page_dev(page);
+	unsigned long idx = uhmm_page_index(page);
+	unsigned long b = idx / DMIRROR_BLOCK_PAGES;
 
 	pthread_mutex_lock(&dev->lock);
-	dev->free[dev->nfree++] = uhmm_page_index(page);
+	if (dev->blk_out[b]) {
+		/* The last page of a THP block brings the block back. */
+		if (--dev->blk_out[b] == 0)
+			dev->blk_free[dev->nblk_free++] = b;
+	} else {
+		dev->free[dev->nfree++] = idx;
+	}
 	dev->cfree++;
 	pthread_mutex_unlock(&dev->lock);
 	atomic_fetch_sub_explicit(&dmirror_dev_pages, 1, memory_order_relaxed);
@@ -1269,14 +1340,20 @@ static void dmirror_dev_unmap(struct dmirror_device *dev,
 
 		pthread_mutex_lock(&o->lock);
 		for (i = 0; i < m->npages; i++) {
-			uint64_t *leaf;
+			unsigned long k, nk = 1;
 
 			if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 				continue;
-			leaf = pt_leaf(&o->pt, vpn0 + i);
-			if (leaf && (leaf[(vpn0 + i) & PT_MASK] & DMIRROR_PFN_DEVICE)) {
-				leaf[(vpn0 + i) & PT_MASK] = 0;
-				hit = true;
+			if (m->src[i] & UHMM_MIGRATE_PFN_COMPOUND)
+				nk = DMIRROR_BLOCK_PAGES;
+			for (k = 0; k < nk && i + k < m->npages; k++) {
+				uint64_t *leaf = pt_leaf(&o->pt, vpn0 + i + k);
+				uint64_t j = (vpn0 + i + k) & PT_MASK;
+
+				if (leaf && (leaf[j] & DMIRROR_PFN_DEVICE)) {
+					leaf[j] = 0;
+					hit = true;
+				}
 			}
 		}
 		if (hit)
@@ -1331,6 +1408,37 @@ static int dmirror_to_sys_copy(struct dmirror_device *dev,
 		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || !page)
 			continue;
 		fail = dm ? dmirror_fail_alloc(dm) : dmirror_dev_fail_alloc(dev);
+		if (m->src[i] & UHMM_MIGRATE_PFN_COMPOUND) {
+			/* A device THP: a system THP, or base pages. */
+			if (!fail && !uhmm_migrate_alloc_system_compound(&m->dst[i])) {
+				xfer_add(&x, uhmm_migrate_pfn_to_addr(m->dst[i]),
+					 uhmm_page_data(page),
+					 DMIRROR_BLOCK_PAGES << dmirror_page_shift);
+			} else {
+				unsigned long idx = uhmm_page_index(page);
+
+				for (unsigned long k = 0; k < DMIRROR_BLOCK_PAGES &&
+				     i + k < m->npages; k++) {
+					struct uhmm_page *pk = uhmm_pagemap_page(
+						dev->pgmap, idx + k);
+
+					r = -ENOMEM;
+					for (tries = DMIRROR_FAULT_ALLOC_TRIES;
+					     tries-- > 0 && r;)
+						r = uhmm_migrate_alloc_system(&m->dst[i + k]);
+					if (r) {
+						m->dst[i + k] = 0;
+						if (pk == fault_page)
+							ret = r;
+						continue;
+					}
+					xfer_add(&x, uhmm_migrate_pfn_to_addr(m->dst[i + k]),
+						 uhmm_page_data(pk), dmirror_page_size);
+				}
+			}
+			i += DMIRROR_BLOCK_PAGES - 1;
+			continue;
+		}
 		if (fail && page != fault_page)
 			continue;
 		while (tries-- > 0 && r)
@@ -1395,16 +1503,22 @@ static int dmirror_devmem_fault(struct uhmm_fault *vmf)
 	uint64_t src[DMIRROR_MIGRATE_CHUNK], dst[DMIRROR_MIGRATE_CHUNK];
 	unsigned long start = vmf->ra_start, end = vmf->ra_end;
 	struct uhmm_migrate m;
+	unsigned long flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE;
 	int ret;
 
+	/* A device THP comes back whole (the kernel's SELECT_COMPOUND). */
+	if (uhmm_page_order(vmf->page)) {
+		start = vmf->address & ~((DMIRROR_BLOCK_PAGES << dmirror_page_shift) - 1);
+		end = start + (DMIRROR_BLOCK_PAGES << dmirror_page_shift);
+		flags |= UHMM_MIGRATE_SELECT_COMPOUND;
+	}
 	if (start > vmf->address || end <= vmf->address || start & (dmirror_page_size - 1) ||
 	    end & (dmirror_page_size - 1) ||
 	    (end - start) >> dmirror_page_shift > DMIRROR_MIGRATE_CHUNK) {
 		start = vmf->address;
 		end = start + dmirror_page_size;
 	}
-	ret = dmirror_migrate_setup(&m, start, end, src, dst, dev,
-				    UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+	ret = dmirror_migrate_setup(&m, start, end, src, dst, dev, flags,
 				    vmf->page);
 	if (ret == 0 && (vmf->address < m.start || vmf->address >= m.end)) {
 		/* Halving lost the faulting page: that page alone. */
@@ -1609,6 +1723,74 @@ static int dmirror_check_exclusive(struct uhmm_dmirror *dm, unsigned long start,
 	return ret;
 }
 
+/* Pages of the next migration chunk: at most DMIRROR_MIGRATE_CHUNK, and
+ * ending at a 2 MiB boundary, so that THPs fall in one chunk. */
+static unsigned long dmirror_chunk_pages(unsigned long addr, unsigned long end)
+{
+	unsigned long blk = DMIRROR_BLOCK_PAGES << dmirror_page_shift;
+	unsigned long next = (addr | (blk - 1)) + 1;
+
+	if (next > end || next < addr)
+		next = end;
+	return (next - addr) >> dmirror_page_shift;
+}
+
+/*
+ * A COMPOUND source entry of MIGRATE_TO_DEV: a device THP, or, when that
+ * allocation fails (FAIL_ALLOC forces it once), base pages for each of
+ * its pages (dmirror_migrate_alloc_and_copy). Returns the entries used.
+ */
+static unsigned long dmirror_to_dev_folio(struct uhmm_dmirror *dm,
+					  struct dmirror_xfer *x,
+					  const uint64_t *src, uint64_t *dst,
+					  unsigned long left)
+{
+	struct dmirror_device *dev = dm->dev;
+	unsigned long n = left < DMIRROR_BLOCK_PAGES ? left : DMIRROR_BLOCK_PAGES;
+	size_t ps = dmirror_page_size;
+	char *from = uhmm_migrate_pfn_to_addr(src[0]);
+	struct uhmm_page *head = NULL;
+
+	if (!dmirror_fail_alloc(dm) && n == DMIRROR_BLOCK_PAGES)
+		head = dmirror_folio_alloc(dev);
+	if (head) {
+		char *mem = uhmm_page_data(head);
+
+		if (from)
+			xfer_add(x, mem, from, n * ps);
+		else
+			memset(mem, 0, n * ps);
+		dst[0] = uhmm_migrate_pfn_device(head) | UHMM_MIGRATE_PFN_COMPOUND |
+			 (src[0] & UHMM_MIGRATE_PFN_WRITE);
+		return n;
+	}
+	for (unsigned long k = 0; k < n; k++) {
+		struct uhmm_page *page = dmirror_page_alloc(dev);
+		char *mem;
+
+		if (!page)
+			break;
+		mem = uhmm_page_data(page);
+		if (from)
+			xfer_add(x, mem, from + k * ps, ps);
+		else
+			memset(mem, 0, ps);
+		dst[k] = uhmm_migrate_pfn_device(page) |
+			 (src[0] & UHMM_MIGRATE_PFN_WRITE);
+	}
+	return n;
+}
+
+/* Give back the device page(s) of a dst[] entry (a THP: all of them). */
+static void dmirror_put_dst(struct dmirror_device *dev, uint64_t dst)
+{
+	struct uhmm_page *page = uhmm_migrate_pfn_to_page(dst);
+	unsigned long n = (dst & UHMM_MIGRATE_PFN_COMPOUND) ? DMIRROR_BLOCK_PAGES : 1;
+
+	for (unsigned long k = 0; page && k < n; k++)
+		uhmm_page_put(uhmm_pagemap_page(dev->pgmap, uhmm_page_index(page) + k));
+}
+
 /* MIGRATE_TO_DEV (dmirror_migrate_to_device). */
 static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 				  struct uhmm_dmirror_cmd *cmd,
@@ -1636,16 +1818,18 @@ static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 	dmirror_buf_prefault(cmd->ptr, cmd->npages << dmirror_page_shift);
 
 	for (addr = start; addr < end; addr = m.end) {
-		unsigned long n = (end - addr) >> dmirror_page_shift;
+		unsigned long n = dmirror_chunk_pages(addr, end);
 		uint64_t vpn = addr >> dmirror_page_shift;
 		uint64_t *leaf = NULL;
+		uint64_t left = 0, cflags = 0;
+		struct uhmm_page *chead = NULL;
 
-		if (n > DMIRROR_MIGRATE_CHUNK)
-			n = DMIRROR_MIGRATE_CHUNK;
 		ret = dmirror_migrate_setup(&m, addr,
 					    addr + (n << dmirror_page_shift),
 					    src, dst, dev,
-					    UHMM_MIGRATE_SELECT_SYSTEM, NULL);
+					    UHMM_MIGRATE_SELECT_SYSTEM |
+					    (dmirror_coherent(dev) ? 0 :
+					     UHMM_MIGRATE_SELECT_COMPOUND), NULL);
 		if (ret)
 			return ret;
 		memset(dst, 0, m.npages * sizeof(*dst));
@@ -1655,6 +1839,11 @@ static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 
 			if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 				continue;
+			if (src[i] & UHMM_MIGRATE_PFN_COMPOUND) {
+				i += dmirror_to_dev_folio(dm, &x, &src[i], &dst[i],
+							  m.npages - i) - 1;
+				continue;
+			}
 			if (dmirror_fail_alloc(dm))
 				continue;
 			page = dmirror_page_alloc(dev);
@@ -1672,8 +1861,7 @@ static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 		if (xfer_run(dev, &x)) {
 			/* Nothing moves: the pages go back to the device. */
 			for (i = 0; i < m.npages; i++) {
-				if (dst[i])
-					uhmm_page_put(uhmm_migrate_pfn_to_page(dst[i]));
+				dmirror_put_dst(dev, dst[i]);
 				dst[i] = 0;
 			}
 		}
@@ -1686,28 +1874,42 @@ static int dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 		 */
 		pthread_mutex_lock(&dm->lock);
 		for (i = 0; i < m.npages; i++, vpn++) {
+			uint64_t dd = dst[i], sf = src[i];
+
 			if (!leaf || !(vpn & PT_MASK))
 				leaf = pt_leaf_alloc(&dm->pt, vpn);
-			if (!leaf || !(src[i] & UHMM_MIGRATE_PFN_MIGRATE) ||
-			    !dst[i])
+			if (left) {
+				/* A tail page of a device THP. */
+				left--;
+				chead = uhmm_pagemap_page(dev->pgmap,
+						uhmm_page_index(chead) + 1);
+				dd = uhmm_migrate_pfn_device(chead);
+				sf = cflags;
+			} else if ((sf & UHMM_MIGRATE_PFN_MIGRATE) &&
+				   (dd & UHMM_MIGRATE_PFN_COMPOUND)) {
+				chead = uhmm_migrate_pfn_to_page(dd);
+				left = DMIRROR_BLOCK_PAGES - 1;
+				cflags = sf;
+			}
+			if (!leaf || !(sf & UHMM_MIGRATE_PFN_MIGRATE) || !dd)
 				continue;
 			/* Coherent memory is mapped at its address: the
 			 * device reaches it there, as the CPU does. */
 			leaf[vpn & PT_MASK] = UHMM_PFN_VALID |
-				((src[i] & UHMM_MIGRATE_PFN_WRITE) ?
+				((sf & UHMM_MIGRATE_PFN_WRITE) ?
 				 UHMM_PFN_WRITE : 0) |
 				(dmirror_coherent(dev) ?
 				 UHMM_PFN_DEVICE_COHERENT | (vpn & UHMM_PFN_FRAME_MASK) :
 				 UHMM_PFN_DEVICE_PRIVATE |
-				 ((dst[i] >> UHMM_MIGRATE_PFN_SHIFT) &
+				 ((dd >> UHMM_MIGRATE_PFN_SHIFT) &
 				  UHMM_PFN_FRAME_MASK));
 		}
 		pthread_mutex_unlock(&dm->lock);
 		uhmm_migrate_finalize(&m);
 		/* Pages allocated for entries that did not move. */
 		for (i = 0; i < m.npages; i++)
-			if (dst[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
-				uhmm_page_put(uhmm_migrate_pfn_to_page(dst[i]));
+			if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+				dmirror_put_dst(dev, dst[i]);
 	}
 
 	/* Return the migrated data for verification. */
@@ -1733,16 +1935,15 @@ static int dmirror_migrate_to_sys(struct uhmm_dmirror *dm,
 		return ret;
 
 	for (addr = start; addr < end; addr = m.end) {
-		unsigned long n = (end - addr) >> dmirror_page_shift;
+		unsigned long n = dmirror_chunk_pages(addr, end);
 
-		if (n > DMIRROR_MIGRATE_CHUNK)
-			n = DMIRROR_MIGRATE_CHUNK;
 		ret = dmirror_migrate_setup(&m, addr,
 					    addr + (n << dmirror_page_shift),
 					    src, dst, dev,
 					    dmirror_coherent(dev) ?
 					    UHMM_MIGRATE_SELECT_DEVICE_COHERENT :
-					    UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+					    UHMM_MIGRATE_SELECT_DEVICE_PRIVATE |
+					    UHMM_MIGRATE_SELECT_COMPOUND,
 					    NULL);
 		if (ret)
 			return ret;
@@ -1751,7 +1952,8 @@ static int dmirror_migrate_to_sys(struct uhmm_dmirror *dm,
 		for (i = 0; i < m.npages; i++)
 			if ((src[i] & UHMM_MIGRATE_PFN_MIGRATE) &&
 			    (src[i] & UHMM_MIGRATE_PFN_VALID))
-				cmd->cpages++;
+				cmd->cpages += (src[i] & UHMM_MIGRATE_PFN_COMPOUND) ?
+					DMIRROR_BLOCK_PAGES : 1;
 		uhmm_migrate_finalize(&m);
 	}
 	return 0;
@@ -1818,6 +2020,8 @@ static void dmirror_device_put(struct dmirror_device *dev)
 	if (dev->dma)
 		uhmm_dma_destroy(dev->dma);
 	free(dev->free);
+	free(dev->blk_free);
+	free(dev->blk_out);
 	pthread_mutex_destroy(&dev->lock);
 	free(dev);
 }

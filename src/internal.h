@@ -129,6 +129,10 @@ struct uhmm_rt {
 	void *stage;		/* staging pages, registered WP */
 	uint8_t *stage_state;
 	unsigned long stage_hint;
+	/* 2 MiB staging slots (MADV_HUGEPAGE) for whole THPs (COMPOUND) */
+	void *hstage;
+	uint8_t *hstage_state;
+	unsigned long hstage_hint;
 	_Atomic unsigned long last_fault_vpn;	/* read-ahead */
 	_Atomic unsigned long ra_pages;
 	unsigned long fork_inv;	/* invalidations held open across fork */

@@ -28,6 +28,7 @@ struct uhmm_page {
 	_Atomic unsigned int refs;
 	void *data;
 	void *mem;			/* coherent: its frame's home (pool) */
+	struct uhmm_page *head;		/* of the device THP it is part of */
 	_Atomic unsigned long vpn;	/* where it is mapped; 0 when not */
 	_Atomic unsigned long mig_seq;	/* rt->read_seq when it went there */
 };
@@ -239,8 +240,15 @@ void uhmm_page_set_data(struct uhmm_page *p, void *data)
 void uhmm_page_init(struct uhmm_page *p)
 {
 	uhmm__stat_add(UHMM__STAT_device_pages_in_use, p != NULL);
-	if (p)
+	if (p) {
+		p->head = NULL;
 		atomic_store(&p->refs, 1);
+	}
+}
+
+unsigned int uhmm_page_order(const struct uhmm_page *p)
+{
+	return p && p->head ? 9 : 0;
 }
 
 void uhmm_page_get(struct uhmm_page *p)
@@ -450,6 +458,119 @@ struct uhmm_page *uhmm__coherent_page_at(struct uhmm_rt *rt, unsigned long addr)
 #define STAGE_PAGES (1024UL * 1024)	/* 4 GiB of address space (no memory) */
 enum { SLOT_EMPTY = 0, SLOT_FULL = 1, SLOT_USED = 2 };
 
+/*
+ * Staging for whole THPs: 2 MiB-aligned slots in a MADV_HUGEPAGE region,
+ * so that UFFDIO_MOVE moves a PMD in or out whole, and a copy into an
+ * empty slot gets a huge page. Same states as the 4 KiB slots.
+ */
+#define HSTAGE_SLOTS 1024UL	/* 2 GiB of address space (no memory) */
+#define PMD_BYTES (2UL << 20)
+#define PMD_PAGES 512UL
+
+static void hstage_init(struct uhmm_rt *rt)
+{
+	size_t len = HSTAGE_SLOTS * PMD_BYTES;
+	uintptr_t a, b;
+	int err;
+	void *p;
+
+	if (rt->page_size != 4096)
+		return;
+	p = os_mmap(NULL, len + PMD_BYTES, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, &err);
+	if (p == MAP_FAILED)
+		return;
+	a = (uintptr_t)p;
+	b = (a + PMD_BYTES - 1) & ~(PMD_BYTES - 1);
+	if (b > a)
+		os_munmap(p, b - a);
+	if (a + PMD_BYTES > b)
+		os_munmap((void *)(b + len), a + PMD_BYTES - b);
+	rt->hstage_state = calloc(HSTAGE_SLOTS, 1);
+	if (!rt->hstage_state ||
+	    os_madvise((void *)b, len, MADV_HUGEPAGE) ||
+	    os_uffd_register(rt->uffd, b, len, UFFDIO_REGISTER_MODE_WP, NULL)) {
+		free(rt->hstage_state);
+		rt->hstage_state = NULL;
+		os_munmap((void *)b, len);
+		return;
+	}
+	rt->hstage = (void *)b;
+}
+
+static inline unsigned long hstage_addr(struct uhmm_rt *rt, unsigned long i)
+{
+	return (uintptr_t)rt->hstage + i * PMD_BYTES;
+}
+
+static inline long hstage_index(struct uhmm_rt *rt, unsigned long addr)
+{
+	unsigned long base = (uintptr_t)rt->hstage;
+
+	if (!rt->hstage || addr < base || addr >= base + HSTAGE_SLOTS * PMD_BYTES)
+		return -1;
+	return (long)((addr - base) / PMD_BYTES);
+}
+
+/* A 2 MiB slot: EMPTY for a MOVE into it, FULL (warm) first for a copy. */
+static long hstage_reclaim(struct uhmm_rt *rt);
+
+static long hstage_alloc(struct uhmm_rt *rt, int want)
+{
+	long r = -ENOMEM;
+
+	if (!rt->hstage)
+		return -ENOMEM;
+	pthread_mutex_lock(&rt->stage_lock);
+	for (int pass = 0; pass < 2 && r < 0; pass++) {
+		for (unsigned long k = 0; k < HSTAGE_SLOTS; k++) {
+			unsigned long i = (rt->hstage_hint + k) % HSTAGE_SLOTS;
+			uint8_t st = __atomic_load_n(&rt->hstage_state[i], __ATOMIC_ACQUIRE);
+
+			if ((st & SLOT_USED) || (pass == 0 && st != want))
+				continue;
+			if (pass == 1 && want == SLOT_EMPTY)
+				break;
+			__atomic_store_n(&rt->hstage_state[i], st | SLOT_USED,
+					 __ATOMIC_RELAXED);
+			rt->hstage_hint = i + 1;
+			r = (long)i;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&rt->stage_lock);
+	if (r < 0 && want == SLOT_EMPTY)
+		r = hstage_reclaim(rt);
+	return r;
+}
+
+/* No EMPTY slot: empty a FULL one (its warm huge page goes). */
+static long hstage_reclaim(struct uhmm_rt *rt)
+{
+	long r = -ENOMEM;
+
+	pthread_mutex_lock(&rt->stage_lock);
+	for (unsigned long i = 0; i < HSTAGE_SLOTS; i++) {
+		if (__atomic_load_n(&rt->hstage_state[i], __ATOMIC_ACQUIRE) == SLOT_FULL) {
+			__atomic_store_n(&rt->hstage_state[i], SLOT_FULL | SLOT_USED,
+					 __ATOMIC_RELAXED);
+			r = (long)i;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&rt->stage_lock);
+	if (r >= 0)
+		os_madvise((void *)hstage_addr(rt, (unsigned long)r), PMD_BYTES,
+			   MADV_DONTNEED);
+	return r;
+}
+
+static void hstage_free(struct uhmm_rt *rt, unsigned long i, bool full)
+{
+	__atomic_store_n(&rt->hstage_state[i], full ? SLOT_FULL : SLOT_EMPTY,
+			 __ATOMIC_RELEASE);
+}
+
 static int stage_init(struct uhmm_rt *rt)
 {
 	int err;
@@ -476,6 +597,7 @@ static int stage_init(struct uhmm_rt *rt)
 		return err;
 	}
 	rt->stage = p;
+	hstage_init(rt);	/* without it, THPs migrate as base pages */
 	return 0;
 }
 
@@ -571,14 +693,23 @@ static long stage_alloc(struct uhmm_rt *rt, unsigned long n, int want)
  * Give a slot back. No lock: only its holder writes a USED slot, and a
  * finder (under stage_lock) that reads it a moment early skips it.
  */
+/*
+ * Slot numbers from STAGE_PAGES on name the 4 KiB pages of the 2 MiB
+ * slots: per-page code handles a THP split after isolation like any
+ * page; its 2 MiB slot is given back as a whole (finalize).
+ */
 static void stage_free(struct uhmm_rt *rt, unsigned long i, bool full)
 {
+	if (i >= STAGE_PAGES)
+		return;
 	__atomic_store_n(&rt->stage_state[i], full ? SLOT_FULL : SLOT_EMPTY,
 			 __ATOMIC_RELEASE);
 }
 
 static inline unsigned long stage_addr(struct uhmm_rt *rt, unsigned long i)
 {
+	if (i >= STAGE_PAGES)
+		return (uintptr_t)rt->hstage + ((i - STAGE_PAGES) << rt->page_shift);
 	return (uintptr_t)rt->stage + (i << rt->page_shift);
 }
 
@@ -586,9 +717,11 @@ static inline long stage_index(struct uhmm_rt *rt, unsigned long addr)
 {
 	unsigned long base = (uintptr_t)rt->stage;
 
-	if (addr < base || addr >= base + (STAGE_PAGES << rt->page_shift))
-		return -1;
-	return (long)((addr - base) >> rt->page_shift);
+	if (addr >= base && addr < base + (STAGE_PAGES << rt->page_shift))
+		return (long)((addr - base) >> rt->page_shift);
+	if (hstage_index(rt, addr) >= 0)
+		return (long)(STAGE_PAGES + ((addr - (uintptr_t)rt->hstage) >> rt->page_shift));
+	return -1;
 }
 
 /*
@@ -649,16 +782,58 @@ int uhmm_migrate_alloc_system(uint64_t *mpfn)
 	return 0;
 }
 
+int uhmm_migrate_alloc_system_compound(uint64_t *mpfn)
+{
+	struct uhmm_rt *rt = uhmm__rt_peek();
+	long h;
+
+	if (!mpfn || !rt || !rt->stage)
+		return -EINVAL;
+	h = hstage_alloc(rt, SLOT_FULL);
+	if (h < 0)
+		return (int)h;
+	*mpfn = ((hstage_addr(rt, (unsigned long)h) >> rt->page_shift)
+		 << UHMM_MIGRATE_PFN_SHIFT) | UHMM_MIGRATE_PFN_VALID |
+		UHMM_MIGRATE_PFN_COMPOUND;
+	return 0;
+}
+
 /* ---- migrate_vma ---- */
 
 /* What uhmm keeps per entry between setup and finalize. */
 #define E_SLOT_NONE (~0UL)
 #define E_SLOT_COH (~0UL - 2)	/* a coherent page to isolate */
 
+/* What finalize does with a 2 MiB slot the migration used. */
+enum { HS_DONTNEED, HS_EMPTY, HS_FULL };
+
 struct mstate {
 	unsigned long *slot;	/* staging slot holding the source, per entry */
 	bool registered;
+	unsigned long nhs;	/* 2 MiB slots in use, and their fate */
+	long *hs;
+	uint8_t *hs_fate;
 };
+
+static void mstate_free(struct mstate *ms)
+{
+	free(ms->slot);
+	free(ms->hs);
+	free(ms->hs_fate);
+	free(ms);
+}
+
+static void hs_note(struct mstate *ms, long h, uint8_t fate)
+{
+	for (unsigned long k = 0; k < ms->nhs; k++) {
+		if (ms->hs[k] == h) {
+			ms->hs_fate[k] = fate;
+			return;
+		}
+	}
+	ms->hs[ms->nhs] = h;
+	ms->hs_fate[ms->nhs++] = fate;
+}
 
 static struct mstate *mstate_of(struct uhmm_migrate *m)
 {
@@ -776,6 +951,165 @@ static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 		free(vec);
 }
 
+/* Whether the 2 MiB block at @b can move whole: one PMD maps it (a THP,
+ * the huge zero page), or no page at all. */
+static bool block_whole(struct uhmm_rt *rt, unsigned long b)
+{
+	struct os_page_region reg[2];
+	struct os_pm_scan_arg a = {
+		.size = sizeof(a), .start = b, .end = b + PMD_BYTES,
+		.vec = (uintptr_t)reg, .vec_len = 2,
+		.category_anyof_mask = OS_PAGE_IS_PRESENT,
+		.return_mask = OS_PAGE_IS_PRESENT | OS_PAGE_IS_HUGE,
+	};
+	int n = os_pagemap_scan(rt->pagemap_fd, &a);
+
+	if (n == 0)
+		return true;
+	return n == 1 && reg[0].start == b && reg[0].end == b + PMD_BYTES &&
+	       (reg[0].categories & OS_PAGE_IS_HUGE);
+}
+
+static inline bool hslot_of(unsigned long slot)
+{
+	return slot >= STAGE_PAGES && slot - STAGE_PAGES < HSTAGE_SLOTS * PMD_PAGES;
+}
+
+/*
+ * SELECT_COMPOUND, system memory: every 2 MiB-aligned block of the range
+ * whose pages were all claimed and that one PMD maps (or nothing) moves
+ * whole into a 2 MiB slot, one UFFDIO_MOVE: src[head] = frame | COMPOUND
+ * (VALID unless it was empty), the tail entries 0, as the kernel has it.
+ */
+static void isolate_blocks(struct uhmm_rt *rt, struct uhmm_migrate *m,
+			   bool writable)
+{
+	struct mstate *ms = mstate_of(m);
+	unsigned int shift = rt->page_shift;
+	unsigned long first = (m->start + PMD_BYTES - 1) & ~(PMD_BYTES - 1);
+
+	for (unsigned long b = first; b >= first && b + PMD_BYTES <= m->end;
+	     b += PMD_BYTES) {
+		unsigned long i = (b - m->start) >> shift, k;
+		unsigned long ha;
+		unsigned char vec[PMD_PAGES];
+		bool any = false;
+		long h;
+
+		for (k = 0; k < PMD_PAGES && ms->slot[i + k] == E_SLOT_NONE - 1; k++)
+			;
+		if (k < PMD_PAGES || !block_whole(rt, b))
+			continue;
+		h = hstage_alloc(rt, SLOT_EMPTY);
+		if (h < 0)
+			return;
+		ha = hstage_addr(rt, (unsigned long)h);
+		if (uhmm__uffd_move(rt, ha, b, PMD_BYTES,
+				    UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)) {
+			/* Put back what moved; the block goes page by page. */
+			uhmm__uffd_move(rt, b, ha, PMD_BYTES,
+					UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES |
+					UFFDIO_MOVE_MODE_DONTWAKE);
+			os_madvise((void *)ha, PMD_BYTES, MADV_DONTNEED);
+			hstage_free(rt, (unsigned long)h, false);
+			continue;
+		}
+		if (os_mincore((void *)ha, PMD_BYTES, vec) == 0) {
+			for (k = 0; k < PMD_PAGES && !any; k++)
+				any = vec[k] & 1;
+		} else {
+			any = true;
+		}
+		for (k = 1; k < PMD_PAGES; k++) {
+			ms->slot[i + k] = E_SLOT_NONE;
+			m->src[i + k] = 0;
+		}
+		ms->slot[i] = STAGE_PAGES + (unsigned long)h * PMD_PAGES;
+		hs_note(ms, h, any ? HS_DONTNEED : HS_EMPTY);
+		m->src[i] = UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_COMPOUND;
+		if (any)
+			m->src[i] |= ((ha >> shift) << UHMM_MIGRATE_PFN_SHIFT) |
+				     UHMM_MIGRATE_PFN_VALID |
+				     (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
+		m->cpages += PMD_PAGES;
+	}
+}
+
+/*
+ * SELECT_COMPOUND, device memory: a device THP installed whole at an
+ * aligned block (its 512 pages in order, all collected) is reported as
+ * its head with COMPOUND, the tail entries 0.
+ */
+static void collect_device_blocks(struct uhmm_rt *rt, struct uhmm_migrate *m)
+{
+	unsigned int shift = rt->page_shift;
+	unsigned long first = (m->start + PMD_BYTES - 1) & ~(PMD_BYTES - 1);
+
+	for (unsigned long b = first; b >= first && b + PMD_BYTES <= m->end;
+	     b += PMD_BYTES) {
+		unsigned long i = (b - m->start) >> shift, k;
+		struct uhmm_page *p0 = uhmm_migrate_pfn_to_page(m->src[i]);
+
+		if (!p0 || !(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE) || p0->head != p0)
+			continue;
+		for (k = 1; k < PMD_PAGES; k++) {
+			struct uhmm_page *pk = uhmm_migrate_pfn_to_page(m->src[i + k]);
+
+			if (!pk || !(m->src[i + k] & UHMM_MIGRATE_PFN_MIGRATE) ||
+			    pk->head != p0 || pk->index != p0->index + k)
+				break;
+		}
+		if (k < PMD_PAGES)
+			continue;
+		m->src[i] |= UHMM_MIGRATE_PFN_COMPOUND;
+		for (k = 1; k < PMD_PAGES; k++)
+			m->src[i + k] = 0;
+	}
+}
+
+/*
+ * A COMPOUND entry that does not move whole becomes 512 base entries
+ * (the kernel splits the folio): src, and dst when it is compound too.
+ */
+static void split_entry(struct uhmm_rt *rt, struct uhmm_migrate *m,
+			unsigned long i)
+{
+	struct mstate *ms = mstate_of(m);
+	uint64_t s = m->src[i] & ~UHMM_MIGRATE_PFN_COMPOUND;
+	uint64_t d = m->dst[i];
+	struct uhmm_page *sp = uhmm_migrate_pfn_to_page(s);
+	struct uhmm_page *dp = uhmm_migrate_pfn_to_page(d);
+	unsigned long n = m->npages - i < PMD_PAGES ? m->npages - i : PMD_PAGES;
+
+	for (unsigned long k = 0; k < n; k++) {
+		if (sp) {
+			sp[k].head = NULL;
+			m->src[i + k] = uhmm_migrate_pfn_device(&sp[k]) |
+				(s & (UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE));
+		} else {
+			m->src[i + k] = (s & UHMM_MIGRATE_PFN_VALID) ?
+				s + ((uint64_t)k << UHMM_MIGRATE_PFN_SHIFT) : s;
+			if (hslot_of(ms->slot[i]))
+				ms->slot[i + k] = ms->slot[i] + k;
+		}
+		if (!(d & UHMM_MIGRATE_PFN_COMPOUND))
+			continue;
+		if (dp)
+			m->dst[i + k] = uhmm_migrate_pfn_device(&dp[k]) |
+				(d & UHMM_MIGRATE_PFN_WRITE);
+		else
+			m->dst[i + k] = (d & ~UHMM_MIGRATE_PFN_COMPOUND) +
+				((uint64_t)k << UHMM_MIGRATE_PFN_SHIFT);
+	}
+	if (!dp && (d & UHMM_MIGRATE_PFN_COMPOUND)) {
+		long h = hstage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(d &
+						~UHMM_MIGRATE_PFN_COMPOUND));
+
+		if (h >= 0)
+			hs_note(ms, h, HS_DONTNEED);
+	}
+}
+
 int uhmm_migrate_setup(struct uhmm_migrate *m)
 {
 	struct uhmm_rt *rt;
@@ -815,8 +1149,11 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	if (!ms)
 		return -ENOMEM;
 	ms->slot = malloc(n * sizeof(*ms->slot));
-	if (!ms->slot) {
-		free(ms);
+	/* A 2 MiB slot per block, the driver's compound destinations too. */
+	ms->hs = malloc((n / 512 + 2) * sizeof(*ms->hs));
+	ms->hs_fate = malloc(n / 512 + 2);
+	if (!ms->slot || !ms->hs || !ms->hs_fate) {
+		mstate_free(ms);
 		return -ENOMEM;
 	}
 	for (unsigned long i = 0; i < n; i++)
@@ -950,6 +1287,13 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		pthread_mutex_unlock(&cs->lock);
 	}
 
+	if ((m->flags & UHMM_MIGRATE_SELECT_COMPOUND) && rt->hstage) {
+		if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
+			isolate_blocks(rt, m, writable);
+		if (m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE)
+			collect_device_blocks(rt, m);
+	}
+
 	/* Move runs of claimed system pages out, in one ioctl each. */
 	for (unsigned long i = 0; i < n;) {
 		unsigned long j = i;
@@ -978,20 +1322,39 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	}
 	return 0;
 fail:
-	free(ms->slot);
-	free(ms);
+	mstate_free(ms);
 	m->_private[0] = 0;
 	m->cpages = 0;
 	return err;
 }
 
+/* A COMPOUND source with a COMPOUND destination of the other kind. */
+static bool moves_whole(const struct uhmm_migrate *m, unsigned long i)
+{
+	uint64_t s = m->src[i], d = m->dst[i];
+	uint64_t both = UHMM_MIGRATE_PFN_COMPOUND | UHMM_MIGRATE_PFN_VALID;
+
+	return (s & UHMM_MIGRATE_PFN_COMPOUND) && (s & UHMM_MIGRATE_PFN_MIGRATE) &&
+	       (d & both) == both && m->npages - i >= PMD_PAGES &&
+	       !(s & d & UHMM_MIGRATE_PFN_DEVICE);
+}
+
 void uhmm_migrate_pages(struct uhmm_migrate *m)
 {
-	if (!m || !m->src || !m->dst || !mstate_of(m))
+	struct uhmm_rt *rt = uhmm__rt_peek();
+
+	if (!m || !m->src || !m->dst || !mstate_of(m) || !rt)
 		return;
 	for (unsigned long i = 0; i < m->npages; i++) {
 		if (!(m->src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
+		if (m->src[i] & UHMM_MIGRATE_PFN_COMPOUND) {
+			if (moves_whole(m, i)) {
+				i += PMD_PAGES - 1;
+				continue;
+			}
+			split_entry(rt, m, i);
+		}
 		if (!(m->dst[i] & UHMM_MIGRATE_PFN_VALID))
 			m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		/* Device to device is not supported. */
@@ -1072,6 +1435,78 @@ static unsigned long install_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	return j - i;
 }
 
+/*
+ * Finalize a COMPOUND entry as a whole: a THP to a device THP (the 512
+ * device pages take the block, the source's huge page stays in its slot,
+ * warm) or back (one UFFDIO_MOVE of the PMD). Returns false after
+ * splitting the entry when it cannot go whole: it did not migrate, the
+ * destination is not compound, or part of the mapping went away.
+ */
+static bool finalize_whole(struct uhmm_rt *rt, struct uhmm_migrate *m,
+			   unsigned long i)
+{
+	struct mstate *ms = mstate_of(m);
+	unsigned int shift = rt->page_shift;
+	unsigned long addr = m->start + (i << shift), vpn0 = addr >> shift;
+	_Atomic uintptr_t *e = st_entry(rt, vpn0, false);
+	struct stripe *s = stripe_of(rt, vpn0);
+	struct uhmm_page *sp = uhmm_migrate_pfn_to_page(m->src[i]);
+	struct uhmm_page *dp = uhmm_migrate_pfn_to_page(m->dst[i]);
+	bool drop = !e;
+
+	for (unsigned long k = 0; e && k < PMD_PAGES && !drop; k++)
+		drop = atomic_load(&e[k]) & ST_DROP;
+	if (drop || !moves_whole(m, i)) {
+		split_entry(rt, m, i);
+		return false;
+	}
+	if (!sp) {
+		/* System THP (or empty block) -> a device THP. */
+		unsigned long rs = atomic_load(&rt->read_seq);
+
+		pthread_mutex_lock(&s->lock);
+		for (unsigned long k = 0; k < PMD_PAGES; k++) {
+			dp[k].head = dp;
+			atomic_store(&dp[k].vpn, vpn0 + k);
+			atomic_store(&dp[k].mig_seq, rs);
+			atomic_store(&e[k], (uintptr_t)&dp[k]);
+		}
+		pthread_mutex_unlock(&s->lock);
+		hs_note(ms, (long)((ms->slot[i] - STAGE_PAGES) / PMD_PAGES),
+			(m->src[i] & UHMM_MIGRATE_PFN_VALID) ? HS_FULL : HS_EMPTY);
+		return true;
+	}
+	/* Device THP -> a system THP: the PMD moves in whole. */
+	unsigned long da = (uintptr_t)uhmm_migrate_pfn_to_addr(m->dst[i] &
+					~UHMM_MIGRATE_PFN_COMPOUND);
+	long h = hstage_index(rt, da);
+	uint8_t fate = HS_EMPTY;
+	int r = uhmm__uffd_move(rt, addr, da, PMD_BYTES, UFFDIO_MOVE_MODE_DONTWAKE);
+
+	if (r) {
+		/* A mapping made read-only meanwhile: a copy. */
+		r = uhmm__uffd_copy(rt, addr, da, PMD_BYTES, UFFDIO_COPY_MODE_DONTWAKE);
+		fate = HS_DONTNEED;
+	}
+	if (h >= 0)
+		hs_note(ms, h, r ? HS_DONTNEED : fate);
+	pthread_mutex_lock(&s->lock);
+	for (unsigned long k = 0; k < PMD_PAGES; k++) {
+		if (r) {
+			atomic_store(&e[k], (uintptr_t)&sp[k]);	/* stays */
+			continue;
+		}
+		sp[k].head = NULL;
+		atomic_store(&sp[k].vpn, 0);
+		atomic_store(&e[k], 0);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!r)
+		for (unsigned long k = 0; k < PMD_PAGES; k++)
+			uhmm_page_put(&sp[k]);
+	return true;
+}
+
 void uhmm_migrate_finalize(struct uhmm_migrate *m)
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
@@ -1083,6 +1518,10 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 	uhmm__stat_migrate_end(m->start, m->src, m->dst, m->npages);
 	shift = rt->page_shift;
 	for (unsigned long i = 0; i < m->npages; i++) {
+		if ((m->src[i] & UHMM_MIGRATE_PFN_COMPOUND) && finalize_whole(rt, m, i)) {
+			i += PMD_PAGES - 1;
+			continue;
+		}
 		unsigned long run = install_run(rt, m, i);
 
 		if (run) {
@@ -1191,11 +1630,17 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 			}
 		}
 	}
+	/* The 2 MiB slots: warm huge pages stay, others are emptied. */
+	for (unsigned long k = 0; k < ms->nhs; k++) {
+		if (ms->hs_fate[k] == HS_DONTNEED)
+			os_madvise((void *)hstage_addr(rt, (unsigned long)ms->hs[k]),
+				   PMD_BYTES, MADV_DONTNEED);
+		hstage_free(rt, (unsigned long)ms->hs[k], ms->hs_fate[k] == HS_FULL);
+	}
 	wake_stripes(rt, m->start, m->end);
 	/* Threads that faulted on pages that stayed holes fault again. */
 	os_uffd_wake(rt->uffd, m->start, m->end - m->start);
-	free(ms->slot);
-	free(ms);
+	mstate_free(ms);
 	m->_private[0] = 0;
 }
 
@@ -1659,12 +2104,22 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 static void fault_in(struct uhmm_rt *rt, unsigned long vpn,
 		     _Atomic uintptr_t *e, void *arg)
 {
+	char c;
+
 	(void)arg;
 	if (atomic_load(e) & ST_DROP)
 		return;
-	/* A CPU touch: served by migrate_to_ram, as any access. */
-	os_madvise((void *)(vpn << rt->page_shift), rt->page_size,
-		   MADV_POPULATE_READ);
+	/*
+	 * A CPU touch from user mode, served by migrate_to_ram as any
+	 * access. Not MADV_POPULATE_READ: with a userfaultfd opened with
+	 * UFFD_USER_MODE_ONLY (unprivileged users) the kernel's own fault
+	 * fails, and the child would read zeros. Retried: a page left on the
+	 * device reads as zeros in the child.
+	 */
+	for (int i = 0; i < 3; i++)
+		if (uhmm_copy_nofault(&c, (void *)(vpn << rt->page_shift), 1,
+				      NULL) == 0)
+			break;
 }
 
 /*

@@ -147,8 +147,10 @@ static uint64_t device_flags(const struct vma_ctx *v, unsigned long addr)
 	if (!p || uhmm_page_owner(p) != v->range->dev_private_owner ||
 	    !v->range->dev_private_owner)
 		return 0;
+	/* A device THP maps at PMD order, as the kernel reports it. */
 	return UHMM_PFN_VALID | UHMM_PFN_DEVICE_PRIVATE |
 	       (v->writable ? UHMM_PFN_WRITE : 0) |
+	       ((uint64_t)uhmm_page_order(p) << UHMM_PFN_ORDER_SHIFT) |
 	       (((uint64_t)(uintptr_t)p >> 3) & UHMM_PFN_FRAME_MASK);
 }
 

@@ -3,10 +3,9 @@
  * Migration of transparent huge pages through dmirror: the hmm-tests
  * migrate_anon_huge_* scenarios (empty, zero page, MADV_FREE after
  * migration, fault-back, partial munmap, mremap before and after, an
- * allocation failure each way). uhmm has no SELECT_COMPOUND yet
- * (docs/semantics.md M5): a THP is split into base pages when it moves,
- * which these tests pin (no PMD bit after a round trip); the data must
- * be right in every case.
+ * allocation failure each way, a range covering part of a THP). A
+ * 2 MiB-aligned THP moves whole (SELECT_COMPOUND), a partly covered one is
+ * split; the data must be right in every case.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -73,6 +72,7 @@ static struct uhmm_dmirror *dopen0(void)
 {
 	struct uhmm_dmirror *dm = NULL;
 
+	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
 	return dm;
 }
@@ -89,7 +89,8 @@ TEST(thp_empty)
 	ASSERT_EQ(c.cpages, npg());
 	for (unsigned long i = 0; i < TWOMEG; i++)
 		ASSERT_EQ(mirror[i], 0);
-	ASSERT_EQ(snap1(dm, p), LOCAL_W);
+	/* An empty aligned block becomes a device THP. */
+	ASSERT_EQ(snap1(dm, p), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
 	ASSERT_EQ(p[TWOMEG - 1], 0);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
@@ -116,8 +117,9 @@ TEST(thp_zero_page)
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
 
-/* A written THP goes to the device and faults back: split (M5). */
-TEST(thp_fault_back_split)
+/* A written THP goes to the device whole (a device THP: PMD in the
+ * snapshot) and a CPU touch brings it back whole (a THP again). */
+TEST(thp_fault_back_whole)
 {
 	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
 	struct uhmm_dmirror *dm = dopen0();
@@ -125,17 +127,42 @@ TEST(thp_fault_back_split)
 
 	tfill(p, TWOMEG, 1);
 	if (!thp_backed(dm, p))
-		TH_LOG("no THP here (THP disabled or no huge page free): base pages");
+		SKIP("no THP here (THP disabled, or no huge page free)");
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
 	ASSERT_EQ(c.cpages, npg());
 	ASSERT_TRUE(tcheck(mirror, TWOMEG, 1));
-	/* Device memory in base pages: no PMD bit. */
-	ASSERT_EQ(snap1(dm, p), LOCAL_W);
+	ASSERT_EQ(snap1(dm, p), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
+	ASSERT_EQ(snap1(dm, p + TWOMEG - ps()), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
+	/* One byte read brings the whole THP back. */
+	ASSERT_EQ(((volatile uint32_t *)p)[1000], (uint32_t)1000 * 2654435761u + 1);
+	ASSERT_EQ(page_present(p + TWOMEG - ps()), 1);
+	ASSERT_TRUE(thp_backed(dm, p));
 	ASSERT_TRUE(tcheck(p, TWOMEG, 1));
-	ASSERT_EQ(snap1(dm, p + TWOMEG - ps()) & ~UHMM_DMIRROR_PROT_PMD,
-		  UHMM_DMIRROR_PROT_WRITE);
-	/* uhmm has no SELECT_COMPOUND: the THP came back as base pages. */
-	ASSERT_FALSE(thp_backed(dm, p));
+	/* And again, by MIGRATE_TO_SYS this time. */
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, npg(), &c), 0);
+	ASSERT_EQ(c.cpages, npg());
+	ASSERT_TRUE(thp_backed(dm, p));
+	ASSERT_TRUE(tcheck(p, TWOMEG, 1));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* A range that covers part of a THP only: the THP is split, the pages
+ * of the range move as base pages, the rest stays. */
+TEST(thp_partial_range_splits)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+	unsigned long n = 16;
+
+	tfill(p, TWOMEG, 7);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p + 8 * ps(), mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_EQ(snap1(dm, p + 8 * ps()), LOCAL_W);
+	ASSERT_EQ(snap1(dm, p), UHMM_DMIRROR_PROT_WRITE);
+	ASSERT_EQ(memcmp(mirror, p + 8 * ps(), n * ps()), 0);
+	ASSERT_TRUE(tcheck(p, TWOMEG, 7));
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
 
@@ -192,13 +219,14 @@ TEST(thp_mremap_before_and_after)
 	ASSERT_TRUE(tcheck(mirror, TWOMEG, 5));
 	ASSERT_EQ(mremap(t1, TWOMEG, TWOMEG, MREMAP_MAYMOVE | MREMAP_FIXED, t2),
 		  (void *)t2);
-	ASSERT_EQ(snap1(dm, t2), LOCAL_W);
+	/* Still aligned: still a device THP, and it comes back whole. */
+	ASSERT_EQ(snap1(dm, t2), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
 	ASSERT_TRUE(tcheck(t2, TWOMEG, 5));
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
 
-/* FLAG_FAIL_ALLOC: one allocation fails each way; the rest migrates and
- * every byte is right (hmm-tests migrate_anon_huge_err). */
+/* FLAG_FAIL_ALLOC: the THP allocation fails once, each way, and the
+ * migration falls back to base pages (hmm-tests migrate_anon_huge_err). */
 TEST(thp_fail_alloc_both_ways)
 {
 	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
@@ -208,16 +236,25 @@ TEST(thp_fail_alloc_both_ways)
 	tfill(p, TWOMEG, 6);
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, p, NULL,
 		       UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
-	/* One page stayed: the read-back through the mirror lacks it. */
-	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c),
-		  -ENOENT);
-	ASSERT_TRUE(tcheck(p, TWOMEG, 6));
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(c.cpages, npg());
 	ASSERT_TRUE(tcheck(mirror, TWOMEG, 6));
+	/* Base device pages: no PMD. */
+	ASSERT_EQ(snap1(dm, p), LOCAL_W);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, npg(), &c), 0);
+	ASSERT_TRUE(tcheck(p, TWOMEG, 6));
+	/* Whole to the device, then the system THP allocation fails. A
+	 * fresh THP: the range above is registered for missing pages now,
+	 * and uhmm fills holes there with base pages (semantics M11). */
+	p = thp_area(&base);
+	tfill(p, TWOMEG, 8);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(snap1(dm, p), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, p, NULL,
 		       UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, npg(), &c), 0);
-	ASSERT_EQ(c.cpages, npg() - 1);
-	ASSERT_TRUE(tcheck(p, TWOMEG, 6));
+	ASSERT_EQ(c.cpages, npg());
+	ASSERT_EQ(snap1(dm, p) & ~UHMM_DMIRROR_PROT_PMD, UHMM_DMIRROR_PROT_WRITE);
+	ASSERT_TRUE(tcheck(p, TWOMEG, 8));
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }

@@ -103,6 +103,12 @@ UHMM_API void uhmm_page_set_data(struct uhmm_page *page, void *data);
 /* Hand a free page out: reference count 1 (zone_device_page_init). */
 UHMM_API void uhmm_page_init(struct uhmm_page *page);
 UHMM_API void uhmm_page_get(struct uhmm_page *page);
+/*
+ * 9 when the page is part of a device THP that a migration installed
+ * whole (COMPOUND): 512 pages of one chunk, in order, at a 2 MiB-aligned
+ * block; 0 otherwise. migrate_to_ram uses it to bring the THP back whole.
+ */
+UHMM_API unsigned int uhmm_page_order(const struct uhmm_page *page);
 /* Drop a reference; at 0 the pagemap's page_free runs. */
 UHMM_API void uhmm_page_put(struct uhmm_page *page);
 UHMM_API unsigned int uhmm_page_refcount(const struct uhmm_page *page);
@@ -163,6 +169,16 @@ struct uhmm_migrate {
  * are. SELECT_DEVICE_PRIVATE / SELECT_DEVICE_COHERENT: device pages of
  * that type and of @pgmap_owner are collected (src[i] = their frame |
  * DEVICE; a coherent page's data are at uhmm_page_addr() until finalize).
+ * SELECT_COMPOUND: a 2 MiB-aligned block inside the range that one PMD
+ * maps (a THP, the huge zero page) or that is empty moves whole, with one
+ * UFFDIO_MOVE of the PMD: src[head] = frame of a 2 MiB staging page |
+ * COMPOUND (VALID unless empty), the 511 tail entries 0; likewise a
+ * device THP (uhmm_page_order() 9) is src[head] = its head page |
+ * DEVICE | COMPOUND. The driver gives dst[head] a COMPOUND destination
+ * (a device THP head: 512 pages of one chunk, consecutive indices, each
+ * uhmm_page_init()ed; or uhmm_migrate_alloc_system_compound()), or base
+ * pages in dst[head .. head + 511], and uhmm_migrate_pages() splits the
+ * source. Other THPs are split (base pages).
  * Coherent pages are never collected as system memory. In a read-only
  * VMA only device-private pages are collected. A CPU access to a
  * collected page waits until finalize. Sends MIGRATE invalidations with
@@ -188,6 +204,15 @@ UHMM_API void uhmm_migrate_finalize(struct uhmm_migrate *m);
  * pool. Return 0 or -ENOMEM.
  */
 UHMM_API int uhmm_migrate_alloc_system(uint64_t *mpfn);
+
+/*
+ * A 2 MiB system page for a COMPOUND entry's dst[] (the driver's
+ * large-folio allocation): *mpfn = frame | VALID | COMPOUND, 512
+ * contiguous pages from uhmm's huge staging pool. -ENOMEM when none is
+ * free: fall back to 512 uhmm_migrate_alloc_system() pages, filling
+ * dst[i .. i + 511] (uhmm_migrate_pages() then splits the source).
+ */
+UHMM_API int uhmm_migrate_alloc_system_compound(uint64_t *mpfn);
 
 UHMM_API void *uhmm_migrate_pfn_to_addr(uint64_t mpfn);
 UHMM_API struct uhmm_page *uhmm_migrate_pfn_to_page(uint64_t mpfn);
