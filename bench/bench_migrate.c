@@ -12,8 +12,8 @@
  *                                    per chunk, waited for before pages()),
  *                                    against memcpy of the same bytes. L is
  *                                    4k (MADV_NOHUGEPAGE) or thp (2 MiB
- *                                    aligned, MADV_HUGEPAGE: the core has no
- *                                    SELECT_COMPOUND yet, so THPs are split)
+ *                                    aligned, MADV_HUGEPAGE, migrated with
+ *                                    SELECT_COMPOUND: whole, to device THPs)
  *   seq_read_device_64m              memcpy out of a 64 MiB range resident
  *                                    on the device, every page brought back
  *                                    by CPU faults (the driver migrates the
@@ -75,6 +75,7 @@
 
 #define HPAGE_SIZE	(2ul << 20)
 #define CHUNK		512u		/* pages per setup/pages/finalize */
+#define THP_PAGES	512UL		/* pages of a THP (4 KiB pages) */
 #define FB_PAGES	2048u		/* pages of the fault-back figure */
 #define SEQ_MIB		64u		/* seq_read and first_touch ranges */
 
@@ -82,6 +83,7 @@ static struct bench_opts opt;
 static size_t pg;
 static unsigned int pg_shift;
 static size_t mig_len;			/* bytes of each migration */
+static bool mig_compound;		/* migrate with SELECT_COMPOUND */
 static size_t seq_len;			/* bytes of seq_read / first_touch */
 static volatile uint64_t sink;
 static int pagemap_fd = -1;
@@ -195,6 +197,10 @@ static struct dev {
 	pthread_mutex_t lock;
 	unsigned long *free;
 	size_t nfree;
+	/* Pages [npages, 2 * npages): 512-page blocks, device THPs. */
+	unsigned long *blk_free;
+	size_t nblk_free;
+	unsigned int *blk_out;		/* pages of a THP block still out */
 	atomic_ulong freed;		/* page_free calls */
 	atomic_int ra;			/* migrate_to_ram takes the window */
 	atomic_int errors;		/* failures inside migrate_to_ram */
@@ -208,20 +214,31 @@ static char *dev_mem(const struct uhmm_page *p)
 
 static void dev_page_free(struct uhmm_page *p)
 {
+	unsigned long idx = uhmm_page_index(p);
+
 	pthread_mutex_lock(&dev.lock);
-	dev.free[dev.nfree++] = uhmm_page_index(p);
+	if (idx < dev.npages) {
+		dev.free[dev.nfree++] = idx;
+	} else {
+		unsigned long b = (idx - dev.npages) / THP_PAGES;
+
+		if (--dev.blk_out[b] == 0)
+			dev.blk_free[dev.nblk_free++] = b;
+	}
 	pthread_mutex_unlock(&dev.lock);
 	atomic_fetch_add(&dev.freed, 1);
 }
 
+/* Free device memory in pages, counted against dev.npages: base pages
+ * and whole THP blocks (the two pools are the same size). */
 static size_t dev_nfree(void)
 {
-	size_t n;
+	size_t n, nblk = dev.npages / THP_PAGES;
 
 	pthread_mutex_lock(&dev.lock);
-	n = dev.nfree;
+	n = dev.nfree + dev.nblk_free * THP_PAGES;
 	pthread_mutex_unlock(&dev.lock);
-	return n;
+	return n - nblk * THP_PAGES;
 }
 
 /* Up to @n free device pages, reference count 1; how many. */
@@ -236,6 +253,25 @@ static size_t dev_alloc(struct uhmm_page **out, size_t n)
 	for (size_t i = 0; i < k; i++)
 		uhmm_page_init(out[i]);
 	return k;
+}
+
+/* A device THP: the head of a free block, its pages referenced. */
+static struct uhmm_page *dev_alloc_thp(void)
+{
+	unsigned long b;
+
+	pthread_mutex_lock(&dev.lock);
+	if (!dev.nblk_free) {
+		pthread_mutex_unlock(&dev.lock);
+		return NULL;
+	}
+	b = dev.blk_free[--dev.nblk_free];
+	dev.blk_out[b] = THP_PAGES;
+	pthread_mutex_unlock(&dev.lock);
+	for (unsigned long k = 0; k < THP_PAGES; k++)
+		uhmm_page_init(uhmm_pagemap_page(dev.pgmap,
+						 dev.npages + b * THP_PAGES + k));
+	return uhmm_pagemap_page(dev.pgmap, dev.npages + b * THP_PAGES);
 }
 
 /*
@@ -325,17 +361,23 @@ static void dev_init(size_t npages)
 {
 	int r;
 
+	size_t nblk = npages / THP_PAGES;
+
 	pthread_mutex_init(&dev.lock, NULL);
 	dev.npages = npages;
-	dev.mem = map_range(npages * pg, MADV_NOHUGEPAGE);
-	bench_prewarm(dev.mem, npages * pg, 1);
+	dev.mem = map_range(2 * npages * pg, MADV_NOHUGEPAGE);
+	bench_prewarm(dev.mem, 2 * npages * pg, 1);
 	dev.free = malloc(npages * sizeof(*dev.free));
-	if (!dev.free)
+	dev.blk_free = malloc((nblk + 1) * sizeof(*dev.blk_free));
+	dev.blk_out = calloc(nblk + 1, sizeof(*dev.blk_out));
+	if (!dev.free || !dev.blk_free || !dev.blk_out)
 		die(BENCH_EXIT_SETUP, "out of memory");
 	for (size_t i = 0; i < npages; i++)
 		dev.free[dev.nfree++] = npages - 1 - i;
+	for (size_t b = 0; b < nblk; b++)
+		dev.blk_free[dev.nblk_free++] = nblk - 1 - b;
 	r = uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &dev, &dev_ops,
-				npages, &dev.pgmap);
+				2 * npages, &dev.pgmap);
 	if (r)
 		die(BENCH_EXIT_SETUP, "uhmm_pagemap_create: %s", bench_err_name(r));
 }
@@ -409,8 +451,9 @@ static void migrate_range(char *p, size_t len, bool to_dev,
 			.end = (uintptr_t)p + off + n * pg,
 			.src = src, .dst = dst,
 			.pgmap_owner = &dev,
-			.flags = to_dev ? UHMM_MIGRATE_SELECT_SYSTEM :
-				 UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+			.flags = (to_dev ? UHMM_MIGRATE_SELECT_SYSTEM :
+				  UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) |
+				 (mig_compound ? UHMM_MIGRATE_SELECT_COMPOUND : 0),
 		};
 		struct uhmm_dma_batch b = { 0 };
 		size_t nd = 0, ndp = 0, moved = 0;
@@ -427,7 +470,28 @@ static void migrate_range(char *p, size_t len, bool to_dev,
 			die(BENCH_EXIT_DATA, "%s: setup collected %lu of %zu "
 			    "pages at +%zu", what, m.cpages, n, off);
 		memset(dst, 0, n * sizeof(*dst));
-		if (to_dev) {
+		if (to_dev && (src[0] & UHMM_MIGRATE_PFN_COMPOUND) && n == THP_PAGES) {
+			/* A whole THP: one device THP, one 2 MiB copy. */
+			struct uhmm_page *h = dev_alloc_thp();
+
+			if (!h)
+				die(BENCH_EXIT_SETUP, "device THP memory full");
+			if (src[0] & UHMM_MIGRATE_PFN_VALID)
+				desc[nd++] = (struct uhmm_dma_desc){ dev_mem(h),
+					uhmm_migrate_pfn_to_addr(src[0]), n * pg };
+			else
+				memset(dev_mem(h), 0, n * pg);
+			dst[0] = uhmm_migrate_pfn_device(h) | UHMM_MIGRATE_PFN_COMPOUND;
+		} else if (!to_dev && (src[0] & UHMM_MIGRATE_PFN_COMPOUND) &&
+			   n == THP_PAGES) {
+			r = uhmm_migrate_alloc_system_compound(&dst[0]);
+			if (r)
+				die(BENCH_EXIT_DATA, "%s: uhmm_migrate_alloc_system_"
+				    "compound: %s", what, bench_err_name(r));
+			desc[nd++] = (struct uhmm_dma_desc){
+				uhmm_migrate_pfn_to_addr(dst[0]),
+				dev_mem(uhmm_migrate_pfn_to_page(src[0])), n * pg };
+		} else if (to_dev) {
 			ndp = dev_alloc(dp, n);
 			if (ndp != n)
 				die(BENCH_EXIT_SETUP, "device memory full");
@@ -473,7 +537,8 @@ static void migrate_range(char *p, size_t len, bool to_dev,
 		uhmm_migrate_pages(&m);
 		t4 = bench_now_ns();
 		for (size_t i = 0; i < n; i++)
-			moved += !!(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+			moved += !(src[i] & UHMM_MIGRATE_PFN_MIGRATE) ? 0 :
+				 (src[i] & UHMM_MIGRATE_PFN_COMPOUND) ? THP_PAGES : 1;
 		uhmm_migrate_finalize(&m);
 		t5 = bench_now_ns();
 		if (moved != n)
@@ -573,6 +638,7 @@ static void bench_migrate(bool thp, struct uhmm_dma *dma)
 
 	if (!ph_dev || !ph_sys)
 		die(BENCH_EXIT_SETUP, "out of memory");
+	mig_compound = thp;
 	for (int rep = -1; rep < (int)opt.n; rep++) {
 		uint64_t seed = ((uint64_t)(rep + 2) << 40) | (thp ? 7 : 3) |
 				(uint64_t)nt << 8;
@@ -666,11 +732,11 @@ static void bench_migrate(bool thp, struct uhmm_dma *dma)
 			 nt, CHUNK, ph);
 		if (thp) {
 			snprintf(xj + strlen(xj), sizeof(xj) - strlen(xj),
-				 ",\"thp_fraction\":%.3g,\"thp_split\":true",
+				 ",\"thp_fraction\":%.3g,\"compound\":true",
 				 thp_frac);
 			snprintf(xt + strlen(xt), sizeof(xt) - strlen(xt),
-				 "; source %.0f%% THP, split (no "
-				 "SELECT_COMPOUND in the core yet)",
+				 "; source %.0f%% THP, moved whole "
+				 "(SELECT_COMPOUND, device THPs)",
 				 thp_frac * 100);
 		}
 		bench_report(&opt, &f);
@@ -680,6 +746,7 @@ static void bench_migrate(bool thp, struct uhmm_dma *dma)
 	free(t_cpy);
 	free(ph_dev);
 	free(ph_sys);
+	mig_compound = false;
 }
 
 /* ------------------------------------------------------------------ */
