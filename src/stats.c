@@ -131,16 +131,34 @@ void uhmm__stat_migrate_end(unsigned long start, const uint64_t *src,
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
 	unsigned long ps = rt ? rt->page_size : 4096;
+	unsigned long thp = rt ? 1ul << rt->pmd_order : 512;
 	uint64_t to_dev = 0, to_sys = 0;
 
 	for (unsigned long i = 0; i < npages; i++) {
-		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE) ||
-		    !(dst[i] & UHMM_MIGRATE_PFN_VALID))
+		/* A COMPOUND entry stands for the whole THP (the entries after
+		 * it are empty); its destination may be split. */
+		unsigned long n = src[i] & UHMM_MIGRATE_PFN_COMPOUND ? thp : 1;
+
+		if (n > npages - i)
+			n = npages - i;
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
-		if (dst[i] & UHMM_MIGRATE_PFN_DEVICE)
-			to_dev++;
-		else
-			to_sys++;
+		for (unsigned long k = 0; k < n; k++) {
+			uint64_t d = dst[i + k];
+
+			if (!(d & UHMM_MIGRATE_PFN_VALID))
+				continue;
+			/* A compound destination is the whole THP. */
+			unsigned long pages = d & UHMM_MIGRATE_PFN_COMPOUND ? n : 1;
+
+			if (d & UHMM_MIGRATE_PFN_DEVICE)
+				to_dev += pages;
+			else
+				to_sys += pages;
+			if (d & UHMM_MIGRATE_PFN_COMPOUND)
+				break;
+		}
+		i += n - 1;
 	}
 	slot_add(UHMM__STAT_migrations, 1);
 	if (to_dev) {
