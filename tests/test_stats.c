@@ -293,3 +293,41 @@ TEST(first_touch_after_drop_counted)
 	ASSERT_EQ(s.faults_back, 0ULL);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
+
+/* A 2 MiB THP migrates (whole, with SELECT_COMPOUND, or as base pages):
+ * the counters say 512 pages each way either way. */
+TEST(thp_migration_counts_every_page)
+{
+	const unsigned long two_mb = 2UL << 20;
+	unsigned long n = two_mb / ps();
+	char *b = map_anon(2 * two_mb, RW), *mirror = map_anon(two_mb, RW);
+	char *p = (char *)(((uintptr_t)b + two_mb - 1) & ~(two_mb - 1));
+	struct uhmm_features f = { .size = sizeof(f) };
+	struct uhmm_dmirror *dm = NULL;
+	struct uhmm_dmirror_cmd c;
+	struct uhmm_stats s;
+
+	NEED_MIGRATION();
+	ASSERT_EQ(uhmm_features(&f), 0);
+	if (!(f.flags & UHMM_FEAT_THP))
+		SKIP("transparent huge pages are off");
+	ASSERT_NOT_NULL(b);
+	ASSERT_EQ(madvise(p, two_mb, MADV_HUGEPAGE), 0);
+	fill(p, n, 6);
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	uhmm_stats_reset();
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	s = get();
+	ASSERT_EQ(s.pages_to_device, (uint64_t)n);
+	ASSERT_EQ(s.bytes_to_device, (uint64_t)two_mb);
+	ASSERT_EQ(s.device_pages_in_use, (uint64_t)n);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	s = get();
+	ASSERT_EQ(s.pages_to_system, (uint64_t)n);
+	ASSERT_EQ(s.bytes_to_system, (uint64_t)two_mb);
+	ASSERT_EQ(s.device_pages_in_use, 0ULL);
+	ASSERT_TRUE(check(p, n, 6));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
