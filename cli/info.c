@@ -410,7 +410,7 @@ static void conclude(struct facts *fx)
 		else
 			DEGRADES("Shared memory (shmem, hugetlbfs) ranges cannot be tracked: the kernel lacks UFFD_FEATURE_WP_HUGETLBFS_SHMEM (5.19).");
 		if (f->flags & UHMM_FEAT_MOVE)
-			WORKS("Device memory and migration work: pages move with UFFDIO_MOVE, batched, without a CPU copy (huge pages are split into base pages for now).");
+			WORKS("Device memory and migration work: pages move with UFFDIO_MOVE, batched, without a CPU copy (a 2 MiB-aligned THP moves whole with SELECT_COMPOUND; partly covered or unaligned ones are split).");
 		else
 			DEGRADES("No UFFDIO_MOVE (kernel 6.8): system pages cannot be taken out of the address space, so they do not migrate to devices (uhmm_migrate_setup collects none).");
 	}
