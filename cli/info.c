@@ -359,11 +359,11 @@ static void uffd_remedy(struct facts *fx, bool user_only, char *out, size_t size
 	}
 	if (fx->dev_exists)
 		snprintf(out, size,
-			 "give this user access with `chmod 0666 /dev/userfaultfd` or `setfacl -m u:%s:rw /dev/userfaultfd`, or run `sysctl vm.unprivileged_userfaultfd=1` (as root)",
+			 "give this user access with `chmod 0666 /dev/userfaultfd` or `setfacl -m u:%s:rw /dev/userfaultfd`, or run `sysctl vm.unprivileged_userfaultfd=1` (as root), or give the program CAP_SYS_PTRACE (`setcap cap_sys_ptrace+ep PROGRAM`)",
 			 fx->user);
 	else
 		snprintf(out, size,
-			 "run `sysctl vm.unprivileged_userfaultfd=1` (as root); /dev/userfaultfd does not exist here (it needs kernel 6.1)");
+			 "run `sysctl vm.unprivileged_userfaultfd=1` (as root) or give the program CAP_SYS_PTRACE (`setcap cap_sys_ptrace+ep PROGRAM`); /dev/userfaultfd does not exist here (it needs kernel 6.1)");
 }
 
 static void conclude(struct facts *fx)
