@@ -347,6 +347,20 @@ TEST(migrate_bad)
 		uhmm_migrate_pages(&m);
 		uhmm_migrate_finalize(&m);
 	}
+	/* The VMA is looked at only with userfaultfd (else -ENOSYS). */
+	struct uhmm_features f = { .size = sizeof(f) };
+
+	ASSERT_EQ(uhmm_features(&f), 0);
+	if (f.uffd_path == UHMM_UFFD_NONE) {
+		m = good;
+		ASSERT_EQ(uhmm_migrate_setup(&m), -ENOSYS);
+		ASSERT_EQ(uhmm_make_device_exclusive(a, &owner, &dev), -ENOSYS);
+		ASSERT_EQ(uhmm_make_device_exclusive(0, &owner, &dev), -EINVAL);
+		ASSERT_EQ(uhmm_make_device_exclusive(a + 1, &owner, &dev), -EINVAL);
+		ASSERT_EQ(uhmm_make_device_exclusive(a, &owner, NULL), -EINVAL);
+		still_usable();
+		return;
+	}
 	m = good; m.start = TOP - ps(); m.end = TOP;	/* unmapped */
 	ASSERT_EQ(uhmm_migrate_setup(&m), -EINVAL);
 	/* Not one VMA: the range runs into an unmapped page. */

@@ -121,7 +121,10 @@ TEST(demo_json_small)
 	ASSERT_NOT_NULL(strstr(out, "\"ok\":true"));
 	ASSERT_EQ(count(out, "\"matches_cpu\":false"), 0U);
 	ASSERT_NOT_NULL(strstr(out, "\"step\":\"device_traverse_cold\""));
-	if (f.flags & UHMM_FEAT_MOVE) {
+	/* The CLI may have device memory where this process has none: under
+	 * valgrind (not traced into the CLI), uhmm opens no userfaultfd. */
+	if ((f.flags & UHMM_FEAT_MOVE) ||
+	    (f.uffd_error == -EDEADLK && strstr(out, "\"step\":\"migrate_hot_to_device\""))) {
 		/* Three traversals before the update, one after. */
 		ASSERT_EQ(count(out, "\"matches_cpu\":true"), 4U);
 		ASSERT_NOT_NULL(strstr(out, "\"step\":\"migrate_hot_to_device\""));

@@ -700,6 +700,7 @@ TEST(exclusive_then_cpu_increments)
 	struct uhmm_dmirror *dm;
 	struct uhmm_dmirror_cmd c;
 
+	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
 	for (unsigned long i = 0; i < words; i++)
 		p[i] = i;
@@ -725,6 +726,7 @@ TEST(exclusive_then_mprotect_write_eperm)
 	struct uhmm_dmirror *dm;
 	struct uhmm_dmirror_cmd c;
 
+	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
 	memset(p, 9, n * ps());
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_EXCLUSIVE, p, buf, n, &c), 0);
@@ -745,6 +747,7 @@ TEST(exclusive_then_fork_both_increment)
 	pid_t pid;
 	int st;
 
+	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
 	for (unsigned long i = 0; i < words; i++)
 		p[i] = i;

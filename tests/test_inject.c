@@ -6,7 +6,8 @@
  * (uhmm__os_call_errnos()), one injection point per forked child. Every
  * point must end with the operation succeeding (by retrying) or failing
  * with a documented error, the data intact, no descriptor leaked, no
- * device page lost, and the runtime usable afterwards.
+ * device page leaked (uhmm_stats device_pages_in_use back where it was
+ * once the device is closed), and the runtime usable afterwards.
  *
  * UHMM_INJECT_ALL=1 walks every call index; by default each kind is
  * sampled (at most INJECT_PER_KIND indices, first and last included).
@@ -30,6 +31,7 @@
 
 #include <uhmm/dmirror.h>
 #include <uhmm/migrate.h>
+#include <uhmm/stats.h>
 #include <uhmm/uhmm.h>
 
 #include "harness.h"
@@ -65,6 +67,16 @@ static bool inv(struct uhmm_interval_notifier *sub,
 }
 
 static const struct uhmm_interval_notifier_ops inv_ops = { .invalidate = inv };
+
+/* Device pages handed out and not yet freed (a process-wide gauge). */
+static uint64_t device_pages(void)
+{
+	struct uhmm_stats st;
+
+	if (uhmm_stats_get(&st, sizeof(st)))
+		return ~0ULL;
+	return st.device_pages_in_use;
+}
 
 static int count_fds(void)
 {
@@ -457,6 +469,7 @@ static void point(const struct scenario *sc, int kind, unsigned long nth,
 	struct st s = { .n = NPAGES };
 	struct sigaction sa = { .sa_handler = cpu_sig };
 	int fds0 = count_fds(), r, fds1;
+	uint64_t dev0 = device_pages(), dev1;
 	char line[512];
 
 	sigaction(SIGBUS, &sa, NULL);
@@ -488,9 +501,13 @@ static void point(const struct scenario *sc, int kind, unsigned long nth,
 		snprintf(line, sizeof(line), "op %d: %s", r, s.why);
 	teardown(&s);
 	fds1 = count_fds();
+	dev1 = device_pages();
 	if (!line[0] && fds1 != fds0)
 		snprintf(line, sizeof(line), "op %d: %d descriptors before, %d after shutdown",
 			 r, fds0, fds1);
+	if (!line[0] && dev1 != dev0)
+		snprintf(line, sizeof(line), "op %d: %llu device pages in use before, %llu after close",
+			 r, (unsigned long long)dev0, (unsigned long long)dev1);
 	if (line[0]) {
 		dprintf(fd, "%s\n", line);
 		_exit(1);

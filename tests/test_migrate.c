@@ -238,7 +238,8 @@ TEST(migrate_setup_bad_args)
 	m.src = src;
 	m.end = m.start;
 	ASSERT_EQ(uhmm_migrate_setup(&m), -EINVAL);
-	/* Beyond the VMA. */
+	/* Beyond the VMA (looked at only with userfaultfd: else -ENOSYS). */
+	require_uffd(true);
 	m.end = m.start + 2 * ps();
 	ASSERT_EQ(munmap(p + ps(), ps()), 0);
 	ASSERT_EQ(uhmm_migrate_setup(&m), -EINVAL);
@@ -572,6 +573,7 @@ TEST(exclusive_access_then_cpu_touch)
 	struct uhmm_interval_notifier *sub;
 	void *dev[4];
 
+	require_uffd(true);
 	ASSERT_EQ(uhmm_make_device_exclusive((unsigned long)p + 1, &toy, &dev[0]), -EINVAL);
 	ASSERT_EQ(uhmm_make_device_exclusive((unsigned long)p, &toy, NULL), -EINVAL);
 	ASSERT_EQ(uhmm_interval_notifier_insert(&sub, (unsigned long)p, n * ps(), &ex_ops, &x), 0);
@@ -603,6 +605,7 @@ TEST(exclusive_then_fork_both_increment)
 	pid_t pid;
 	int st;
 
+	require_uffd(true);
 	p[0] = 5;
 	ASSERT_EQ(uhmm_make_device_exclusive((unsigned long)p, &toy, &dev), 0);
 	__atomic_fetch_add((uint64_t *)dev, 1, __ATOMIC_SEQ_CST);
