@@ -105,6 +105,15 @@ int uhmm_copy_nofault(void *dst, const void *src, size_t len,
 			*fault_addr = 0;
 		return -EFAULT;
 	}
+	/* A range past the end of the address space (access_ok() fails). */
+	if ((uintptr_t)src + len < (uintptr_t)src ||
+	    (uintptr_t)dst + len < (uintptr_t)dst) {
+		if (fault_addr)
+			*fault_addr = (uintptr_t)src + len < (uintptr_t)src ?
+				      (unsigned long)(uintptr_t)src :
+				      (unsigned long)(uintptr_t)dst;
+		return -EFAULT;
+	}
 	err = uhmm__guard_install();
 	if (err)
 		return err;

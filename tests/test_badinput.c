@@ -237,8 +237,11 @@ TEST(revalidate_and_copy_bad)
 	ASSERT_EQ(uhmm_copy_nofault(buf, p, sizeof(buf), &fa), -EFAULT);
 	ASSERT_EQ(fa, a);
 	ASSERT_EQ(uhmm_copy_nofault(p, buf, sizeof(buf), &fa), -EFAULT);
-	/* A source running off the end of the address space. */
-	ASSERT_EQ(uhmm_copy_nofault(buf, (void *)(TOP + ps() - 8), 16, NULL), -EFAULT);
+	/* Ranges running off the end of the address space. */
+	ASSERT_EQ(uhmm_copy_nofault(buf, (void *)(TOP + ps() - 8), 16, &fa), -EFAULT);
+	ASSERT_EQ(fa, TOP + ps() - 8);
+	ASSERT_EQ(uhmm_copy_nofault((void *)(TOP + ps() - 8), buf, 16, &fa), -EFAULT);
+	ASSERT_EQ(uhmm_copy_nofault(buf, buf, ~(size_t)0, NULL), -EFAULT);
 	still_usable();
 }
 

@@ -523,7 +523,12 @@ static void point(const struct scenario *sc, int kind, unsigned long nth,
  *    although the data still sit on the device (the kernel delivers one
  *    SIGBUS and retries migrate_to_ram at the next access);
  *    fork's prepare handler meets the same poisoned page: the child
- *    reads zeros there.
+ *    reads zeros there;
+ *  - a fault-back whose install failed (UFFDIO_MOVE EEXIST) keeps being
+ *    retried on a reader thread while uhmm_dmirror_close() destroys the
+ *    pagemap: uhmm__handle_fault() then calls migrate_to_ram with a freed
+ *    struct uhmm_page (heap-use-after-free under ASan; pagemap_destroy
+ *    does not wait for faults in flight on its pages).
  */
 static const struct {
 	const char *scenario;
@@ -532,6 +537,8 @@ static const struct {
 } known[] = {
 	{ "cpu_fault_back", OS_CALL_PROCMAP_QUERY, "faults (page poisoned" },
 	{ "fork_device_pages", OS_CALL_PROCMAP_QUERY, "returned -5" },
+	{ "fork_device_pages", OS_CALL_UFFD_MOVE, "crashed" },
+	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "crashed" },
 };
 
 static bool is_known(const struct scenario *sc, int kind, const char *out)
@@ -586,6 +593,9 @@ static int run_point(const struct scenario *sc, int kind, unsigned long nth,
 		snprintf(out, outsz, "killed by signal %d", WTERMSIG(status));
 		return 1;
 	}
+	if (WEXITSTATUS(status) && !out[0])
+		snprintf(out, outsz, "crashed (exit status %d, a sanitizer's report above)",
+			 WEXITSTATUS(status));
 	return WEXITSTATUS(status);
 }
 

@@ -347,7 +347,9 @@ UHMM_API int uhmm_range_revalidate(unsigned long start, unsigned long end);
  * Context: any thread; not async-signal-safe. Relies on uhmm's SIGSEGV
  * and SIGBUS handlers, which chain to the handlers installed before
  * uhmm_init(); a handler installed later must chain to uhmm's.
- * Return: 0 or -EFAULT.
+ * Return: 0 (also for @len 0, whatever the pointers), or -EFAULT: a
+ * fault, a NULL @dst or @src, or a range that runs past the end of the
+ * address space (nothing is copied then; *fault_addr is its start).
  */
 UHMM_API int uhmm_copy_nofault(void *dst, const void *src, size_t len,
 			       unsigned long *fault_addr);
