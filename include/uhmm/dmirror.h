@@ -80,7 +80,13 @@ enum uhmm_dmirror_op {
  * addr + npages * page overflowing; -EBADF for an open inherited through
  * fork(). READ: -EFAULT when a page is not readable by the process.
  * WRITE: -EPERM when the mapping is not writable, -EFAULT when not
- * mapped. Commands of issue B return -EOPNOTSUPP until implemented.
+ * mapped. The buffer at ptr is a process address like addr: -EFAULT when
+ * the device cannot load from it (WRITE) or store to it (READ, SNAPSHOT:
+ * NULL, unmapped, PROT_NONE, or read-only for a store). With a userfaultfd
+ * in UFFD_USER_MODE_ONLY (unprivileged users), READ and WRITE of pages
+ * that must be faulted back from another device, or of never-touched
+ * pages of a range that was migrated, give -EFAULT (docs/semantics.md).
+ * Commands of issue B return -EOPNOTSUPP until implemented.
  */
 UHMM_API int uhmm_dmirror_cmd(struct uhmm_dmirror *dm, enum uhmm_dmirror_op op,
 			      struct uhmm_dmirror_cmd *cmd);

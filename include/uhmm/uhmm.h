@@ -208,8 +208,9 @@ UHMM_API void *uhmm_interval_notifier_priv(const struct uhmm_interval_notifier *
 UHMM_API unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub);
 
 /*
- * True when an invalidation collided since @seq was read (and for NULL).
- * Call under the same driver lock that the invalidate callback takes.
+ * True when an invalidation collided since @seq was read (and for NULL or
+ * a notifier of another runtime). Call under the same driver lock that
+ * the invalidate callback takes.
  */
 UHMM_API bool uhmm_interval_read_retry(struct uhmm_interval_notifier *sub,
 				       unsigned long seq);
