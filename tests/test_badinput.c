@@ -285,6 +285,8 @@ TEST(pagemap_bad)
 	ASSERT_EQ(uhmm_page_index(NULL), 0UL);
 	ASSERT_NULL(uhmm_page_owner(NULL));
 	ASSERT_NULL(uhmm_page_data(NULL));
+	ASSERT_NULL(uhmm_page_addr(NULL));
+	ASSERT_EQ(uhmm_page_order(NULL), 0u);
 	ASSERT_EQ(uhmm_page_refcount(NULL), 0u);
 	uhmm_page_set_data(NULL, NULL);
 	uhmm_page_init(NULL);
@@ -294,6 +296,8 @@ TEST(pagemap_bad)
 	ASSERT_NULL(uhmm_pfn_to_page(UHMM_PFN_VALID | 1234));	/* a system page */
 	ASSERT_NULL(uhmm_migrate_pfn_to_page(0));
 	ASSERT_NULL(uhmm_migrate_pfn_to_addr(0));
+	ASSERT_NULL(uhmm_pfn_to_addr(0));
+	ASSERT_EQ(uhmm_migrate_pfn_device(NULL) & UHMM_MIGRATE_PFN_MIGRATE, 0ULL);
 
 	ASSERT_EQ(uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &owner, &good, 4, &pg), 0);
 	ASSERT_EQ(uhmm_pagemap_npages(pg), 4UL);
@@ -388,6 +392,7 @@ TEST(migrate_bad)
 	uhmm_migrate_finalize(NULL);
 
 	ASSERT_EQ(uhmm_migrate_alloc_system(NULL), -EINVAL);
+	ASSERT_EQ(uhmm_migrate_alloc_system_compound(NULL), -EINVAL);
 	r = uhmm_migrate_alloc_system(&mpfn);
 
 	if (r == 0) {
@@ -592,4 +597,40 @@ TEST(stats_bad)
 	ASSERT_EQ(uhmm_stats_get(&st, sizeof(st) + 100), 0);
 	ASSERT_EQ(st.size, (uint32_t)sizeof(st));
 	uhmm_stats_reset();
+}
+
+TEST(dmirror_access_bad)
+{
+	struct uhmm_dmirror *dm = dm_or_skip();
+	char *p = map_anon(2 * ps(), RW), *ro = map_anon(ps(), PROT_READ);
+	char *gone = map_anon(ps(), RW), buf[64];
+	uint64_t f = 7, a;
+
+	ASSERT_NOT_NULL(p);
+	ASSERT_NOT_NULL(ro);
+	ASSERT_NOT_NULL(gone);
+	munmap(gone, ps());
+	a = (uint64_t)(uintptr_t)p;
+	ASSERT_EQ(uhmm_dmirror_access(NULL, a, buf, 8, 0, &f), -EINVAL);
+	ASSERT_EQ(f, 0ULL);			/* cleared even on failure */
+	ASSERT_EQ(uhmm_dmirror_access(dm, a, NULL, 8, 0, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_dmirror_access(dm, a, buf, 0, 0, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_dmirror_access(dm, ~0ULL - 4, buf, 8, 0, NULL), -EINVAL);
+	/* Device loads and stores the process could not do. */
+	ASSERT_EQ(uhmm_dmirror_access(dm, (uint64_t)(uintptr_t)gone, buf, 8, 0, NULL), -EFAULT);
+	ASSERT_EQ(uhmm_dmirror_access(dm, (uint64_t)(uintptr_t)gone, buf, 8, 1, NULL), -EFAULT);
+	ASSERT_EQ(uhmm_dmirror_access(dm, (uint64_t)(uintptr_t)ro, buf, 8, 1, NULL), -EPERM);
+	/* A buffer the process cannot access. */
+	p[5] = 42;
+	ASSERT_EQ(uhmm_dmirror_access(dm, a, gone, 8, 0, NULL), -EFAULT);
+	ASSERT_EQ(uhmm_dmirror_access(dm, a, ro, 8, 0, NULL), -EFAULT);
+	ASSERT_EQ(uhmm_dmirror_access(dm, a, gone, 8, 1, NULL), -EFAULT);
+	ASSERT_EQ(p[5], 42);
+	/* Unaligned and across a page boundary: fine. */
+	memset(buf, 9, sizeof(buf));
+	ASSERT_EQ(uhmm_dmirror_access(dm, a + ps() - 3, buf, 6, 1, NULL), 0);
+	ASSERT_EQ(p[ps() - 1], 9);
+	ASSERT_EQ(p[ps() + 2], 9);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	still_usable();
 }
