@@ -229,6 +229,9 @@ TEST(revalidate_and_copy_bad)
 	ASSERT_EQ(uhmm_range_revalidate(a + ps(), a), -EINVAL);
 	munmap(p, 2 * ps());
 	ASSERT_EQ(uhmm_range_revalidate(a, a + 2 * ps()), 0);	/* unmapped: fine */
+	p = unmapped_page();
+	ASSERT_NOT_NULL(p);
+	a = (unsigned long)p;
 
 	ASSERT_EQ(uhmm_copy_nofault(buf, NULL, 1, &fa), -EFAULT);
 	ASSERT_EQ(fa, 0UL);
@@ -491,7 +494,7 @@ TEST(dmirror_cmd_bad)
 	struct uhmm_dmirror_cmd c;
 	char *p = map_anon(4 * ps(), RW), *buf = map_anon(4 * ps(), RW);
 	char *none = map_anon(ps(), PROT_NONE), *ro = map_anon(ps(), PROT_READ);
-	char *gone = map_anon(ps(), RW);
+	char *gone = unmapped_page();
 	unsigned char snap[4];
 
 	ASSERT_NOT_NULL(p);
@@ -499,7 +502,6 @@ TEST(dmirror_cmd_bad)
 	ASSERT_NOT_NULL(none);
 	ASSERT_NOT_NULL(ro);
 	ASSERT_NOT_NULL(gone);
-	munmap(gone, ps());
 	ASSERT_EQ(uhmm_dmirror_cmd(NULL, UHMM_DMIRROR_READ, &c), -EINVAL);
 	ASSERT_EQ(uhmm_dmirror_cmd(dm, UHMM_DMIRROR_READ, NULL), -EINVAL);
 	ASSERT_EQ(dcmd(dm, (enum uhmm_dmirror_op)99, p, buf, 1, &c), -EINVAL);
@@ -603,13 +605,12 @@ TEST(dmirror_access_bad)
 {
 	struct uhmm_dmirror *dm = dm_or_skip();
 	char *p = map_anon(2 * ps(), RW), *ro = map_anon(ps(), PROT_READ);
-	char *gone = map_anon(ps(), RW), buf[64];
+	char *gone = unmapped_page(), buf[64];
 	uint64_t f = 7, a;
 
 	ASSERT_NOT_NULL(p);
 	ASSERT_NOT_NULL(ro);
 	ASSERT_NOT_NULL(gone);
-	munmap(gone, ps());
 	a = (uint64_t)(uintptr_t)p;
 	ASSERT_EQ(uhmm_dmirror_access(NULL, a, buf, 8, 0, &f), -EINVAL);
 	ASSERT_EQ(f, 0ULL);			/* cleared even on failure */

@@ -161,6 +161,32 @@ TH_UNUSED static void require_kernel_faults(void)
 		SKIP("userfaultfd in UFFD_USER_MODE_ONLY (unprivileged): kernel-mode faults on device pages fail with EFAULT");
 }
 
+/*
+ * An address with nothing mapped at it that nothing is likely to map
+ * meanwhile: far below a fresh mapping (mmap allocates top-down), or far
+ * above it (valgrind maps bottom-up), checked with mincore(). A hole left
+ * by munmap() is not enough under ASan, whose own mmaps can land in it.
+ * NULL if none was found.
+ */
+TH_UNUSED static void *unmapped_page(void)
+{
+	unsigned char v;
+	char *q = mmap(NULL, ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (q == MAP_FAILED)
+		return NULL;
+	munmap(q, ps());
+	for (unsigned long off = 64UL << 30; off <= 1024UL << 30; off += 64UL << 30) {
+		if ((uintptr_t)q > off + (1UL << 32) &&
+		    mincore(q - off, ps(), &v) == -1 && errno == ENOMEM)
+			return q - off;
+		if ((uintptr_t)q + off < (1UL << 46) &&
+		    mincore(q + off, ps(), &v) == -1 && errno == ENOMEM)
+			return q + off;
+	}
+	return NULL;
+}
+
 #ifndef UTIL_DCMD_SENTINEL
 #define UTIL_DCMD_SENTINEL 0
 #endif
