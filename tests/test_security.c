@@ -92,6 +92,14 @@ TEST(device_respects_protection)
 
 	/* Unmapped: neither, and a new mapping there is seen fresh. */
 	ASSERT_EQ(munmap(p, NP * ps()), 0);
+	unsigned char vec[NP];
+
+	if (mincore(p, NP * ps(), vec) == 0) {
+		/* A sanitizer's own mmap took the hole at once. */
+		TH_LOG("hole reused by another mapping: unmapped checks skipped");
+		ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+		return;
+	}
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, buf, NP, &c), -EFAULT);
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_WRITE, p, buf, NP, &c), -EFAULT);
 	char *q = mmap(p, NP * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
@@ -147,6 +155,7 @@ struct race {
 	_Atomic int stop;
 	_Atomic uint64_t gen;	/* see munmap race */
 	long ok, refused, other, lastrc, stale;
+	bool reused;		/* another mapping took the hole */
 };
 
 static void *writer(void *arg)
@@ -268,6 +277,12 @@ TEST_TIMEOUT(munmap_race_never_reads_old_data, 60)
 		char *q = mmap(r.p, ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
 			       -1, 0);
 
+		if (q == MAP_FAILED && errno == EEXIST) {
+			/* A sanitizer's own mmap took the hole: what the
+			 * device reads there is not ours to check. */
+			r.reused = true;
+			break;
+		}
 		ASSERT_EQ(q, r.p);
 		for (unsigned long i = 0; i < ps() / 8; i++)
 			((uint64_t *)q)[i] = g;
@@ -279,16 +294,22 @@ TEST_TIMEOUT(munmap_race_never_reads_old_data, 60)
 	}
 	atomic_store(&r.stop, 1);
 	ASSERT_EQ(pthread_join(t, NULL), 0);
-	TH_LOG("%ld generations; reads %ld ok, %ld -EFAULT, %ld other (last %ld)",
-	       gens, r.ok, r.refused, r.other, r.lastrc);
-	ASSERT_EQ(r.stale, 0);
+	TH_LOG("%ld generations; reads %ld ok, %ld -EFAULT, %ld other (last %ld)%s",
+	       gens, r.ok, r.refused, r.other, r.lastrc,
+	       r.reused ? "; hole reused by another mapping: stopped" : "");
+	if (!r.reused)
+		ASSERT_EQ(r.stale, 0);
 	ASSERT_EQ(r.other, 0);
 	ASSERT_EQ(uhmm_dmirror_close(r.dm), 0);
 }
 
-/* munmap while the device writes: errors, never a signal, and nothing
- * lands in the page mapped there next before the device saw it. */
-TEST_TIMEOUT(munmap_race_write_no_signal, 60)
+/*
+ * The mapping replaced (MAP_FIXED, an unmap for the kernel: UNMAP
+ * invalidation) by PROT_NONE and back while the device writes: errors,
+ * never a signal. The slot never becomes a hole, so no other mapping can
+ * land where the device writes.
+ */
+TEST_TIMEOUT(unmap_race_write_no_signal, 60)
 {
 	struct race r = { 0 };
 	long gens = 0;
@@ -303,15 +324,14 @@ TEST_TIMEOUT(munmap_race_write_no_signal, 60)
 	r.p = hole + ps();
 	ASSERT_EQ(pthread_create(&t, NULL, writer, &r), 0);
 	for (long stop = now_ms() + RUN_MS; now_ms() < stop; gens++) {
-		ASSERT_EQ(mprotect(r.p, NP * ps(), RW), 0);
-		usleep(200);
-		ASSERT_EQ(munmap(r.p, NP * ps()), 0);
-		usleep(100);
-		/* PROT_NONE in the slot again: still out of the device's reach. */
-		ASSERT_EQ(mmap(r.p, NP * ps(), PROT_NONE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0),
+		ASSERT_EQ(mmap(r.p, NP * ps(), RW,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
 			  (void *)r.p);
-		usleep(100);
+		usleep(200);
+		ASSERT_EQ(mmap(r.p, NP * ps(), PROT_NONE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0),
+			  (void *)r.p);
+		usleep(200);
 	}
 	atomic_store(&r.stop, 1);
 	ASSERT_EQ(pthread_join(t, NULL), 0);
