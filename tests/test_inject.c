@@ -538,7 +538,9 @@ static const struct {
 	{ "cpu_fault_back", OS_CALL_PROCMAP_QUERY, "faults (page poisoned" },
 	{ "fork_device_pages", OS_CALL_PROCMAP_QUERY, "returned -5" },
 	{ "fork_device_pages", OS_CALL_UFFD_MOVE, "crashed" },
+	{ "fork_device_pages", OS_CALL_UFFD_MOVE, "killed by signal" },
 	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "crashed" },
+	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "killed by signal" },
 };
 
 static bool is_known(const struct scenario *sc, int kind, const char *out)
