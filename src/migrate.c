@@ -1537,8 +1537,14 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src);
 		uintptr_t v = e ? atomic_load(e) : 0;
 
-		if (!(v & ST_BUSY) && !sp && ms->slot[i] == E_SLOT_NONE)
-			continue;	/* not collected */
+		/*
+		 * Not collected by this migration. A BUSY entry here belongs
+		 * to another one (a fault-back of an overlapping window, a
+		 * migration of the same pages by another thread): not ours to
+		 * touch.
+		 */
+		if (!sp && ms->slot[i] == E_SLOT_NONE)
+			continue;
 		if (v & ST_DROP) {
 			/* The mapping went away during the migration. */
 			struct uhmm_page *dp = uhmm_migrate_pfn_to_page(m->dst[i]);

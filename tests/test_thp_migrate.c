@@ -8,8 +8,11 @@
  * split; the data must be right in every case.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -257,4 +260,81 @@ TEST(thp_fail_alloc_both_ways)
 	ASSERT_EQ(snap1(dm, p) & ~UHMM_DMIRROR_PROT_PMD, UHMM_DMIRROR_PROT_WRITE);
 	ASSERT_TRUE(tcheck(p, TWOMEG, 8));
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+struct toucher {
+	char *p;
+	unsigned int seed;
+	atomic_bool *stop;
+	atomic_ulong bad;
+};
+
+static void *touch_thp(void *arg)
+{
+	struct toucher *t = arg;
+	unsigned int r = t->seed;
+
+	while (!atomic_load(t->stop)) {
+		unsigned long w;
+
+		r = r * 1103515245u + 12345u;
+		w = (r >> 4) % (TWOMEG / sizeof(uint32_t));
+		uint32_t v = ((volatile uint32_t *)t->p)[w];
+
+		if (v != (uint32_t)w * 2654435761u + 9) {
+			if (atomic_fetch_add(&t->bad, 1) == 0)
+				fprintf(stderr, "# word %lu: 0x%x, want 0x%x\n", w, v,
+					(uint32_t)w * 2654435761u + 9);
+		}
+	}
+	return NULL;
+}
+
+/*
+ * Four threads read 2 MiB while it goes to the device and comes back,
+ * over and over: every read sees the right data. Their fault-backs and
+ * the migrations overlap (each may take part of the pages the other
+ * wants): none may touch the other's pages.
+ */
+static void readers_during_migrations(bool thp)
+{
+	char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+	struct uhmm_dmirror *dm = dopen0();
+	struct uhmm_dmirror_cmd c;
+	atomic_bool stop = false;
+	struct toucher t[4];
+	pthread_t th[4];
+	int rounds = UNDER_ASAN ? 20 : 100;
+
+	if (!thp)
+		ASSERT_EQ(madvise(p, TWOMEG, MADV_NOHUGEPAGE), 0);
+	tfill(p, TWOMEG, 9);
+	for (int i = 0; i < 4; i++) {
+		t[i] = (struct toucher){ .p = p, .seed = 77u * (unsigned)i + 1, .stop = &stop };
+		ASSERT_EQ(pthread_create(&th[i], NULL, touch_thp, &t[i]), 0);
+	}
+	for (int i = 0; i < rounds; i++) {
+		int r = dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c);
+
+		/* A reader can take pages back before the read-back. */
+		ASSERT_TRUE(r == 0 || r == -ENOENT);
+		ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, npg(), &c), 0);
+	}
+	atomic_store(&stop, true);
+	for (int i = 0; i < 4; i++) {
+		ASSERT_EQ(pthread_join(th[i], NULL), 0);
+		ASSERT_EQ(atomic_load(&t[i].bad), 0UL);
+	}
+	ASSERT_TRUE(tcheck(p, TWOMEG, 9));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+TEST(thp_readers_during_migrations)
+{
+	readers_during_migrations(true);
+}
+
+TEST(base_pages_readers_during_migrations)
+{
+	readers_during_migrations(false);
 }
