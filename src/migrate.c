@@ -1773,6 +1773,9 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 
 /* ---- CPU fault-back ---- */
 
+/* migrate_to_ram attempts for one CPU fault before it gets SIGBUS. */
+#define FAULT_BACK_TRIES 4
+
 /*
  * A MISSING fault at @addr, on a monitor thread. Device page: its
  * owner's migrate_to_ram. Page being migrated: wait for the migration.
@@ -1784,6 +1787,8 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 {
 	unsigned long vpn = addr >> rt->page_shift;
 	struct stripe *s = stripe_of(rt, vpn);
+
+	int failures = 0;
 
 	addr &= ~(rt->page_size - 1);
 	uhmm__wait_readers(rt);
@@ -1907,8 +1912,29 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		v = atomic_load(e);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
-		if (r < 0) {
-			/* VM_FAULT_SIGBUS: a poisoned page makes the access fail. */
+		if (r < 0 && v && ++failures < FAULT_BACK_TRIES) {
+			/* A transient failure (memory, a racing mapping
+			 * change): the kernel would retry at the next access;
+			 * the access is still waiting here, so retry now. */
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 1000 * 1000L << failures;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_mutex_lock(&s->lock);
+			pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+			pthread_mutex_unlock(&s->lock);
+			continue;
+		}
+		if (r < 0 && v) {
+			/*
+			 * VM_FAULT_SIGBUS: a poisoned page makes the access
+			 * fail. Unlike the kernel's one-shot SIGBUS, the
+			 * marker stays (semantics M13).
+			 */
 			os_uffd_poison(rt->uffd, addr, rt->page_size);
 			return;
 		}
