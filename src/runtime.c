@@ -382,8 +382,13 @@ static void *reader_main(void *arg)
 		ssize_t n;
 		int r = os_poll2(rt->uffd, rt->evfd, -1, &ru, &re);
 
-		if (r == -EINTR)
+		/* Transient: a reader that stopped would leave every later
+		 * fault on a device page waiting forever. */
+		if (r == -EINTR || r == -ENOMEM || r == -EAGAIN) {
+			if (r != -EINTR)
+				os_yield();
 			continue;
+		}
 		if (r < 0 || re)
 			break;
 		if (!(ru & POLLIN)) {

@@ -309,8 +309,21 @@ static bool verify_data_then(struct st *s, int (*again)(struct st *))
 			 strerror(-c));
 		return false;
 	}
-	if (cpu_check(s->buf, s->n, 1))
-		return fail(s, "data wrong after the follow-up");
+	c = cpu_check(s->buf, s->n, 1);
+	if (c) {
+		const uint32_t *w = (const uint32_t *)s->buf;
+		unsigned long k = 0, nw = s->n * ps() / 4;
+
+		/* The pages are home now (cpu_check brought them back). */
+		while (c == -EIO && k < nw && w[k] == 0x01000193u + (uint32_t)k)
+			k++;
+		snprintf(s->why, sizeof(s->why),
+			 "%s after the follow-up (page %lu word %lu: %08x, want %08x)",
+			 c == -EFAULT ? "CPU access faults" : "data wrong",
+			 k / (ps() / 4), k % (ps() / 4), k < nw ? w[k] : 0,
+			 0x01000193u + (uint32_t)k);
+		return false;
+	}
 	return true;
 }
 
@@ -528,7 +541,12 @@ static void point(const struct scenario *sc, int kind, unsigned long nth,
  *    retried on a reader thread while uhmm_dmirror_close() destroys the
  *    pagemap: uhmm__handle_fault() then calls migrate_to_ram with a freed
  *    struct uhmm_page (heap-use-after-free under ASan; pagemap_destroy
- *    does not wait for faults in flight on its pages).
+ *    does not wait for faults in flight on its pages);
+ *  - a fault-back whose install failed (UFFDIO_MOVE ENOENT/ENOMEM in
+ *    uhmm_migrate_finalize(): the page stays on the device) leaves the
+ *    driver believing it migrated (MIGRATE stays set in src[]): a later
+ *    migration and fault-back of that page reads zeros or another page's
+ *    data (seen ~1 run in 30 of inject_cpu_fault_back, page 7).
  */
 static const struct {
 	const char *scenario;
@@ -541,6 +559,7 @@ static const struct {
 	{ "fork_device_pages", OS_CALL_UFFD_MOVE, "killed by signal" },
 	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "crashed" },
 	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "killed by signal" },
+	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "data wrong after the follow-up" },
 };
 
 static bool is_known(const struct scenario *sc, int kind, const char *out)
@@ -718,4 +737,74 @@ TEST(inject_counter_and_repeat)
 	for (int k = 0; k < OS_CALL_NR; k++)
 		ASSERT_NOT_NULL(uhmm__os_call_name((enum os_call)k));
 	ASSERT_EQ(uhmm__os_call_errnos(OS_CALL_UFFD_COPY)[0], EAGAIN);
+}
+
+/*
+ * A transient failure of the monitor threads' poll(2) or read(2) of the
+ * userfaultfd (several in a row, so that both readers meet one) must not
+ * stop them: a CPU access to a device page afterwards is still served.
+ */
+TEST_TIMEOUT(inject_readers_survive_poll_and_read_errors, 60)
+{
+	static const struct { enum os_call call; int err; } cases[] = {
+		{ OS_CALL_POLL, ENOMEM }, { OS_CALL_POLL, EINTR },
+		{ OS_CALL_READ, EAGAIN }, { OS_CALL_READ, EINTR },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int status;
+		pid_t pid = fork();
+
+		ASSERT_GE(pid, 0);
+		if (pid == 0) {
+			struct st s = { .n = NPAGES };
+
+			if (uhmm_init() == -ENOSYS)
+				_exit(77);
+			require_uffd(true);
+			if (setup_on_dev(&s))
+				_exit(3);
+			uhmm__fault_inject_n(cases[i].call, 1, 6, cases[i].err);
+			/* Wake both readers: one event each, a few times. */
+			for (int k = 0; k < 4; k++) {
+				char *q = map_anon(ps(), RW);
+				uint64_t pfn;
+				struct uhmm_interval_notifier *sub;
+				struct uhmm_range r = {
+					.start = (unsigned long)q,
+					.end = (unsigned long)q + ps(),
+					.hmm_pfns = &pfn, .default_flags = FAULT_R,
+				};
+
+				if (uhmm_interval_notifier_insert(&sub, r.start, ps(),
+								  &inv_ops, &s))
+					_exit(4);
+				r.notifier = sub;
+				r.notifier_seq = uhmm_interval_read_begin(sub);
+				uhmm_range_fault(&r);
+				munmap(q, ps());
+				uhmm_interval_notifier_remove(sub);
+			}
+			disarm();
+			_exit(cpu_check(s.buf, s.n, 1) == 0 ? 0 : 5);
+		}
+		double t0 = th_now();
+
+		for (;;) {
+			if (waitpid(pid, &status, WNOHANG) == pid)
+				break;
+			if (th_now() - t0 > 20) {
+				kill(pid, SIGKILL);
+				waitpid(pid, &status, 0);
+				TH_FAIL("%s %s: the CPU access hung (readers stopped)",
+					uhmm__os_call_name(cases[i].call),
+					strerrorname_np(cases[i].err));
+			}
+			usleep(2000);
+		}
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+			SKIP("no device memory here");
+		ASSERT_TRUE(WIFEXITED(status));
+		ASSERT_EQ(WEXITSTATUS(status), 0);
+	}
 }
