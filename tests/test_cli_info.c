@@ -91,9 +91,12 @@ TEST(info_json_agrees_with_the_library)
 	ASSERT_NOT_NULL(strstr(out, expect));
 	snprintf(expect, sizeof(expect), "\"page_size\": %u", f.page_size);
 	ASSERT_NOT_NULL(strstr(out, expect));
+	/* Under valgrind this process opens no userfaultfd (-EDEADLK) while
+	 * the CLI, which valgrind does not trace, does. */
 	snprintf(expect, sizeof(expect), "\"events\": %s",
 		 f.flags & UHMM_FEAT_EVENTS ? "true" : "false");
-	ASSERT_NOT_NULL(strstr(out, expect));
+	if (f.uffd_error != -EDEADLK)
+		ASSERT_NOT_NULL(strstr(out, expect));
 	snprintf(expect, sizeof(expect), "\"root\": %s",
 		 geteuid() == 0 ? "true" : "false");
 	ASSERT_NOT_NULL(strstr(out, expect));
