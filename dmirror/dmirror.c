@@ -501,6 +501,15 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 	 */
 	bool keep_dev = range->event == UHMM_NOTIFY_MIGRATE;
 
+	/*
+	 * The device taking a page exclusive itself: its EXCLUSIVE command
+	 * installs the entry under the sequence protocol, and a CPU revoke
+	 * (owner NULL) clears it (the kernel serializes the two with the
+	 * folio lock).
+	 */
+	if (range->event == UHMM_NOTIFY_EXCLUSIVE && range->owner == dm->dev)
+		return true;
+
 	if (range->flags & UHMM_NOTIFIER_RANGE_BLOCKABLE)
 		pthread_mutex_lock(&dm->lock);
 	else if (pthread_mutex_trylock(&dm->lock))
@@ -1685,13 +1694,29 @@ static int dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c
 	if (ret)
 		return ret;
 	for (addr = start; addr < end; addr += dmirror_page_size) {
-		uint64_t vpn = addr >> dmirror_page_shift, *leaf;
+		uint64_t vpn = addr >> dmirror_page_shift, *leaf = NULL;
+		uint64_t deadline = dmirror_now_ns() + DMIRROR_TIMEOUT_NS;
 		void *dev_addr;
 
-		ret = uhmm_make_device_exclusive(addr, dm->dev, &dev_addr);
-		if (ret)
-			return ret;
-		pthread_mutex_lock(&dm->lock);
+		/*
+		 * A CPU touch between make_device_exclusive() and the entry
+		 * revokes it (an EXCLUSIVE invalidation): the sequence says
+		 * so, and the page is taken again, or the entry would stay
+		 * ATOMIC with the CPU owning the page.
+		 */
+		for (;;) {
+			unsigned long seq = uhmm_interval_read_begin(dm->notifier);
+
+			ret = uhmm_make_device_exclusive(addr, dm->dev, &dev_addr);
+			if (ret)
+				return ret;
+			pthread_mutex_lock(&dm->lock);
+			if (!uhmm_interval_read_retry(dm->notifier, seq))
+				break;
+			pthread_mutex_unlock(&dm->lock);
+			if (dmirror_now_ns() > deadline)
+				return -EBUSY;
+		}
 		leaf = pt_leaf_alloc(&dm->pt, vpn);
 		if (leaf)
 			leaf[vpn & PT_MASK] = UHMM_PFN_VALID | UHMM_PFN_WRITE |
