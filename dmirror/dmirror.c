@@ -266,7 +266,7 @@ static int pt_init(struct dmirror_pt *pt)
 		return -EINVAL;
 	pt->levels = levels;
 	pt->limit = 1ULL << vbits;
-	pt->root = calloc(1UL << top_bits, sizeof(void *));
+	pt->root = uhmm_calloc(1UL << top_bits, sizeof(void *));
 	return pt->root ? 0 : -ENOMEM;
 }
 
@@ -298,7 +298,7 @@ static uint64_t *pt_leaf_alloc(struct dmirror_pt *pt, uint64_t vpn)
 		void **slot = &node[(vpn >> (PT_BITS * l)) & PT_MASK];
 
 		if (!*slot) {
-			*slot = calloc(PT_FANOUT, l > 1 ? sizeof(void *) :
+			*slot = uhmm_calloc(PT_FANOUT, l > 1 ? sizeof(void *) :
 					 sizeof(uint64_t));
 			if (!*slot)
 				return NULL;
@@ -311,7 +311,7 @@ static uint64_t *pt_leaf_alloc(struct dmirror_pt *pt, uint64_t vpn)
 /*
  * Clear the entries of [s, e) below @node, an inner node whose slots each
  * cover 1 << (PT_BITS * l) pages from @base. Absent subtrees are skipped
- * and no node is freed: this runs in invalidate callbacks, where free()
+ * and no node is freed: this runs in invalidate callbacks, where uhmm_free()
  * could trim the heap. Returns whether an entry was cleared.
  */
 static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
@@ -427,9 +427,9 @@ static void pt_free_node(void **node, unsigned int l)
 				pt_free_node(node[i], l - 1);
 	} else {
 		for (i = 0; i < PT_FANOUT; i++)
-			free(node[i]);
+			uhmm_free(node[i]);
 	}
-	free(node);
+	uhmm_free(node);
 }
 
 static void pt_destroy(struct dmirror_pt *pt)
@@ -445,9 +445,9 @@ static void pt_destroy(struct dmirror_pt *pt)
 		if (pt->levels > 1)
 			pt_free_node(pt->root[i], pt->levels - 1);
 		else
-			free(pt->root[i]);
+			uhmm_free(pt->root[i]);
 	}
-	free(pt->root);
+	uhmm_free(pt->root);
 	pt->root = NULL;
 }
 
@@ -792,7 +792,7 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 	if (ret)
 		return ret;
 	range.notifier = dm->notifier;
-	bytes = malloc((size_t)npages);
+	bytes = uhmm_alloc((size_t)npages);
 	/*
 	 * Zeroed once: with no request bits, outputs carry no sticky bits,
 	 * so they are valid (empty) inputs for the next chunk and command.
@@ -802,7 +802,7 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 	dm->snap_pfns = NULL;
 	pthread_mutex_unlock(&dm->lock);
 	if (!pfns)
-		pfns = calloc(DMIRROR_SNAP_CHUNK, sizeof(*pfns));
+		pfns = uhmm_calloc(DMIRROR_SNAP_CHUNK, sizeof(*pfns));
 	if (!bytes || !pfns) {
 		ret = -ENOMEM;
 		goto out_free;
@@ -839,9 +839,9 @@ out_free:
 		}
 		pthread_mutex_unlock(&dm->lock);
 	}
-	/* Not under dm->lock: free() may unmap memory. */
-	free(pfns);
-	free(bytes);
+	/* Not under dm->lock: uhmm_free() may unmap memory. */
+	uhmm_free(pfns);
+	uhmm_free(bytes);
 	return ret;
 }
 
@@ -1175,30 +1175,30 @@ static int dmirror_devmem_grow(struct dmirror_device *dev)
 	 * pool, uhmm_page_addr(). Private ones get a buffer. */
 	mem = NULL;
 	if (!dmirror_coherent(dev) &&
-	    posix_memalign(&mem, dmirror_page_size, n << dmirror_page_shift))
+	    !(mem = uhmm_alloc(n << dmirror_page_shift)))
 		return -ENOMEM;
-	fl = realloc(dev->free, (dev->nchunks + 1) * n * sizeof(*fl));
+	fl = uhmm_realloc(dev->free, (dev->nchunks + 1) * n * sizeof(*fl));
 	if (!fl) {
-		free(mem);
+		uhmm_free(mem);
 		return -ENOMEM;
 	}
 	dev->free = fl;
 	{
 		unsigned long nb = (dev->nchunks + 1) * (n / DMIRROR_BLOCK_PAGES);
-		unsigned long *bf = realloc(dev->blk_free, nb * sizeof(*bf));
+		unsigned long *bf = uhmm_realloc(dev->blk_free, nb * sizeof(*bf));
 		uint16_t *bo;
 
 		if (bf)
 			dev->blk_free = bf;
-		bo = bf ? realloc(dev->blk_out, nb * sizeof(*bo)) : NULL;
+		bo = bf ? uhmm_realloc(dev->blk_out, nb * sizeof(*bo)) : NULL;
 		if (!bo) {
-			free(mem);
+			uhmm_free(mem);
 			return -ENOMEM;
 		}
 		dev->blk_out = bo;
 	}
 	if (!dev->dma && uhmm_dma_create(DMIRROR_DMA_THREADS, &dev->dma)) {
-		free(mem);
+		uhmm_free(mem);
 		return -ENOMEM;
 	}
 	if (!dev->pgmap) {
@@ -1211,7 +1211,7 @@ static int dmirror_devmem_grow(struct dmirror_device *dev)
 		first = uhmm_pagemap_grow(dev->pgmap, n);
 	}
 	if (first < 0) {
-		free(mem);
+		uhmm_free(mem);
 		return (int)first;
 	}
 	for (i = 0; i < n; i++) {
@@ -1566,13 +1566,13 @@ static int dmirror_dev_evict(struct dmirror_device *dev)
 	pthread_mutex_unlock(&dev->lock);
 	if (!npages)
 		return 0;
-	src = malloc(DMIRROR_EVICT_CHUNK * sizeof(*src));
-	dst = malloc(DMIRROR_EVICT_CHUNK * sizeof(*dst));
-	x.d = malloc(DMIRROR_EVICT_CHUNK * sizeof(*x.d));
+	src = uhmm_alloc(DMIRROR_EVICT_CHUNK * sizeof(*src));
+	dst = uhmm_alloc(DMIRROR_EVICT_CHUNK * sizeof(*dst));
+	x.d = uhmm_alloc(DMIRROR_EVICT_CHUNK * sizeof(*x.d));
 	if (!src || !dst || !x.d) {
-		free(src);
-		free(dst);
-		free(x.d);
+		uhmm_free(src);
+		uhmm_free(dst);
+		uhmm_free(x.d);
 		return -ENOMEM;
 	}
 	for (first = 0; first < npages; first += n) {
@@ -1612,9 +1612,9 @@ static int dmirror_dev_evict(struct dmirror_device *dev)
 			memset(dst, 0, n * sizeof(*dst));
 		uhmm_migrate_device_finalize(src, dst, n);
 	}
-	free(src);
-	free(dst);
-	free(x.d);
+	uhmm_free(src);
+	uhmm_free(dst);
+	uhmm_free(x.d);
 	return 0;
 }
 
@@ -2000,7 +2000,7 @@ static int dmirror_device_get(int device, struct dmirror_device **out)
 	pthread_mutex_lock(&dmirror_table.lock);
 	dev = dmirror_table.dev[device];
 	if (!dev) {
-		dev = calloc(1, sizeof(*dev));
+		dev = uhmm_calloc(1, sizeof(*dev));
 		if (!dev) {
 			pthread_mutex_unlock(&dmirror_table.lock);
 			return -ENOMEM;
@@ -2041,14 +2041,14 @@ static void dmirror_device_put(struct dmirror_device *dev)
 	if (dev->pgmap && (!idle || uhmm_pagemap_destroy(dev->pgmap)))
 		return;
 	for (i = 0; i < dev->nchunks; i++)
-		free(dev->mem[i]);
+		uhmm_free(dev->mem[i]);
 	if (dev->dma)
 		uhmm_dma_destroy(dev->dma);
-	free(dev->free);
-	free(dev->blk_free);
-	free(dev->blk_out);
+	uhmm_free(dev->free);
+	uhmm_free(dev->blk_free);
+	uhmm_free(dev->blk_out);
 	pthread_mutex_destroy(&dev->lock);
-	free(dev);
+	uhmm_free(dev);
 }
 
 static void dmirror_open_link(struct uhmm_dmirror *dm)
@@ -2087,7 +2087,7 @@ UHMM_API int uhmm_dmirror_open(int device, struct uhmm_dmirror **out)
 	if (dmirror_once_err)
 		return dmirror_once_err;
 
-	dm = calloc(1, sizeof(*dm));
+	dm = uhmm_calloc(1, sizeof(*dm));
 	if (!dm)
 		return -ENOMEM;
 	dm->gen = atomic_load(&dmirror_gen);
@@ -2117,7 +2117,7 @@ err_pt:
 	pt_destroy(&dm->pt);
 err_free:
 	pthread_mutex_destroy(&dm->lock);
-	free(dm);
+	uhmm_free(dm);
 	return ret;
 }
 
@@ -2137,10 +2137,10 @@ UHMM_API int uhmm_dmirror_close(struct uhmm_dmirror *dm)
 		uhmm_interval_notifier_remove(dm->notifier);
 	dmirror_open_unlink(dm);
 	pt_destroy(&dm->pt);
-	free(dm->snap_pfns);
+	uhmm_free(dm->snap_pfns);
 	dmirror_device_put(dm->dev);
 	pthread_mutex_destroy(&dm->lock);
-	free(dm);
+	uhmm_free(dm);
 	return 0;
 }
 

@@ -278,7 +278,7 @@ static void dma_free(struct uhmm_dma *dma)
 	pthread_cond_destroy(&dma->idle);
 	pthread_cond_destroy(&dma->work);
 	pthread_mutex_destroy(&dma->lock);
-	free(dma);
+	uhmm_free(dma);
 }
 
 int uhmm_dma_create(unsigned int nthreads, struct uhmm_dma **out)
@@ -292,7 +292,7 @@ int uhmm_dma_create(unsigned int nthreads, struct uhmm_dma **out)
 	ret = uhmm__guard_install();
 	if (ret)
 		return ret;
-	dma = calloc(1, sizeof(*dma) + nthreads * sizeof(dma->threads[0]));
+	dma = uhmm_calloc(1, sizeof(*dma) + nthreads * sizeof(dma->threads[0]));
 	if (!dma)
 		return -ENOMEM;
 	dma->nthreads = nthreads;

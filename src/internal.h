@@ -182,6 +182,8 @@ UHMM_INTERNAL void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr,
 				      bool write, unsigned long read_seq);
 UHMM_INTERNAL struct uhmm_page *uhmm__device_page_at(struct uhmm_rt *rt,
 						     unsigned long addr);
+/* Whether [start, end) overlaps uhmm_alloc()'s arena (never migrated). */
+UHMM_INTERNAL bool uhmm__alloc_owns(unsigned long start, unsigned long end);
 UHMM_INTERNAL struct uhmm_page *uhmm__coherent_page_at(struct uhmm_rt *rt,
 						    unsigned long addr);
 UHMM_INTERNAL void uhmm__device_event(struct uhmm_rt *rt, const struct uffd_msg *m);

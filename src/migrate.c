@@ -87,13 +87,13 @@ static int chunk_add(struct uhmm_pagemap *pg, unsigned long n, long *first)
 		return -ENOSPC;
 	if (n > (SIZE_MAX >> 16))
 		return -EINVAL;
-	p = calloc(n, sizeof(*p));
+	p = uhmm_calloc(n, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
 	if (pg->type == UHMM_MEMORY_DEVICE_COHERENT) {
 		pool = pool_create(rt, n, &err);
 		if (!pool) {
-			free(p);
+			uhmm_free(p);
 			return err;
 		}
 	}
@@ -143,7 +143,7 @@ int uhmm_pagemap_create(enum uhmm_memory_type type, const void *owner,
 		if (err)
 			return err;
 	}
-	pg = calloc(1, sizeof(*pg));
+	pg = uhmm_calloc(1, sizeof(*pg));
 	if (!pg)
 		return -ENOMEM;
 	pg->type = type;
@@ -152,7 +152,7 @@ int uhmm_pagemap_create(enum uhmm_memory_type type, const void *owner,
 	pthread_mutex_init(&pg->lock, NULL);
 	err = chunk_add(pg, npages, &first);
 	if (err) {
-		free(pg);
+		uhmm_free(pg);
 		return err;
 	}
 	*out = pg;
@@ -197,12 +197,12 @@ int uhmm_pagemap_destroy(struct uhmm_pagemap *pg)
 			if (atomic_load(&pg->chunk[c].pages[i].refs))
 				return -EBUSY;
 	for (unsigned int c = 0; c < pg->nchunks; c++) {
-		free(pg->chunk[c].pages);
+		uhmm_free(pg->chunk[c].pages);
 		if (pg->chunk[c].pool)
 			os_munmap(pg->chunk[c].pool, pg->chunk[c].n << uhmm__rt_peek()->page_shift);
 	}
 	pthread_mutex_destroy(&pg->lock);
-	free(pg);
+	uhmm_free(pg);
 	return 0;
 }
 
@@ -346,11 +346,11 @@ static _Atomic uintptr_t *st_entry(struct uhmm_rt *rt, unsigned long vpn, bool a
 
 			if (!alloc)
 				return NULL;
-			fresh = calloc(1, sizeof(struct st_node));
+			fresh = uhmm_calloc(1, sizeof(struct st_node));
 			if (!fresh)
 				return NULL;
 			if (!atomic_compare_exchange_strong(slot, &n, fresh))
-				free(fresh);
+				uhmm_free(fresh);
 			else
 				n = fresh;
 		}
@@ -486,11 +486,11 @@ static void hstage_init(struct uhmm_rt *rt)
 		os_munmap(p, b - a);
 	if (a + PMD_BYTES > b)
 		os_munmap((void *)(b + len), a + PMD_BYTES - b);
-	rt->hstage_state = calloc(HSTAGE_SLOTS, 1);
+	rt->hstage_state = uhmm_calloc(HSTAGE_SLOTS, 1);
 	if (!rt->hstage_state ||
 	    os_madvise((void *)b, len, MADV_HUGEPAGE) ||
 	    os_uffd_register(rt->uffd, b, len, UFFDIO_REGISTER_MODE_WP, NULL)) {
-		free(rt->hstage_state);
+		uhmm_free(rt->hstage_state);
 		rt->hstage_state = NULL;
 		os_munmap((void *)b, len);
 		return;
@@ -583,7 +583,7 @@ static int stage_init(struct uhmm_rt *rt)
 	if (p == MAP_FAILED)
 		return err;
 	os_madvise(p, STAGE_PAGES << rt->page_shift, MADV_NOHUGEPAGE);
-	rt->stage_state = calloc(STAGE_PAGES, 1);
+	rt->stage_state = uhmm_calloc(STAGE_PAGES, 1);
 	if (!rt->stage_state) {
 		os_munmap(p, STAGE_PAGES << rt->page_shift);
 		return -ENOMEM;
@@ -591,7 +591,7 @@ static int stage_init(struct uhmm_rt *rt)
 	err = os_uffd_register(rt->uffd, (uintptr_t)p, STAGE_PAGES << rt->page_shift,
 			       UFFDIO_REGISTER_MODE_WP, NULL);
 	if (err) {
-		free(rt->stage_state);
+		uhmm_free(rt->stage_state);
 		rt->stage_state = NULL;
 		os_munmap(p, STAGE_PAGES << rt->page_shift);
 		return err;
@@ -817,10 +817,10 @@ struct mstate {
 
 static void mstate_free(struct mstate *ms)
 {
-	free(ms->slot);
-	free(ms->hs);
-	free(ms->hs_fate);
-	free(ms);
+	uhmm_free(ms->slot);
+	uhmm_free(ms->hs);
+	uhmm_free(ms->hs_fate);
+	uhmm_free(ms);
 }
 
 static void hs_note(struct mstate *ms, long h, uint8_t fate)
@@ -925,7 +925,7 @@ static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 		}
 	}
 	/* Which slots got a page? One mincore for the run of slots. */
-	unsigned char vbuf[512], *vec = n <= sizeof(vbuf) ? vbuf : malloc(n);
+	unsigned char vbuf[512], *vec = n <= sizeof(vbuf) ? vbuf : uhmm_alloc(n);
 
 	if (!vec || os_mincore((void *)stage_addr(rt, slot), n << shift, vec))
 		vec = NULL;
@@ -948,7 +948,7 @@ static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 		m->cpages++;
 	}
 	if (vec && vec != vbuf)
-		free(vec);
+		uhmm_free(vec);
 }
 
 /* Whether the 2 MiB block at @b can move whole: one PMD maps it (a THP,
@@ -1141,17 +1141,19 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		return -EINVAL;		/* hugetlb */
 	if (m->fault_page && !(m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE))
 		return -EINVAL;
+	/* uhmm_alloc()'s arena is never migrated: as unmovable pages. */
 	anon = q.inode == 0 && q.dev_major == 0 && q.dev_minor == 0 &&
-	       !(q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED);
+	       !(q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED) &&
+	       !uhmm__alloc_owns(start, end);
 	writable = q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE;
 
-	ms = calloc(1, sizeof(*ms));
+	ms = uhmm_calloc(1, sizeof(*ms));
 	if (!ms)
 		return -ENOMEM;
-	ms->slot = malloc(n * sizeof(*ms->slot));
+	ms->slot = uhmm_alloc(n * sizeof(*ms->slot));
 	/* A 2 MiB slot per block, the driver's compound destinations too. */
-	ms->hs = malloc((n / 512 + 2) * sizeof(*ms->hs));
-	ms->hs_fate = malloc(n / 512 + 2);
+	ms->hs = uhmm_alloc((n / 512 + 2) * sizeof(*ms->hs));
+	ms->hs_fate = uhmm_alloc(n / 512 + 2);
 	if (!ms->slot || !ms->hs || !ms->hs_fate) {
 		mstate_free(ms);
 		return -ENOMEM;
@@ -2076,6 +2078,7 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 	if (r < 0 && r != -ENOENT)
 		return r;	/* -ENOMEM: not the caller's fault */
 	if (r < 0 || q.vma_start > addr || q.inode || q.dev_major || q.dev_minor ||
+	    uhmm__alloc_owns(addr, addr + rt->page_size) ||
 	    (q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED) ||
 	    !(q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE) ||
 	    q.vma_page_size > rt->page_size)

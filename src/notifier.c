@@ -48,7 +48,7 @@ static int subs_add(struct uhmm_rt *rt, struct uhmm_interval_notifier *sub)
 
 	if (rt->nsubs == rt->subs_cap) {
 		size_t cap = rt->subs_cap ? rt->subs_cap * 2 : 16;
-		void *p = realloc(rt->subs, cap * sizeof(*rt->subs));
+		void *p = uhmm_realloc(rt->subs, cap * sizeof(*rt->subs));
 
 		if (!p)
 			return -ENOMEM;
@@ -203,7 +203,7 @@ int uhmm_interval_notifier_insert(struct uhmm_interval_notifier **out,
 		return err;
 	if (!uhmm__aligned(rt, start) || !uhmm__aligned(rt, length))
 		return -EINVAL;
-	sub = calloc(1, sizeof(*sub));
+	sub = uhmm_calloc(1, sizeof(*sub));
 	if (!sub)
 		return -ENOMEM;
 	sub->start = start;
@@ -236,7 +236,7 @@ int uhmm_interval_notifier_insert(struct uhmm_interval_notifier **out,
 
 out_unlock:
 	pthread_mutex_unlock(&rt->lock);
-	free(sub);
+	uhmm_free(sub);
 	return err;
 }
 
@@ -265,7 +265,7 @@ int uhmm_interval_notifier_remove(struct uhmm_interval_notifier *sub)
 	}
 	pthread_mutex_unlock(&rt->lock);
 	sub->rt = NULL;
-	free(sub);
+	uhmm_free(sub);
 	return 0;
 }
 
@@ -345,7 +345,7 @@ void uhmm__release_all(struct uhmm_rt *rt)
 	uhmm__inv_end(rt);
 	for (size_t i = 0; i < rt->nsubs; i++) {
 		rt->subs[i]->rt = NULL;
-		free(rt->subs[i]);
+		uhmm_free(rt->subs[i]);
 	}
 	rt->nsubs = 0;
 }

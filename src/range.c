@@ -416,7 +416,7 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 		scan_mask &= ~OS_PAGE_IS_FILE;
 	if (((e - s) >> shift) > SCAN_VEC_STACK) {
 		if (!scan_vec_big)
-			scan_vec_big = malloc(SCAN_VEC_BIG * sizeof(*scan_vec_big));
+			scan_vec_big = uhmm_alloc(SCAN_VEC_BIG * sizeof(*scan_vec_big));
 		if (scan_vec_big) {
 			reg = scan_vec_big;
 			vec_len = SCAN_VEC_BIG;

@@ -219,17 +219,17 @@ static void rt_free(struct uhmm_rt *rt)
 	pthread_cond_destroy(&rt->wq);
 	pthread_cond_destroy(&rt->qcond);
 	pthread_cond_destroy(&rt->qread);
-	free(rt->subs);
+	uhmm_free(rt->subs);
 	uhmm__ivset_free(&rt->grants);
 	uhmm__ivset_free(&rt->regs);
 	uhmm__ivset_free(&rt->noreg);
 	uhmm__ivset_free(&rt->missing);
-	free(rt);
+	uhmm_free(rt);
 }
 
 static int rt_create(struct uhmm_rt **out)
 {
-	struct uhmm_rt *rt = calloc(1, sizeof(*rt));
+	struct uhmm_rt *rt = uhmm_calloc(1, sizeof(*rt));
 	long ps = sysconf(_SC_PAGESIZE);
 	int r;
 
@@ -513,10 +513,11 @@ static void *worker_main(void *arg)
 }
 
 /*
- * The monitor threads run on stacks from the heap: a default stack is an
- * mmap of its own, which could land in a hole the application left and
- * means to fill with mmap(MAP_FIXED_NOREPLACE) (dmirror contract). Below
- * malloc's mmap threshold, the heap serves them.
+ * The monitor threads run on stacks from uhmm_alloc()'s arena: a default
+ * stack is an mmap of its own, which could land in a hole the application
+ * left and means to fill with mmap(MAP_FIXED_NOREPLACE) (dmirror
+ * contract), and a stack in the application's heap could be migrated to
+ * a device under the thread that serves the faults.
  */
 #define MONITOR_STACK (112 * 1024)
 
@@ -543,7 +544,9 @@ static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
 		r = pthread_create(t, NULL, fn, rt);
 		return -r;
 	}
-	if (posix_memalign(&stack, 4096, MONITOR_STACK))
+	/* Page aligned (uhmm_alloc of more than a page), never migrated. */
+	stack = uhmm_alloc(MONITOR_STACK);
+	if (!stack)
 		return -ENOMEM;
 	pthread_attr_init(&attr);
 	r = pthread_attr_setstack(&attr, stack, MONITOR_STACK);
@@ -552,7 +555,7 @@ static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
 	pthread_attr_destroy(&attr);
 	if (r) {
 		/* A runtime that refuses a caller's stack: take its own. */
-		free(stack);
+		uhmm_free(stack);
 		stack = NULL;
 		r = pthread_create(t, NULL, fn, rt);
 		if (r)
@@ -575,7 +578,7 @@ static void threads_stop(struct uhmm_rt *rt, int started)
 	pthread_mutex_unlock(&rt->qlock);
 	for (int i = 0; i < started; i++) {
 		pthread_join(*t[i], NULL);
-		free(rt->stacks[i]);
+		uhmm_free(rt->stacks[i]);
 		rt->stacks[i] = NULL;
 	}
 	os_read(rt->evfd, &one, sizeof(one));	/* re-arm */

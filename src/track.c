@@ -50,7 +50,7 @@ int uhmm__ivset_set(struct ivset *s, unsigned long start, unsigned long end,
 		repl[k++] = (struct ival){ end, s->v[j - 1].end, s->v[j - 1].prot };
 	if (s->n - (j - i) + k > s->cap) {
 		size_t cap = s->cap ? s->cap * 2 : 16;
-		void *p = realloc(s->v, cap * sizeof(*s->v));
+		void *p = uhmm_realloc(s->v, cap * sizeof(*s->v));
 
 		if (!p)
 			return -ENOMEM;
@@ -104,7 +104,7 @@ static unsigned int iv_value_at(const struct ivset *s, unsigned long addr)
 
 void uhmm__ivset_free(struct ivset *s)
 {
-	free(s->v);
+	uhmm_free(s->v);
 	s->v = NULL;
 	s->n = s->cap = 0;
 }
@@ -367,7 +367,7 @@ void uhmm__fork_prepare(struct uhmm_rt *rt)
 	pthread_mutex_lock(&rt->tlock);
 	rt->forked = true;
 	if (rt->grants.n) {
-		v = malloc(rt->grants.n * sizeof(*v));
+		v = uhmm_alloc(rt->grants.n * sizeof(*v));
 		for (size_t i = 0; v && i < rt->grants.n; i++) {
 			const struct ival *g = &rt->grants.v[i];
 
@@ -391,7 +391,7 @@ void uhmm__fork_prepare(struct uhmm_rt *rt)
 		rt->fork_inv++;
 	}
 	if (v != &all)
-		free(v);
+		uhmm_free(v);
 }
 
 void uhmm__fork_parent(struct uhmm_rt *rt)

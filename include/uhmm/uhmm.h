@@ -355,6 +355,22 @@ UHMM_API int uhmm_range_revalidate(unsigned long start, unsigned long end);
 UHMM_API int uhmm_copy_nofault(void *dst, const void *src, size_t len,
 			       unsigned long *fault_addr);
 
+/*
+ * Memory uhmm never migrates (a driver's kmalloc): uhmm's own structures
+ * and a driver's (its device page table, its device memory buffers) must
+ * not share pages with an application's heap, which the application may
+ * migrate to a device: the thread that serves CPU faults would then
+ * fault on them itself. malloc/calloc/realloc/free semantics; blocks of
+ * more than 4 KiB are page aligned. uhmm_migrate_setup() and
+ * uhmm_make_device_exclusive() never take these pages. Under a sanitizer
+ * or valgrind they are malloc's, so that the tools see them. Thread-safe,
+ * fork-safe; not async-signal-safe.
+ */
+UHMM_API void *uhmm_alloc(size_t size);
+UHMM_API void *uhmm_calloc(size_t n, size_t size);
+UHMM_API void *uhmm_realloc(void *p, size_t size);
+UHMM_API void uhmm_free(void *p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,284 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Memory uhmm never migrates: its own structures, and drivers' (the
+ * kernel's kmalloc, from a driver's point of view).
+ *
+ * uhmm's state tree, migration bookkeeping and a driver's device page
+ * table must not live in pages an application migrates to a device: the
+ * thread that serves CPU faults would fault on them itself. malloc'ed
+ * memory shares pages with the application's heap, which the application
+ * may migrate (the demo does). So they come from one arena uhmm reserves
+ * (NORESERVE: untouched pages cost nothing), which uhmm_migrate_setup()
+ * and uhmm_make_device_exclusive() refuse to touch.
+ *
+ * Small sizes (up to 4 KiB) come from size classes in 64 KiB slabs;
+ * larger ones are page-aligned blocks of whole slabs, given back to the
+ * system on free (MADV_DONTNEED) and reused. One mutex: nothing here is
+ * on a per-page path.
+ *
+ * Under a sanitizer or valgrind, or when the reservation fails, these
+ * are malloc and free, so that the tools see every allocation.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <uhmm/uhmm.h>
+#include "internal.h"
+
+#define ARENA_BYTES	(64UL << 30)	/* address space only */
+#define SLAB		(64UL << 10)
+#define HDR		4096UL		/* block header; keeps blocks page aligned */
+#define NCLASS		9		/* 16 << 0 .. 16 << 8 = 4096 bytes */
+#define MAGIC_SMALL	0x75686d53u	/* "uhmS" */
+#define MAGIC_BIG	0x75686d42u	/* "uhmB" */
+
+struct slab_hdr {
+	uint32_t magic;
+	uint32_t cls;
+	size_t len;		/* big blocks: bytes of the block, header included */
+	struct slab_hdr *next;	/* big blocks on the free list */
+};
+
+struct free_obj {
+	struct free_obj *next;
+};
+
+static struct {
+	pthread_mutex_t lock;
+	pthread_once_t once;
+	bool libc;		/* malloc/free instead of the arena */
+	char *base, *brk, *end;
+	struct free_obj *free_small[NCLASS];
+	struct slab_hdr *free_big;
+} A = { .lock = PTHREAD_MUTEX_INITIALIZER, .once = PTHREAD_ONCE_INIT };
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || \
+	__has_feature(memory_sanitizer)
+#define UNDER_SANITIZER 1
+#endif
+#endif
+#ifndef UNDER_SANITIZER
+#define UNDER_SANITIZER 0
+#endif
+
+static void arena_init(void)
+{
+	int err;
+	void *p;
+
+	if (UNDER_SANITIZER || os_on_valgrind() || getenv("UHMM_ALLOC_LIBC")) {
+		A.libc = true;
+		return;
+	}
+	p = os_mmap(NULL, ARENA_BYTES + SLAB, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, &err);
+	if (p == MAP_FAILED) {
+		A.libc = true;
+		return;
+	}
+	A.base = (char *)(((uintptr_t)p + SLAB - 1) & ~(SLAB - 1));
+	A.brk = A.base;
+	A.end = A.base + ARENA_BYTES;
+}
+
+static inline bool arena_ready(void)
+{
+	pthread_once(&A.once, arena_init);
+	return !A.libc;
+}
+
+bool uhmm__alloc_owns(unsigned long start, unsigned long end)
+{
+	pthread_once(&A.once, arena_init);
+	return !A.libc && start < (uintptr_t)A.end && end > (uintptr_t)A.base;
+}
+
+static void *carve(size_t len)
+{
+	char *p;
+
+	if ((size_t)(A.end - A.brk) < len)
+		return NULL;
+	p = A.brk;
+	A.brk += len;
+	return p;
+}
+
+static unsigned int size_class(size_t size)
+{
+	unsigned int c = 0;
+
+	while ((16UL << c) < size)
+		c++;
+	return c;
+}
+
+static void *alloc_small(unsigned int c)
+{
+	size_t sz = 16UL << c;
+	struct free_obj *o = A.free_small[c];
+
+	if (!o) {
+		struct slab_hdr *h = carve(SLAB);
+		size_t first = sz > sizeof(*h) ? sz : 64;
+
+		if (!h)
+			return NULL;
+		h->magic = MAGIC_SMALL;
+		h->cls = c;
+		/* Thread the slab's objects, lowest first. */
+		for (size_t off = SLAB - sz; off >= first; off -= sz) {
+			struct free_obj *f = (struct free_obj *)((char *)h + off);
+
+			f->next = A.free_small[c];
+			A.free_small[c] = f;
+		}
+		o = A.free_small[c];
+	}
+	A.free_small[c] = o->next;
+	return o;
+}
+
+static void *alloc_big(size_t size)
+{
+	size_t len = (size + HDR + SLAB - 1) & ~(SLAB - 1);
+	struct slab_hdr **pp, *h;
+
+	if (len < size)
+		return NULL;
+	for (pp = &A.free_big; (h = *pp); pp = &h->next) {
+		if (h->len >= len) {
+			*pp = h->next;
+			return (char *)h + HDR;
+		}
+	}
+	h = carve(len);
+	if (!h)
+		return NULL;
+	h->magic = MAGIC_BIG;
+	h->len = len;
+	return (char *)h + HDR;
+}
+
+void *uhmm_alloc(size_t size)
+{
+	void *p;
+
+	if (!arena_ready())
+		return malloc(size ? size : 1);
+	pthread_mutex_lock(&A.lock);
+	p = size <= (16UL << (NCLASS - 1)) ? alloc_small(size_class(size)) :
+					      alloc_big(size);
+	pthread_mutex_unlock(&A.lock);
+	return p;
+}
+
+void *uhmm_calloc(size_t n, size_t size)
+{
+	size_t total;
+	void *p;
+
+	if (__builtin_mul_overflow(n, size, &total))
+		return NULL;
+	if (!arena_ready())
+		return calloc(n ? n : 1, size ? size : 1);
+	p = uhmm_alloc(total);
+	/* Big blocks are fresh or were given back (zero); objects reused. */
+	if (p && total <= (16UL << (NCLASS - 1)))
+		memset(p, 0, total);
+	return p;
+}
+
+static struct slab_hdr *hdr_of(const void *p)
+{
+	struct slab_hdr *h = (struct slab_hdr *)((uintptr_t)p & ~(SLAB - 1));
+
+	/* A big block's pointer is HDR past its (slab-aligned) start. */
+	if (h->magic != MAGIC_SMALL && h->magic != MAGIC_BIG)
+		return NULL;
+	return h;
+}
+
+/* Usable bytes at @p. */
+static size_t usable(const struct slab_hdr *h)
+{
+	return h->magic == MAGIC_SMALL ? 16UL << h->cls : h->len - HDR;
+}
+
+void uhmm_free(void *p)
+{
+	struct slab_hdr *h;
+
+	if (!p)
+		return;
+	if (!arena_ready() || !uhmm__alloc_owns((uintptr_t)p, (uintptr_t)p + 1)) {
+		free(p);
+		return;
+	}
+	h = hdr_of(p);
+	if (!h)
+		return;		/* not ours: a bug of the caller, ignored */
+	if (h->magic == MAGIC_BIG) {
+		/* Memory back to the system; the block's header stays. */
+		os_madvise((char *)h + HDR, h->len - HDR, MADV_DONTNEED);
+		pthread_mutex_lock(&A.lock);
+		h->next = A.free_big;
+		A.free_big = h;
+		pthread_mutex_unlock(&A.lock);
+		return;
+	}
+	pthread_mutex_lock(&A.lock);
+	((struct free_obj *)p)->next = A.free_small[h->cls];
+	A.free_small[h->cls] = p;
+	pthread_mutex_unlock(&A.lock);
+}
+
+void *uhmm_realloc(void *p, size_t size)
+{
+	struct slab_hdr *h;
+	void *q;
+
+	if (!p)
+		return uhmm_alloc(size);
+	if (!arena_ready() || !uhmm__alloc_owns((uintptr_t)p, (uintptr_t)p + 1))
+		return realloc(p, size);
+	h = hdr_of(p);
+	if (!h)
+		return NULL;
+	if (size <= usable(h))
+		return p;
+	q = uhmm_alloc(size);
+	if (!q)
+		return NULL;
+	memcpy(q, p, usable(h));
+	uhmm_free(p);
+	return q;
+}
+
+/* fork: the child must not inherit the lock held by another thread. */
+static void alloc_prepare(void)
+{
+	pthread_mutex_lock(&A.lock);
+}
+
+static void alloc_release(void)
+{
+	pthread_mutex_unlock(&A.lock);
+}
+
+/*
+ * Registered before the runtime's handlers (a lower priority number
+ * runs first), so that this prepare handler runs after theirs, which
+ * allocate.
+ */
+__attribute__((constructor(101))) static void alloc_load(void)
+{
+	pthread_atfork(alloc_prepare, alloc_release, alloc_release);
+}
