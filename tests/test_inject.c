@@ -546,19 +546,16 @@ static void point(const struct scenario *sc, int kind, unsigned long nth,
 }
 
 /*
- * Library bugs the sweep found that are not fixed yet (src/migrate.c):
- *  - a failure inside migrate_to_ram (here: PROCMAP_QUERY in the driver's
- *    uhmm_migrate_setup) makes uhmm__handle_fault() UFFDIO_POISON the
- *    page: the poison marker stays, so every later CPU access gets SIGBUS
- *    although the data still sit on the device (the kernel delivers one
- *    SIGBUS and retries migrate_to_ram at the next access);
- *    fork's prepare handler meets the same poisoned page: the child
- *    reads zeros there;
- *  - a fault-back whose install failed (UFFDIO_MOVE EEXIST) keeps being
- *    retried on a reader thread while uhmm_dmirror_close() destroys the
- *    pagemap: uhmm__handle_fault() then calls migrate_to_ram with a freed
- *    struct uhmm_page (heap-use-after-free under ASan; pagemap_destroy
- *    does not wait for faults in flight on its pages);
+ * Library bugs the sweep found that are not fixed yet (src/migrate.c,
+ * dmirror/dmirror.c). Found and fixed since: a failure inside
+ * migrate_to_ram poisoned the page for good (now retried, fd88aff), and
+ * fork's prepare handler ignored MADV_POPULATE_READ failures (now a
+ * user-mode touch, retried).
+ *  - a fault-back whose install failed keeps being retried on a reader
+ *    thread while uhmm_dmirror_close() destroys the pagemap:
+ *    uhmm__handle_fault() then calls migrate_to_ram with a freed struct
+ *    uhmm_page (heap-use-after-free under ASan; pagemap_destroy does not
+ *    wait for faults in flight on its pages);
  *  - a fault-back whose install failed (UFFDIO_MOVE EEXIST/ENOENT/ENOMEM
  *    in uhmm_migrate_finalize(): the page stays on the device) can lose
  *    the page later: after the next MIGRATE_TO_DEV and CPU read, it reads
@@ -572,8 +569,6 @@ static const struct {
 	int kind;
 	const char *what;	/* substring of the failure */
 } known[] = {
-	{ "cpu_fault_back", OS_CALL_PROCMAP_QUERY, "faults (page poisoned" },
-	{ "fork_device_pages", OS_CALL_PROCMAP_QUERY, "returned -5" },
 	{ "fork_device_pages", OS_CALL_UFFD_MOVE, "crashed" },
 	{ "fork_device_pages", OS_CALL_UFFD_MOVE, "killed by signal" },
 	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "crashed" },
