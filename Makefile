@@ -229,6 +229,17 @@ check-valgrind: all
 run: all
 	$(CLI) demo
 
+# The soak test alone for DURATION seconds (tests/soak.c; a short run of
+# it is tests/test_soak.c in `make check`).
+DURATION ?= 60
+SOAK := $(BUILD)/soak
+.PHONY: soak
+soak: $(SOAK)
+	$(SOAK) $(DURATION)
+
+$(SOAK): $(BUILD)/obj/tests/soak.o $(STATIC)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
+
 # Every scenario of bench/bench_mirror.c and bench/bench_migrate.c; the
 # programs in $(BUILD)/bench/ still run on their own.
 bench: all
@@ -289,7 +300,7 @@ clean:
 
 ALL_OBJS := $(LIB_OBJS) $(CLI_OBJS) \
 	$(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o) \
-	$(EX_SRCS:%.c=$(BUILD)/obj/%.o)
+	$(EX_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/soak.o
 
 # The Debian packages the build uses (scripts/deps.sh: installs them as
 # root, else says what to install; never fails), once per build directory.
