@@ -29,6 +29,9 @@ struct uhmm_page {
 	void *data;
 	void *mem;			/* coherent: its frame's home (pool) */
 	struct uhmm_page *head;		/* of the device THP it is part of */
+	/* A CPU fault claimed it (BUSY) and its migrate_to_ram has not
+	 * collected it yet; under the stripe lock of its address. */
+	bool fault_pending;
 	_Atomic unsigned long vpn;	/* where it is mapped; 0 when not */
 	_Atomic unsigned long mig_seq;	/* rt->read_seq when it went there */
 };
@@ -813,10 +816,18 @@ struct mstate {
 	unsigned long nhs;	/* 2 MiB slots in use, and their fate */
 	long *hs;
 	uint8_t *hs_fate;
+	/*
+	 * Device pages collected: referenced from setup to the end of
+	 * finalize (the kernel's folio_get on collection), so that their
+	 * pagemap cannot go while the driver copies them.
+	 */
+	struct uhmm_page **held;
+	unsigned long nheld;
 };
 
 static void mstate_free(struct mstate *ms)
 {
+	uhmm_free(ms->held);
 	uhmm_free(ms->slot);
 	uhmm_free(ms->hs);
 	uhmm_free(ms->hs_fate);
@@ -1154,7 +1165,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	/* A 2 MiB slot per block, the driver's compound destinations too. */
 	ms->hs = uhmm_alloc((n / 512 + 2) * sizeof(*ms->hs));
 	ms->hs_fate = uhmm_alloc(n / 512 + 2);
-	if (!ms->slot || !ms->hs || !ms->hs_fate) {
+	ms->held = uhmm_alloc(n * sizeof(*ms->held));
+	if (!ms->slot || !ms->hs || !ms->hs_fate || !ms->held) {
 		mstate_free(ms);
 		return -ENOMEM;
 	}
@@ -1229,7 +1241,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			struct uhmm_page *p = (struct uhmm_page *)(v & ~ST_BUSY);
 
 			/* Only the page being faulted, by its handler. */
-			if (p && p == m->fault_page) {
+			if (p && p == m->fault_page && p->fault_pending) {
+				p->fault_pending = false;
 				m->src[i] = uhmm_migrate_pfn_device(p) |
 					    UHMM_MIGRATE_PFN_MIGRATE |
 					    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
@@ -1289,6 +1302,15 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		pthread_mutex_unlock(&cs->lock);
 	}
 
+	/* References on the device pages collected (compound: 512). */
+	for (unsigned long i = 0; i < n; i++) {
+		struct uhmm_page *p = uhmm_migrate_pfn_to_page(m->src[i]);
+
+		if (p && (m->src[i] & UHMM_MIGRATE_PFN_MIGRATE)) {
+			uhmm_page_get(p);
+			ms->held[ms->nheld++] = p;
+		}
+	}
 	if ((m->flags & UHMM_MIGRATE_SELECT_COMPOUND) && rt->hstage) {
 		if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
 			isolate_blocks(rt, m, writable);
@@ -1648,6 +1670,8 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 	wake_stripes(rt, m->start, m->end);
 	/* Threads that faulted on pages that stayed holes fault again. */
 	os_uffd_wake(rt->uffd, m->start, m->end - m->start);
+	for (unsigned long k = 0; k < ms->nheld; k++)
+		uhmm_page_put(ms->held[k]);
 	mstate_free(ms);
 	m->_private[0] = 0;
 }
@@ -1694,6 +1718,7 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 		if (e && atomic_load(e) == (uintptr_t)p) {
 			atomic_store(e, (uintptr_t)p | ST_BUSY);
 			src[i] = uhmm_migrate_pfn_device(p) | UHMM_MIGRATE_PFN_MIGRATE;
+			uhmm_page_get(p);	/* until device_finalize */
 		}
 		pthread_mutex_unlock(&s->lock);
 		uhmm__inv_end(rt);
@@ -1710,7 +1735,8 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 			atomic_store(e, 0);
 			pthread_cond_broadcast(&s->cond);
 			pthread_mutex_unlock(&s->lock);
-			uhmm_page_put(p);
+			uhmm_page_put(p);	/* the mapping's */
+			uhmm_page_put(p);	/* the collection's */
 		}
 	}
 	return 0;
@@ -1770,6 +1796,13 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 			pthread_mutex_unlock(&s->lock);
 		}
 		os_uffd_wake(rt->uffd, addr, rt->page_size);
+	}
+	/* The references the collection took. */
+	for (unsigned long i = 0; i < npages; i++) {
+		struct uhmm_page *p = uhmm_migrate_pfn_to_page(src[i]);
+
+		if (p && (src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			uhmm_page_put(p);
 	}
 }
 
@@ -1840,11 +1873,27 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			continue;
 		}
 		if (!v) {
+			/*
+			 * A hole: the zero page, as a first touch would. Under
+			 * the stripe lock, so that no migration claims the page
+			 * in between: a stale message (its page came back, then
+			 * went again) would else map the zero page where the
+			 * migration just took the data out. One attempt: a
+			 * retry on EAGAIN waits for the reader, which takes
+			 * stripe locks.
+			 */
+			int64_t done;
+
+			r = os_uffd_zeropage(rt->uffd, addr, rt->page_size, 0, &done);
 			pthread_mutex_unlock(&s->lock);
+			if (r == -EAGAIN || r == -EINTR) {
+				uhmm__wait_events_read(rt);
+				continue;
+			}
 			uhmm__stat_fault_missing(addr);
-			r = uhmm__uffd_zeropage(rt, addr, rt->page_size, 0);
 			if (r == 0 || r == -ENOENT)
 				return;
+			/* EEXIST: the page is there; wake whoever waits. */
 			os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
@@ -1867,7 +1916,14 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
+		/*
+		 * Claimed for this fault; migrate_to_ram's setup collects it.
+		 * A reference keeps the page (and its pagemap) while this
+		 * thread looks at it again afterwards.
+		 */
 		atomic_store(e, v | ST_BUSY);
+		p->fault_pending = true;
+		uhmm_page_get(p);
 		pthread_mutex_unlock(&s->lock);
 
 		/*
@@ -1907,13 +1963,22 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		r = p->pgmap->ops->migrate_to_ram(&vmf);
 		uhmm__stat_fault_back_end(addr, r);
 
+		/*
+		 * Not collected: the claim is still this fault's, give it
+		 * up. Collected: the migration's finalize settled the entry,
+		 * and a BUSY there now is another claim's.
+		 */
 		pthread_mutex_lock(&s->lock);
 		v = atomic_load(e);
-		if (v == ((uintptr_t)p | ST_BUSY))
-			atomic_store(e, (uintptr_t)p);	/* not migrated */
+		if (p->fault_pending) {
+			p->fault_pending = false;
+			if (v == ((uintptr_t)p | ST_BUSY))
+				atomic_store(e, (uintptr_t)p);
+		}
 		v = atomic_load(e);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
+		uhmm_page_put(p);
 		if (r < 0 && v && ++failures < FAULT_BACK_TRIES) {
 			/* A transient failure (memory, a racing mapping
 			 * change): the kernel would retry at the next access;

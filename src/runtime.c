@@ -278,8 +278,18 @@ err:
 	return r;
 }
 
+/*
+ * The runtime a monitor thread serves. uhmm_shutdown() unpublishes the
+ * runtime before it stops the threads: work they finish meanwhile (a
+ * fault-back's finalize, a driver's migrate_to_ram calling back into
+ * uhmm) must go to their runtime, not find none or start a new one.
+ */
+static _Thread_local struct uhmm_rt *tl_monitor_rt;
+
 struct uhmm_rt *uhmm__rt_peek(void)
 {
+	if (tl_monitor_rt)
+		return tl_monitor_rt;
 	return atomic_load_explicit(&g_rt, memory_order_acquire);
 }
 
@@ -339,6 +349,7 @@ int uhmm_features(struct uhmm_features *f)
 /* Tell uhmm__rt_start_threads() that this thread is up and running. */
 static void thread_running(struct uhmm_rt *rt)
 {
+	tl_monitor_rt = rt;
 	pthread_mutex_lock(&rt->qlock);
 	rt->running++;
 	pthread_cond_broadcast(&rt->qread);

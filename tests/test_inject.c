@@ -546,40 +546,30 @@ static void point(const struct scenario *sc, int kind, unsigned long nth,
 }
 
 /*
- * Library bugs the sweep found that are not fixed yet (src/migrate.c,
- * dmirror/dmirror.c). Found and fixed since: a failure inside
- * migrate_to_ram poisoned the page for good (now retried, fd88aff), and
- * fork's prepare handler ignored MADV_POPULATE_READ failures (now a
- * user-mode touch, retried).
- *  - a fault-back whose install failed keeps being retried on a reader
- *    thread while uhmm_dmirror_close() destroys the pagemap:
- *    uhmm__handle_fault() then calls migrate_to_ram with a freed struct
- *    uhmm_page (heap-use-after-free under ASan; pagemap_destroy does not
- *    wait for faults in flight on its pages);
- *  - a fault-back whose install failed (UFFDIO_MOVE EEXIST/ENOENT/ENOMEM
- *    in uhmm_migrate_finalize(): the page stays on the device) can lose
- *    the page later: after the next MIGRATE_TO_DEV and CPU read, it reads
- *    zeros or another page's data (page 7, about 1 run in 10-30 of
- *    `test_inject cpu_fault`; still there after 443fbed). Likely the
- *    driver is not told (MIGRATE stays set in src[]) and frees or reuses
- *    the device page.
+ * Library bugs the sweep found that are not fixed yet: none. Found and
+ * fixed: a failure inside migrate_to_ram poisoned the page for good (now
+ * retried); fork's prepare handler ignored MADV_POPULATE_READ failures
+ * (now a user-mode touch, retried); a fault-back whose install failed
+ * had its handler give up a claim another handler had taken meanwhile
+ * (a page freed twice: heap-use-after-free, later zeros); a stale fault
+ * message mapped the zero page where a migration had just taken the page
+ * out (page 7 read zeros); work finishing on a monitor thread during
+ * uhmm_shutdown() started a new runtime (descriptors left over).
+ * An entry here: { scenario, kind, substring of the failure }.
  */
 static const struct {
 	const char *scenario;
 	int kind;
 	const char *what;	/* substring of the failure */
 } known[] = {
-	{ "fork_device_pages", OS_CALL_UFFD_MOVE, "crashed" },
-	{ "fork_device_pages", OS_CALL_UFFD_MOVE, "killed by signal" },
-	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "crashed" },
-	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "killed by signal" },
-	{ "cpu_fault_back", OS_CALL_UFFD_MOVE, "data wrong after the follow-up" },
+	{ NULL, -1, NULL },
 };
 
 static bool is_known(const struct scenario *sc, int kind, const char *out)
 {
 	for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
-		if (!strcmp(known[i].scenario, sc->name) && known[i].kind == kind &&
+		if (known[i].scenario && !strcmp(known[i].scenario, sc->name) &&
+		    known[i].kind == kind &&
 		    strstr(out, known[i].what))
 			return true;
 	return false;
