@@ -240,6 +240,27 @@ soak: $(SOAK)
 $(SOAK): $(BUILD)/obj/tests/soak.o $(STATIC)
 	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
 
+# The libFuzzer target (fuzz/fuzz_api.c) for DURATION seconds: clang,
+# ASan+UBSan, the library built with coverage into $(FUZZ_BUILD). New
+# inputs go to $(FUZZ_BUILD)/corpus, crashes to $(FUZZ_BUILD)/artifacts;
+# inputs worth keeping go to fuzz/corpus/, which `make check` replays
+# (tests/test_fuzz_corpus.c).
+FUZZ_CC ?= clang
+FUZZ_BUILD ?= build-fuzz
+FUZZ_FLAGS ?= -timeout=60 -rss_limit_mb=4096
+.PHONY: fuzz fuzz-build
+fuzz-build:
+	$(MAKE) CC=$(FUZZ_CC) SANITIZE=address,undefined,fuzzer-no-link \
+		BUILD=$(FUZZ_BUILD) $(FUZZ_BUILD)/libuhmm.a
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -O1 -g $(WARNINGS) -Iinclude \
+		-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+		-pthread -o $(FUZZ_BUILD)/fuzz_api fuzz/fuzz_api.c \
+		$(FUZZ_BUILD)/libuhmm.a
+fuzz: fuzz-build
+	@mkdir -p $(FUZZ_BUILD)/corpus $(FUZZ_BUILD)/artifacts
+	$(FUZZ_BUILD)/fuzz_api -max_total_time=$(DURATION) $(FUZZ_FLAGS) \
+		-artifact_prefix=$(FUZZ_BUILD)/artifacts/ $(FUZZ_BUILD)/corpus fuzz/corpus
+
 # Every scenario of bench/bench_mirror.c and bench/bench_migrate.c; the
 # programs in $(BUILD)/bench/ still run on their own.
 bench: all

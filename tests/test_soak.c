@@ -18,7 +18,14 @@ TEST_TIMEOUT(soak_short, 150)
 		.quiet = true,
 	};
 	const char *env = getenv("UHMM_SOAK_SECONDS");
+	const char *pre = getenv("LD_PRELOAD");
 	int ret;
+
+	/* Under valgrind (make check-valgrind) as under the sanitizers. */
+	if (pre && strstr(pre, "vgpreload")) {
+		o.seconds = 4;
+		o.mib = 16;
+	}
 
 	if (env && strtod(env, NULL) > 0)
 		o.seconds = strtod(env, NULL);
