@@ -29,9 +29,10 @@ struct uhmm_page {
 	void *data;
 	void *mem;			/* coherent: its frame's home (pool) */
 	struct uhmm_page *head;		/* of the device THP it is part of */
-	/* A CPU fault claimed it (BUSY) and its migrate_to_ram has not
-	 * collected it yet; under the stripe lock of its address. */
-	bool fault_pending;
+	/* The fault (its message's read sequence) that claimed it (BUSY)
+	 * and whose migrate_to_ram has not collected it yet, or 0; under
+	 * the stripe lock of its address. */
+	unsigned long fault_claim;
 	_Atomic unsigned long vpn;	/* where it is mapped; 0 when not */
 	_Atomic unsigned long mig_seq;	/* rt->read_seq when it went there */
 };
@@ -1241,8 +1242,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			struct uhmm_page *p = (struct uhmm_page *)(v & ~ST_BUSY);
 
 			/* Only the page being faulted, by its handler. */
-			if (p && p == m->fault_page && p->fault_pending) {
-				p->fault_pending = false;
+			if (p && p == m->fault_page && p->fault_claim) {
+				p->fault_claim = 0;
 				m->src[i] = uhmm_migrate_pfn_device(p) |
 					    UHMM_MIGRATE_PFN_MIGRATE |
 					    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
@@ -1667,11 +1668,13 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 				   PMD_BYTES, MADV_DONTNEED);
 		hstage_free(rt, (unsigned long)ms->hs[k], ms->hs_fate[k] == HS_FULL);
 	}
+	/* Pages that left the device go back to their driver before the
+	 * faulting threads run on, as in the kernel. */
+	for (unsigned long k = 0; k < ms->nheld; k++)
+		uhmm_page_put(ms->held[k]);
 	wake_stripes(rt, m->start, m->end);
 	/* Threads that faulted on pages that stayed holes fault again. */
 	os_uffd_wake(rt->uffd, m->start, m->end - m->start);
-	for (unsigned long k = 0; k < ms->nheld; k++)
-		uhmm_page_put(ms->held[k]);
 	mstate_free(ms);
 	m->_private[0] = 0;
 }
@@ -1916,14 +1919,9 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
-		/*
-		 * Claimed for this fault; migrate_to_ram's setup collects it.
-		 * A reference keeps the page (and its pagemap) while this
-		 * thread looks at it again afterwards.
-		 */
+		/* Claimed for this fault; migrate_to_ram's setup collects it. */
 		atomic_store(e, v | ST_BUSY);
-		p->fault_pending = true;
-		uhmm_page_get(p);
+		p->fault_claim = read_seq;
 		pthread_mutex_unlock(&s->lock);
 
 		/*
@@ -1970,15 +1968,13 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		 */
 		pthread_mutex_lock(&s->lock);
 		v = atomic_load(e);
-		if (p->fault_pending) {
-			p->fault_pending = false;
-			if (v == ((uintptr_t)p | ST_BUSY))
-				atomic_store(e, (uintptr_t)p);
+		if (v == ((uintptr_t)p | ST_BUSY) && p->fault_claim == read_seq) {
+			p->fault_claim = 0;
+			atomic_store(e, (uintptr_t)p);
 		}
 		v = atomic_load(e);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
-		uhmm_page_put(p);
 		if (r < 0 && v && ++failures < FAULT_BACK_TRIES) {
 			/* A transient failure (memory, a racing mapping
 			 * change): the kernel would retry at the next access;
