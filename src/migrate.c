@@ -1826,7 +1826,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 	unsigned long vpn = addr >> rt->page_shift;
 	struct stripe *s = stripe_of(rt, vpn);
 
-	int failures = 0;
+	int failures = 0, counted = 0;
 
 	addr &= ~(rt->page_size - 1);
 	uhmm__wait_readers(rt);
@@ -1887,13 +1887,15 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			 */
 			int64_t done;
 
+			/* Counted before the zero page wakes the thread. */
+			if (!counted++)
+				uhmm__stat_fault_missing(addr);
 			r = os_uffd_zeropage(rt->uffd, addr, rt->page_size, 0, &done);
 			pthread_mutex_unlock(&s->lock);
 			if (r == -EAGAIN || r == -EINTR) {
 				uhmm__wait_events_read(rt);
 				continue;
 			}
-			uhmm__stat_fault_missing(addr);
 			if (r == 0 || r == -ENOENT)
 				return;
 			/* EEXIST: the page is there; wake whoever waits. */
