@@ -94,6 +94,7 @@ static bool fz_null_ptr;	/* UHMM_FUZZ_NULL_PTR=1 */
 static bool fz_no_sync;		/* UHMM_FUZZ_NO_SYNC=1 */
 static bool fz_trace;		/* UHMM_FUZZ_TRACE=1: each op on stderr */
 static bool fz_asan_wild;	/* UHMM_FUZZ_ASAN_WILD=1: wild buffers under ASan */
+static bool fz_mremap_over;	/* UHMM_FUZZ_MREMAP_OVER=1 */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -758,6 +759,30 @@ static void op_mremap(struct fz_in *in)
 		return;
 	if (fz_foreign(b, n))
 		return;
+	/*
+	 * mremap over pages that live on a device leaks the device page
+	 * (or brings its old data back later): fuzz/findings/
+	 * device-page-leak-mremap-over, stale-data-after-mremap-over. Until
+	 * fixed, the destination comes home first (UHMM_FUZZ_MREMAP_OVER=1:
+	 * not).
+	 */
+	if (!fz_mremap_over)
+		for (unsigned long i = b; i < b + n; i++) {
+			if (fz.pg[i].state != FZ_MAPPED && fz.pg[i].state != FZ_LIMBO)
+				continue;
+			toy_to_ram((unsigned long)fz_addr(i),
+				   (unsigned long)fz_addr(i) + FZ_PS, NULL, 0);
+			for (int d = 0; d < 2; d++) {
+				struct uhmm_dmirror_cmd c = {
+					.addr = (uint64_t)(uintptr_t)fz_addr(i),
+					.npages = 1,
+				};
+
+				if (fz.dm[d])
+					uhmm_dmirror_cmd(fz.dm[d],
+							 UHMM_DMIRROR_MIGRATE_TO_SYS, &c);
+			}
+		}
 	if (how & 1)
 		flags |= MREMAP_DONTUNMAP;
 	errno = 0;
@@ -938,6 +963,8 @@ static void fz_setup(void)
 		fz_null_ptr = getenv("UHMM_FUZZ_NULL_PTR") &&
 			      atoi(getenv("UHMM_FUZZ_NULL_PTR"));
 		fz_trace = getenv("UHMM_FUZZ_TRACE") != NULL;
+		fz_mremap_over = getenv("UHMM_FUZZ_MREMAP_OVER") &&
+				 atoi(getenv("UHMM_FUZZ_MREMAP_OVER"));
 		fz_asan_wild = getenv("UHMM_FUZZ_ASAN_WILD") &&
 			       atoi(getenv("UHMM_FUZZ_ASAN_WILD"));
 		fz_no_sync = getenv("UHMM_FUZZ_NO_SYNC") &&

@@ -546,11 +546,11 @@ static void soak_step_device(struct soak_thread *t)
 }
 
 /*
- * Migrations hold the page locks and check the read-back. With
- * UHMM_SOAK_MIGRATE_RACY=1 half of them race CPU and device accesses
- * instead: then EXCLUSIVE can grab a page a migration has isolated (its
- * read-back is zeros, and the CPU's next touch does not revoke it), a uhmm
- * bug the default run steers clear of.
+ * Half the migrations hold the page locks and check the read-back; the
+ * other half race CPU and device accesses and EXCLUSIVE takers of the same
+ * pages (UHMM_SOAK_MIGRATE_RACY=0: all locked). The racing half found
+ * EXCLUSIVE read-backs of zeros and pages still exclusive after a CPU
+ * touch (fixed in e291f0f) and hangs (gone by 60b324b).
  */
 static void soak_step_migrate(struct soak_thread *t)
 {
@@ -777,11 +777,10 @@ static void soak_step_unmap(struct soak_thread *t)
 
 /*
  * A range becomes read-only for a few milliseconds (writers wait);
- * readers, devices and migrations go on. With UHMM_SOAK_RO_WRITE_PROBE=1
- * a device WRITE to it must fail with -EPERM and leave the page alone:
- * it sometimes lands (a uhmm bug: a device page's WRITE entry installed
- * from a snapshot taken before the mprotect survives it, and a copy into
- * device memory has no MMU to refuse it), so the default run skips it.
+ * readers, devices and migrations go on. A device WRITE to it must fail
+ * with -EPERM and leave the page alone (UHMM_SOAK_RO_WRITE_PROBE=0 skips
+ * it; it once landed, with the working tree of 21:20: a device page's
+ * WRITE entry that survived the mprotect).
  */
 static void soak_step_mprotect(struct soak_thread *t)
 {
@@ -1194,6 +1193,8 @@ static int soak_run(const struct soak_opts *o)
 
 	memset(&soak, 0, sizeof(soak));
 	soak.o = *o;
+	/* On by default (the bugs they found at first are fixed); =0 off. */
+	soak.o.migrate_racy = soak.o.ro_write_probe = true;
 	/* UHMM_SOAK_STRICT=1: every mode that finds a known uhmm bug. */
 	if (getenv("UHMM_SOAK_STRICT") && atoi(getenv("UHMM_SOAK_STRICT"))) {
 		soak.o.fork_racy = soak.o.migrate_racy = true;

@@ -108,6 +108,7 @@ TEST_TIMEOUT(replay_findings, 600)
 			setenv("UHMM_FUZZ_NO_SYNC", "1", 1);
 			setenv("UHMM_FUZZ_NULL_PTR", "1", 1);
 			setenv("UHMM_FUZZ_ASAN_WILD", "1", 1);
+			setenv("UHMM_FUZZ_MREMAP_OVER", "1", 1);
 
 			/* Races: the same sequence, again and again. */
 			for (int rep = 0; rep < 50; rep++)

@@ -35,3 +35,59 @@ TEST_TIMEOUT(soak_short, 150)
 		SKIP("the runtime cannot start here");
 	ASSERT_EQ(ret, 0);
 }
+
+/*
+ * The bugs the soak's racing modes find, with the fewest workers that
+ * still find them. They fail while the bug is open, so they run only with
+ * UHMM_SOAK_REPRO=1 (`make check` skips them). build/soak takes the same
+ * knobs: UHMM_SOAK_UNMAP_RACY=1, UHMM_SOAK_MIGRATE_RACY=1,
+ * UHMM_SOAK_RO_WRITE_PROBE=1, UHMM_SOAK_FORK_RACY=1 (UHMM_SOAK_STRICT=1:
+ * all of them).
+ */
+static void repro(const char *threads, const char *knob)
+{
+	struct soak_opts o = {
+		.seconds = 8, .mib = 32, .hang_s = 30 * soak_timeout_scale(),
+		.seed = 5, .quiet = true,
+	};
+
+	if (!getenv("UHMM_SOAK_REPRO"))
+		SKIP("a known bug: set UHMM_SOAK_REPRO=1 to run it");
+	setenv("UHMM_SOAK_THREADS", threads, 1);
+	setenv("UHMM_SOAK_DEVICES", "0", 1);
+	setenv(knob, "1", 1);
+	ASSERT_EQ(soak_run(&o), 0);
+}
+
+/*
+ * fork() while a migration is in flight: the child inherits holes (zeros)
+ * where the migrating pages are; the atfork handler brings device pages
+ * home but does not wait for migrations in progress.
+ */
+TEST_TIMEOUT(repro_fork_during_migration, 120)
+{
+	repro("migrator,forker", "UHMM_SOAK_FORK_RACY");
+}
+
+/*
+ * munmap/MAP_FIXED/MADV_DONTNEED/mremap while CPU threads fault device
+ * pages back elsewhere: both uhmm readers serve fault-backs whose installs
+ * meet the pending event (UFFDIO_MOVE: EAGAIN) and wait for it to be
+ * read, which only a reader does: everything hangs (the watchdog aborts).
+ */
+TEST_TIMEOUT(repro_unmap_vs_fault_back_hang, 120)
+{
+	repro("cpu-read,cpu-write-0,cpu-write-1,device-0,migrator,unmapper",
+	      "UHMM_SOAK_UNMAP_RACY");
+}
+
+/*
+ * MIGRATE_TO_DEV/TO_SYS racing EXCLUSIVE and CPU accesses of the same
+ * pages: a hang (or, before e291f0f, EXCLUSIVE read-backs of zeros and
+ * pages still exclusive after a CPU touch).
+ */
+TEST_TIMEOUT(repro_racing_migrations, 120)
+{
+	repro("cpu-read,cpu-write-0,device-0,migrator,exclusive",
+	      "UHMM_SOAK_MIGRATE_RACY");
+}
