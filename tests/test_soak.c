@@ -40,9 +40,8 @@ TEST_TIMEOUT(soak_short, 150)
  * The bugs the soak's racing modes find, with the fewest workers that
  * still find them. They fail while the bug is open, so they run only with
  * UHMM_SOAK_REPRO=1 (`make check` skips them). build/soak takes the same
- * knobs: UHMM_SOAK_UNMAP_RACY=1, UHMM_SOAK_MIGRATE_RACY=1,
- * UHMM_SOAK_RO_WRITE_PROBE=1, UHMM_SOAK_FORK_RACY=1 (UHMM_SOAK_STRICT=1:
- * all of them).
+ * knobs: UHMM_SOAK_UNMAP_RACY=1, UHMM_SOAK_FORK_RACY=1,
+ * UHMM_SOAK_MIGRATE_RACY=1 (UHMM_SOAK_STRICT=1: all three).
  */
 static void repro(const char *threads, const char *knob)
 {
@@ -82,12 +81,16 @@ TEST_TIMEOUT(repro_unmap_vs_fault_back_hang, 120)
 }
 
 /*
- * MIGRATE_TO_DEV/TO_SYS racing EXCLUSIVE and CPU accesses of the same
- * pages: a hang (or, before e291f0f, EXCLUSIVE read-backs of zeros and
- * pages still exclusive after a CPU touch).
+ * Migrations racing CPU, device and EXCLUSIVE accesses of the same pages:
+ * a hang (about one run in two of soak_short). Seen: a device WRITE's
+ * copy through a system entry (dmirror_copy_run) faults under dm->lock
+ * and waits in handle_userfault; one uhmm reader waits for dm->lock in
+ * dmirror_invalidate, the other in uhmm__handle_fault; a MIGRATE_TO_SYS
+ * waits for dm->lock in its inv_end; an EXCLUSIVE is in
+ * uhmm_make_device_exclusive.
  */
 TEST_TIMEOUT(repro_racing_migrations, 120)
 {
-	repro("cpu-read,cpu-write-0,device-0,migrator,exclusive",
+	repro("cpu-read,cpu-write-0,cpu-write-1,device-0,migrator,exclusive",
 	      "UHMM_SOAK_MIGRATE_RACY");
 }
