@@ -43,17 +43,17 @@ TEST_TIMEOUT(soak_short, 150)
  * knobs: UHMM_SOAK_UNMAP_RACY=1, UHMM_SOAK_FORK_RACY=1,
  * UHMM_SOAK_MIGRATE_RACY=1 (UHMM_SOAK_STRICT=1: all three).
  */
-static void repro(const char *threads, const char *knob)
+static void repro(const char *threads, const char *devices, const char *knob)
 {
 	struct soak_opts o = {
-		.seconds = 8, .mib = 32, .hang_s = 30 * soak_timeout_scale(),
-		.seed = 5, .quiet = true,
+		.seconds = 12, .mib = 32, .hang_s = 30 * soak_timeout_scale(),
+		.seed = (uint64_t)time(NULL), .quiet = true,
 	};
 
 	if (!getenv("UHMM_SOAK_REPRO"))
 		SKIP("a known bug: set UHMM_SOAK_REPRO=1 to run it");
 	setenv("UHMM_SOAK_THREADS", threads, 1);
-	setenv("UHMM_SOAK_DEVICES", "0", 1);
+	setenv("UHMM_SOAK_DEVICES", devices, 1);
 	setenv(knob, "1", 1);
 	ASSERT_EQ(soak_run(&o), 0);
 }
@@ -65,7 +65,7 @@ static void repro(const char *threads, const char *knob)
  */
 TEST_TIMEOUT(repro_fork_during_migration, 120)
 {
-	repro("migrator,forker", "UHMM_SOAK_FORK_RACY");
+	repro("migrator,forker", "0", "UHMM_SOAK_FORK_RACY");
 }
 
 /*
@@ -77,12 +77,12 @@ TEST_TIMEOUT(repro_fork_during_migration, 120)
 TEST_TIMEOUT(repro_unmap_vs_fault_back_hang, 120)
 {
 	repro("cpu-read,cpu-write-0,cpu-write-1,device-0,migrator,unmapper",
-	      "UHMM_SOAK_UNMAP_RACY");
+	      "0", "UHMM_SOAK_UNMAP_RACY");
 }
 
 /*
  * Migrations racing CPU, device and EXCLUSIVE accesses of the same pages:
- * a hang (about one run in two of soak_short). Seen: a device WRITE's
+ * a hang (about one run in two of 12 s). Seen: a device WRITE's
  * copy through a system entry (dmirror_copy_run) faults under dm->lock
  * and waits in handle_userfault; one uhmm reader waits for dm->lock in
  * dmirror_invalidate, the other in uhmm__handle_fault; a MIGRATE_TO_SYS
@@ -91,6 +91,6 @@ TEST_TIMEOUT(repro_unmap_vs_fault_back_hang, 120)
  */
 TEST_TIMEOUT(repro_racing_migrations, 120)
 {
-	repro("cpu-read,cpu-write-0,cpu-write-1,device-0,migrator,exclusive",
-	      "UHMM_SOAK_MIGRATE_RACY");
+	/* Every worker and device: fewer do not hang reliably. */
+	repro("", "", "UHMM_SOAK_MIGRATE_RACY");
 }
