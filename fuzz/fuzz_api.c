@@ -656,7 +656,8 @@ static void op_dmirror(struct fz_in *in)
 		fz_finding("dmirror op %u addr %#llx npages %llu: unexpected %d",
 			   op, (unsigned long long)addr, (unsigned long long)npages, r);
 	}
-	if (op == UHMM_DMIRROR_WRITE && fits && ptr == fz.bounce)
+	/* A WRITE that fails part-way may have written pages before it. */
+	if (op == UHMM_DMIRROR_WRITE && region && ptr == fz.bounce)
 		fz_write_result(pg, npages, r, seeds);
 	if (r == 0 && fits && ptr == fz.bounce &&
 	    (op == UHMM_DMIRROR_READ || op == UHMM_DMIRROR_MIGRATE_TO_DEV ||
