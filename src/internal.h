@@ -123,6 +123,11 @@ struct uhmm_rt {
 	struct stripe stripes[UHMM_STRIPES];
 	_Atomic bool has_device_pages;
 	_Atomic bool has_coherent_pages;	/* a coherent page was mapped */
+	/* Migrations in flight, and a fork waiting for them (gate). */
+	pthread_mutex_t gate_lock;
+	pthread_cond_t gate_cond;
+	unsigned long mig_inflight;
+	bool fork_pending;
 	pthread_mutex_t mlock;	/* staging set-up */
 	pthread_mutex_t rlock;	/* readers: read() to queueing, in turn */
 	pthread_mutex_t stage_lock;
@@ -204,6 +209,14 @@ UHMM_INTERNAL int uhmm__uffd_move(struct uhmm_rt *rt, unsigned long dst,
 				  unsigned long src, unsigned long len,
 				  uint64_t mode);
 UHMM_INTERNAL void uhmm__wait_events_read(struct uhmm_rt *rt);
+/* On a monitor thread (a reader or the worker). There, a userfaultfd
+ * call that meets an unread event (EAGAIN) must not wait for a reader to
+ * read it (it may be the only one free): it fails, noted for the caller. */
+/* After fork (parent): migrations may start again. */
+UHMM_INTERNAL void uhmm__device_fork_done(struct uhmm_rt *rt);
+UHMM_INTERNAL bool uhmm__on_monitor(void);
+UHMM_INTERNAL void uhmm__note_eagain(void);
+UHMM_INTERNAL bool uhmm__take_eagain(void);
 UHMM_INTERNAL void uhmm__sync_events(struct uhmm_rt *rt);
 UHMM_INTERNAL void uhmm__wait_readers(struct uhmm_rt *rt);
 

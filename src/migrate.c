@@ -824,10 +824,46 @@ struct mstate {
 	 */
 	struct uhmm_page **held;
 	unsigned long nheld;
+	bool gated;		/* counted in rt->mig_inflight */
 };
 
-static void mstate_free(struct mstate *ms)
+/*
+ * fork must not copy the page tables while a migration has pages out of
+ * the application's address space (the child would read holes): the
+ * kernel excludes the two with mmap_lock. Migrations a thread starts
+ * wait while a fork is being prepared, and the fork waits for those in
+ * flight. CPU fault-backs (on monitor threads) pass: the fork's own
+ * preparation needs them.
+ */
+static void gate_enter(struct uhmm_rt *rt)
 {
+	pthread_mutex_lock(&rt->gate_lock);
+	while (rt->fork_pending)
+		pthread_cond_wait(&rt->gate_cond, &rt->gate_lock);
+	rt->mig_inflight++;
+	pthread_mutex_unlock(&rt->gate_lock);
+}
+
+static void gate_exit(struct uhmm_rt *rt)
+{
+	pthread_mutex_lock(&rt->gate_lock);
+	if (--rt->mig_inflight == 0)
+		pthread_cond_broadcast(&rt->gate_cond);
+	pthread_mutex_unlock(&rt->gate_lock);
+}
+
+void uhmm__device_fork_done(struct uhmm_rt *rt)
+{
+	pthread_mutex_lock(&rt->gate_lock);
+	rt->fork_pending = false;
+	pthread_cond_broadcast(&rt->gate_cond);
+	pthread_mutex_unlock(&rt->gate_lock);
+}
+
+static void mstate_free(struct uhmm_rt *rt, struct mstate *ms)
+{
+	if (ms->gated)
+		gate_exit(rt);
 	uhmm_free(ms->held);
 	uhmm_free(ms->slot);
 	uhmm_free(ms->hs);
@@ -1122,6 +1158,32 @@ static void split_entry(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	}
 }
 
+/* Give back the claims setup made on entries [0, upto) (it failed). */
+static void unclaim(struct uhmm_rt *rt, struct uhmm_migrate *m, unsigned long upto)
+{
+	struct mstate *ms = mstate_of(m);
+
+	for (unsigned long i = 0; i < upto; i++) {
+		unsigned long vpn = (m->start >> rt->page_shift) + i;
+		_Atomic uintptr_t *e = st_entry(rt, vpn, false);
+		struct uhmm_page *p = uhmm_migrate_pfn_to_page(m->src[i]);
+		struct stripe *s = stripe_of(rt, vpn);
+
+		if (!e)
+			continue;
+		pthread_mutex_lock(&s->lock);
+		if (ms->slot[i] == E_SLOT_NONE - 1)
+			atomic_store(e, 0);
+		else if (ms->slot[i] == E_SLOT_COH || (p && p != m->fault_page))
+			atomic_store(e, atomic_load(e) & ~ST_BUSY);
+		/* The faulting page stays its handler's claim. */
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+	}
+	if (upto)
+		os_uffd_wake(rt->uffd, m->start, upto << rt->page_shift);
+}
+
 int uhmm_migrate_setup(struct uhmm_migrate *m)
 {
 	struct uhmm_rt *rt;
@@ -1168,8 +1230,12 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	ms->hs_fate = uhmm_alloc(n / 512 + 2);
 	ms->held = uhmm_alloc(n * sizeof(*ms->held));
 	if (!ms->slot || !ms->hs || !ms->hs_fate || !ms->held) {
-		mstate_free(ms);
+		mstate_free(rt, ms);
 		return -ENOMEM;
+	}
+	if (!m->fault_page && !uhmm__on_monitor()) {
+		gate_enter(rt);
+		ms->gated = true;
 	}
 	for (unsigned long i = 0; i < n; i++)
 		ms->slot[i] = E_SLOT_NONE;
@@ -1228,6 +1294,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			s = NULL;
 			e = st_entry(rt, vpn, true);
 			if (!e) {
+				unclaim(rt, m, i);
 				uhmm__inv_end(rt);
 				err = -ENOMEM;
 				goto fail;
@@ -1243,7 +1310,6 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 
 			/* Only the page being faulted, by its handler. */
 			if (p && p == m->fault_page && p->fault_claim) {
-				p->fault_claim = 0;
 				m->src[i] = uhmm_migrate_pfn_device(p) |
 					    UHMM_MIGRATE_PFN_MIGRATE |
 					    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
@@ -1345,9 +1411,21 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			    writable);
 		i = j;
 	}
+	/* The faulting page is this migration's now, no longer a claim its
+	 * handler has to give up. */
+	if (m->fault_page) {
+		unsigned long fvpn = atomic_load(&m->fault_page->vpn);
+		struct stripe *fs = stripe_of(rt, fvpn);
+
+		pthread_mutex_lock(&fs->lock);
+		for (unsigned long i = 0; i < n; i++)
+			if (uhmm_migrate_pfn_to_page(m->src[i]) == m->fault_page)
+				m->fault_page->fault_claim = 0;
+		pthread_mutex_unlock(&fs->lock);
+	}
 	return 0;
 fail:
-	mstate_free(ms);
+	mstate_free(rt, ms);
 	m->_private[0] = 0;
 	m->cpages = 0;
 	return err;
@@ -1675,7 +1753,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 	wake_stripes(rt, m->start, m->end);
 	/* Threads that faulted on pages that stayed holes fault again. */
 	os_uffd_wake(rt->uffd, m->start, m->end - m->start);
-	mstate_free(ms);
+	mstate_free(rt, ms);
 	m->_private[0] = 0;
 }
 
@@ -1863,17 +1941,16 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			return;
 		}
 		if (v & ST_BUSY) {
-			struct timespec ts;
-
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 50 * 1000 * 1000;
-			if (ts.tv_nsec >= 1000000000L) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000L;
-			}
-			pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+			/*
+			 * Being migrated (or faulted back by another reader).
+			 * Not waited for here: a reader that sleeps on it
+			 * stops reading events, and the migration may need one
+			 * read (its UFFDIO_MOVE meets an unread munmap). Whoever
+			 * holds the claim wakes the range when it lets go, and
+			 * the thread faults again then.
+			 */
 			pthread_mutex_unlock(&s->lock);
-			continue;
+			return;
 		}
 		if (!v) {
 			/*
@@ -1892,9 +1969,13 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 				uhmm__stat_fault_missing(addr);
 			r = os_uffd_zeropage(rt->uffd, addr, rt->page_size, 0, &done);
 			pthread_mutex_unlock(&s->lock);
-			if (r == -EAGAIN || r == -EINTR) {
-				uhmm__wait_events_read(rt);
+			if (r == -EINTR)
 				continue;
+			if (r == -EAGAIN) {
+				/* An unread event (this reader is the one to
+				 * read it): the thread faults again later. */
+				os_uffd_wake(rt->uffd, addr, rt->page_size);
+				return;
 			}
 			if (r == 0 || r == -ENOENT)
 				return;
@@ -1959,6 +2040,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		vmf.address = addr;
 		vmf.page = p;
 		vmf.flags = write ? UHMM_FAULT_WRITE : 0;
+		uhmm__take_eagain();
 		uhmm__stat_fault_back_begin(addr);
 		r = p->pgmap->ops->migrate_to_ram(&vmf);
 		uhmm__stat_fault_back_end(addr, r);
@@ -1977,6 +2059,16 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		v = atomic_load(e);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
+		if (v && uhmm__take_eagain()) {
+			/*
+			 * The install met an unread event (a munmap, an
+			 * mremap): the page stays on the device, and this
+			 * reader goes back to reading; the thread is woken and
+			 * faults again, after the event.
+			 */
+			os_uffd_wake(rt->uffd, addr, rt->page_size);
+			return;
+		}
 		if (r < 0 && v && ++failures < FAULT_BACK_TRIES) {
 			/* A transient failure (memory, a racing mapping
 			 * change): the kernel would retry at the next access;
@@ -2193,6 +2285,8 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 	atomic_store(e, r == 0 ? (((uintptr_t)slot << 3) | ST_EXCL) : 0);
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
+	/* A CPU access that came meanwhile faults again (and revokes). */
+	os_uffd_wake(rt->uffd, addr, rt->page_size);
 	if (r)
 		return r == -EBUSY || r == -ENOMEM ? r : -EBUSY;
 	*dev_addr = (void *)stage_addr(rt, (unsigned long)slot);
@@ -2227,6 +2321,11 @@ static void fault_in(struct uhmm_rt *rt, unsigned long vpn,
  */
 void uhmm__device_fork(struct uhmm_rt *rt)
 {
+	pthread_mutex_lock(&rt->gate_lock);
+	rt->fork_pending = true;
+	while (rt->mig_inflight)
+		pthread_cond_wait(&rt->gate_cond, &rt->gate_lock);
+	pthread_mutex_unlock(&rt->gate_lock);
 	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
 		st_walk(rt, 0, 1ul << (4 * ST_BITS), fault_in, NULL);
 }

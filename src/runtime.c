@@ -248,6 +248,8 @@ static int rt_create(struct uhmm_rt **out)
 	pthread_mutex_init(&rt->mlock, NULL);
 	pthread_mutex_init(&rt->rlock, NULL);
 	pthread_mutex_init(&rt->stage_lock, NULL);
+	pthread_mutex_init(&rt->gate_lock, NULL);
+	pthread_cond_init(&rt->gate_cond, NULL);
 	for (int i = 0; i < UHMM_STRIPES; i++) {
 		pthread_mutex_init(&rt->stripes[i].lock, NULL);
 		pthread_cond_init(&rt->stripes[i].cond, NULL);
@@ -285,6 +287,26 @@ err:
  * uhmm) must go to their runtime, not find none or start a new one.
  */
 static _Thread_local struct uhmm_rt *tl_monitor_rt;
+/* A userfaultfd call on this monitor thread met an unread event. */
+static _Thread_local bool tl_eagain;
+
+bool uhmm__on_monitor(void)
+{
+	return tl_monitor_rt != NULL;
+}
+
+void uhmm__note_eagain(void)
+{
+	tl_eagain = true;
+}
+
+bool uhmm__take_eagain(void)
+{
+	bool r = tl_eagain;
+
+	tl_eagain = false;
+	return r;
+}
 
 struct uhmm_rt *uhmm__rt_peek(void)
 {
@@ -738,8 +760,10 @@ static void atfork_parent(void)
 	struct uhmm_rt *rt = uhmm__rt_peek();
 
 	pthread_mutex_unlock(&g_lock);
-	if (rt)
+	if (rt) {
 		uhmm__fork_parent(rt);
+		uhmm__device_fork_done(rt);
+	}
 }
 
 /*

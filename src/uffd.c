@@ -53,6 +53,10 @@ static int uffd_do(struct uhmm_rt *rt, enum uffd_op op, unsigned long dst,
 			/* Bounded: a reader that never reads is a bug. */
 			if (++spins > 100000)
 				return -EAGAIN;
+			if (uhmm__on_monitor()) {
+				uhmm__note_eagain();
+				return -EAGAIN;
+			}
 			uhmm__wait_events_read(rt);
 			break;
 		case -EEXIST: {
