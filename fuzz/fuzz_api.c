@@ -204,6 +204,17 @@ static bool fz_all(unsigned long first, unsigned long n, int st)
 }
 
 /*
+ * Is anything mapped at page @pg? mincore() fails with ENOMEM where
+ * nothing is (msync would do too, but valgrind flags it).
+ */
+static bool fz_mapped(unsigned long pg)
+{
+	unsigned char v;
+
+	return mincore(fz_addr(pg), FZ_PS, &v) == 0;
+}
+
+/*
  * A page the model has unmapped may have been taken since by a mapping of
  * someone else (a sanitizer's): then it is FOREIGN and never touched.
  * Returns true if any page of [first, first + n) is FOREIGN.
@@ -214,7 +225,7 @@ static bool fz_foreign(unsigned long first, unsigned long n)
 
 	for (unsigned long i = first; i < first + n && i < FZ_PAGES; i++) {
 		if (fz.pg[i].state == FZ_GONE &&
-		    msync(fz_addr(i), FZ_PS, MS_ASYNC) == 0)
+		    fz_mapped(i))
 			fz.pg[i].state = FZ_FOREIGN;
 		any |= fz.pg[i].state == FZ_FOREIGN;
 	}
@@ -807,7 +818,7 @@ static void op_mremap(struct fz_in *in)
 			unsigned long pp[2] = { a + i, b + i };
 
 			for (int j = 0; j < 2; j++) {
-				bool mapped = msync(fz_addr(pp[j]), FZ_PS, MS_ASYNC) == 0;
+				bool mapped = fz_mapped(pp[j]);
 				struct fz_page *m = &fz.pg[pp[j]];
 
 				if (m->state == FZ_FOREIGN)
@@ -1076,7 +1087,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			for (unsigned long i = 0; i < FZ_PAGES; i++)
 				fprintf(stderr, " %c%c%s", "-MFL"[fz.pg[i].state],
 					"n.rrwwww"[fz.pg[i].prot & 7],
-					(msync(fz_addr(i), FZ_PS, MS_ASYNC) == 0) !=
+					fz_mapped(i) !=
 					(fz.pg[i].state != FZ_GONE) ? "!" : "");
 			fprintf(stderr, "\n");
 		}
