@@ -152,6 +152,7 @@ static struct {
 	atomic_ulong nosys;		/* migration/exclusive: -ENOSYS */
 	struct soak_thread *threads;
 	int nthreads;
+	bool no_devmem;			/* no migration nor EXCLUSIVE */
 	long t0;
 } soak;
 
@@ -919,6 +920,10 @@ static void *soak_thread_main(void *arg)
 	struct soak_thread *t = arg;
 	const char *only = getenv("UHMM_SOAK_THREADS");
 
+	/* Without device memory, nothing for these to do. */
+	if (soak.no_devmem && (t->step == soak_step_migrate ||
+			       t->step == soak_step_exclusive))
+		return NULL;
 	/* UHMM_SOAK_THREADS=migrator,forker runs only those (to bisect). */
 	if (only && *only && !strstr(only, t->name))
 		return NULL;
@@ -1234,6 +1239,20 @@ static int soak_run(const struct soak_opts *o)
 		printf("soak: uhmm_init failed: skipped\n");
 		return 77;
 	}
+	{
+		struct uhmm_features f = { .size = sizeof(f) };
+
+		/*
+		 * UFFD_USER_MODE_ONLY (unprivileged): the kernel's own faults
+		 * on device pages and migrated ranges fail with EFAULT, so
+		 * device commands on them do (docs/semantics.md).
+		 */
+		if (uhmm_features(&f) == 0 &&
+		    f.uffd_path == UHMM_UFFD_SYSCALL_USER_ONLY) {
+			soak.no_devmem = true;
+			printf("soak: userfaultfd in UFFD_USER_MODE_ONLY: migrator and EXCLUSIVE taker skipped\n");
+		}
+	}
 	for (int id = 0; id < SOAK_MAXDEV; id++) {
 		const char *only = getenv("UHMM_SOAK_DEVICES");
 		int rc;
@@ -1282,7 +1301,7 @@ static int soak_run(const struct soak_opts *o)
 		}
 
 	/* Device memory and DMA engines exist before holes appear. */
-	for (int i = 0; i < soak.ndevs; i++)
+	for (int i = 0; i < soak.ndevs && !soak.no_devmem; i++)
 		soak_cmd(&soak.devs[i], UHMM_DMIRROR_MIGRATE_TO_DEV,
 			 soak_addr(&soak.buf[2], (unsigned long)i),
 			 soak.threads[0].bounce, 1);
