@@ -314,8 +314,25 @@ static uint64_t *pt_leaf_alloc(struct dmirror_pt *pt, uint64_t vpn)
  * and no node is freed: this runs in invalidate callbacks, where uhmm_free()
  * could trim the heap. Returns whether an entry was cleared.
  */
+/*
+ * Whether entry @v names memory of device @owner: its private pages
+ * (range_fault reports only the owner's), or coherent pages it owns
+ * (coherent pages of any device are reported).
+ */
+static bool pt_entry_of(uint64_t v, const void *owner)
+{
+	struct uhmm_page *page;
+
+	if (v & UHMM_PFN_DEVICE_PRIVATE)
+		return true;
+	if (!(v & UHMM_PFN_DEVICE_COHERENT))
+		return false;
+	page = uhmm_pfn_to_page(v);
+	return page && uhmm_page_owner(page) == owner;
+}
+
 static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
-			  uint64_t s, uint64_t e, bool keep_dev)
+			  uint64_t s, uint64_t e, const void *keep_dev)
 {
 	unsigned int shift = PT_BITS * l;
 	uint64_t span = 1ULL << shift;
@@ -338,7 +355,7 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
 			uint64_t j;
 
 			for (j = cs - cb; j < ce - cb; j++) {
-				if (keep_dev && (leaf[j] & DMIRROR_PFN_DEVICE))
+				if (keep_dev && pt_entry_of(leaf[j], keep_dev))
 					continue;
 				if (leaf[j]) {
 					leaf[j] = 0;
@@ -355,7 +372,7 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
  * memory stay (the device's own migrations manage those).
  */
 static bool pt_clear(struct dmirror_pt *pt, uint64_t s, uint64_t e,
-		     bool keep_dev)
+		     const void *keep_dev)
 {
 	if (e > pt->limit)
 		e = pt->limit;
@@ -499,7 +516,14 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 	 * CPU fault-back migrates a read-ahead window that can cover pages
 	 * of this device: their entries stay too.
 	 */
-	bool keep_dev = range->event == UHMM_NOTIFY_MIGRATE;
+	/*
+	 * Entries kept across a MIGRATE event: this device's own memory
+	 * only. A coherent page of another device is mapped at its
+	 * address like system memory: that device's migration takes it
+	 * away, and an entry kept would lead the device to an address that
+	 * faults (with dm->lock held, while the fault-back needs it).
+	 */
+	const void *keep_dev = range->event == UHMM_NOTIFY_MIGRATE ? dm->dev : NULL;
 
 	/*
 	 * The device taking a page exclusive itself: its EXCLUSIVE command
