@@ -909,7 +909,8 @@ static int dmirror_copy_run(struct dmirror_copy *c, uint64_t i, uint64_t pfn,
 			    uint64_t n)
 {
 	char *dev = uhmm_pfn_to_addr(pfn);
-	char *buf = c->buf + (i << dmirror_page_shift);
+	/* Through uintptr_t: the buffer may be NULL (-EFAULT then). */
+	char *buf = (char *)((uintptr_t)c->buf + (i << dmirror_page_shift));
 	size_t len = (size_t)(n << dmirror_page_shift);
 	unsigned long fa = 0;
 	int ret;
@@ -939,7 +940,8 @@ static int dmirror_copy_devpage(struct uhmm_dmirror *dm, struct dmirror_copy *c,
 {
 	struct uhmm_page *page = uhmm_pfn_to_page(e);
 	char *mem = page ? uhmm_page_data(page) : NULL;
-	char *buf = c->buf + (i << dmirror_page_shift);
+	/* Through uintptr_t: the buffer may be NULL (-EFAULT then). */
+	char *buf = (char *)((uintptr_t)c->buf + (i << dmirror_page_shift));
 	unsigned long fa = 0;
 	int ret;
 

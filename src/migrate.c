@@ -2124,16 +2124,39 @@ static void move_entry(struct uhmm_rt *rt, unsigned long vpn,
 	struct remap_arg *a = arg;
 	unsigned long nvpn = vpn - a->from + a->to;
 	_Atomic uintptr_t *ne = st_entry(rt, nvpn, true);
-	uintptr_t v;
+	uintptr_t v, old;
 
 	if (!ne)
 		return;
+	struct stripe *s = stripe_of(rt, vpn), *ns = stripe_of(rt, nvpn);
+
+	/* One stripe at a time; the worker's put_dropped takes them too. */
+	pthread_mutex_lock(&s->lock);
 	v = atomic_exchange(e, 0);
+	pthread_mutex_unlock(&s->lock);
 	if (!v)
 		return;
 	if (!(v & ST_FLAGS))
 		atomic_store(&((struct uhmm_page *)v)->vpn, nvpn);
-	atomic_store(ne, v);
+	pthread_mutex_lock(&ns->lock);
+	old = atomic_exchange(ne, v);
+	pthread_cond_broadcast(&ns->cond);
+	pthread_mutex_unlock(&ns->lock);
+	/*
+	 * mremap over pages that were on a device: the destination's UNMAP
+	 * came first and marked them DROP; the worker would give them back,
+	 * but this entry no longer names them. Given back here.
+	 */
+	if ((old & ST_DROP) && !(old & ST_BUSY)) {
+		if (old & ST_EXCL) {
+			stage_free(rt, old >> 3, true);
+		} else if (old & ~ST_FLAGS) {
+			struct uhmm_page *op = (struct uhmm_page *)(old & ~ST_FLAGS);
+
+			atomic_store(&op->vpn, 0);
+			uhmm_page_put(op);
+		}
+	}
 }
 
 /*
