@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -167,12 +168,22 @@ static void *alloc_big(size_t size)
 	return (char *)h + HDR;
 }
 
+/* malloc's, keeping the promise that big blocks are page aligned. */
+static void *libc_alloc(size_t size)
+{
+	void *p = NULL;
+
+	if (size <= 16UL << (NCLASS - 1))
+		return malloc(size ? size : 1);
+	return posix_memalign(&p, 4096, size) ? NULL : p;
+}
+
 void *uhmm_alloc(size_t size)
 {
 	void *p;
 
 	if (!arena_ready())
-		return malloc(size ? size : 1);
+		return libc_alloc(size);
 	pthread_mutex_lock(&A.lock);
 	p = size <= (16UL << (NCLASS - 1)) ? alloc_small(size_class(size)) :
 					      alloc_big(size);
@@ -187,8 +198,12 @@ void *uhmm_calloc(size_t n, size_t size)
 
 	if (__builtin_mul_overflow(n, size, &total))
 		return NULL;
-	if (!arena_ready())
-		return calloc(n ? n : 1, size ? size : 1);
+	if (!arena_ready()) {
+		p = libc_alloc(total);
+		if (p)
+			memset(p, 0, total);
+		return p;
+	}
 	p = uhmm_alloc(total);
 	/* Big blocks are fresh or were given back (zero); objects reused. */
 	if (p && total <= (16UL << (NCLASS - 1)))
@@ -247,8 +262,18 @@ void *uhmm_realloc(void *p, size_t size)
 
 	if (!p)
 		return uhmm_alloc(size);
-	if (!arena_ready() || !uhmm__alloc_owns((uintptr_t)p, (uintptr_t)p + 1))
-		return realloc(p, size);
+	if (!arena_ready() || !uhmm__alloc_owns((uintptr_t)p, (uintptr_t)p + 1)) {
+		size_t old = malloc_usable_size(p);
+
+		if (size <= 16UL << (NCLASS - 1) && old <= 16UL << (NCLASS - 1))
+			return realloc(p, size);
+		q = libc_alloc(size);
+		if (!q)
+			return NULL;
+		memcpy(q, p, old < size ? old : size);
+		free(p);
+		return q;
+	}
 	h = hdr_of(p);
 	if (!h)
 		return NULL;

@@ -44,6 +44,7 @@ struct uhmm_pagemap {
 	const void *owner;
 	const struct uhmm_pagemap_ops *ops;
 	pthread_mutex_t lock;
+	_Atomic unsigned long putting;	/* uhmm_page_put()s in progress */
 	unsigned long npages;
 	unsigned int nchunks;
 	struct {
@@ -200,6 +201,8 @@ int uhmm_pagemap_destroy(struct uhmm_pagemap *pg)
 		for (unsigned long i = 0; i < pg->chunk[c].n; i++)
 			if (atomic_load(&pg->chunk[c].pages[i].refs))
 				return -EBUSY;
+	while (atomic_load_explicit(&pg->putting, memory_order_acquire))
+		os_yield();
 	for (unsigned int c = 0; c < pg->nchunks; c++) {
 		uhmm_free(pg->chunk[c].pages);
 		if (pg->chunk[c].pool)
@@ -261,12 +264,24 @@ void uhmm_page_get(struct uhmm_page *p)
 		atomic_fetch_add(&p->refs, 1);
 }
 
+/*
+ * The pagemap counts puts in progress: a page_free callback still running
+ * when the last reference is gone must finish before
+ * uhmm_pagemap_destroy() frees the pages (the kernel's pgmap reference).
+ */
 void uhmm_page_put(struct uhmm_page *p)
 {
-	if (p && atomic_fetch_sub(&p->refs, 1) == 1) {
+	struct uhmm_pagemap *pg;
+
+	if (!p)
+		return;
+	pg = p->pgmap;
+	atomic_fetch_add(&pg->putting, 1);
+	if (atomic_fetch_sub(&p->refs, 1) == 1) {
 		uhmm__stat_add(UHMM__STAT_device_pages_in_use, (uint64_t)-1);
-		p->pgmap->ops->page_free(p);
+		pg->ops->page_free(p);
 	}
+	atomic_fetch_sub_explicit(&pg->putting, 1, memory_order_release);
 }
 
 unsigned int uhmm_page_refcount(const struct uhmm_page *p)

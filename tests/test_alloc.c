@@ -79,7 +79,10 @@ TEST(alloc_reuse_and_realloc)
 		uhmm_free(a);
 		uhmm_free(b);
 	}
-	ASSERT_NOT_NULL(uhmm_realloc(NULL, 10));
+	void *q = uhmm_realloc(NULL, 10);
+
+	ASSERT_NOT_NULL(q);
+	uhmm_free(q);
 }
 
 static void *churn(void *arg)
@@ -90,7 +93,7 @@ static void *churn(void *arg)
 
 	for (int i = 0; i < 20000; i++) {
 		int k = (int)((seed = seed * 1103515245u + 12345u) >> 16) % 64;
-		size_t n = ((seed >> 8) % 3 == 0) ? 9000 : (seed >> 4) % 3000 + 1;
+		size_t n = ((seed >> 8) % 3 == 0) ? 9000 : (seed >> 4) % 3000 + sizeof(unsigned int);
 
 		if (keep[k]) {
 			if (*(unsigned int *)keep[k] != (unsigned int)k)
