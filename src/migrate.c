@@ -1298,6 +1298,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	 */
 	struct stripe *s = NULL;
 	_Atomic uintptr_t *e = NULL;
+	unsigned long ndropped = 0;
 
 	for (unsigned long i = 0; i < n; i++) {
 		unsigned long vpn = (start >> shift) + i;
@@ -1320,6 +1321,16 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			e++;
 		}
 		v = atomic_load(e);
+		if ((v & ST_DROP) && !(v & ST_BUSY)) {
+			/*
+			 * The mapping it belonged to went away (munmap,
+			 * MADV_DONTNEED), and the worker has not given it
+			 * back yet: what is here now is new. Given back here.
+			 */
+			ms->held[n - 1 - ndropped++] = (struct uhmm_page *)v;
+			atomic_store(e, 0);
+			v = 0;
+		}
 		if (v & ST_BUSY) {
 			struct uhmm_page *p = (struct uhmm_page *)(v & ~ST_BUSY);
 
@@ -1360,6 +1371,20 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
 		atomic_store(&rt->has_device_pages, true);
 	uhmm__inv_end(rt);
+	/* The dropped entries met above, kept at the end of held[]. */
+	for (unsigned long k = 0; k < ndropped; k++) {
+		uintptr_t dv = (uintptr_t)ms->held[n - 1 - k];
+
+		ms->held[n - 1 - k] = NULL;
+		if (dv & ST_EXCL) {
+			stage_free(rt, dv >> 3, true);
+		} else if (dv & ~ST_FLAGS) {
+			struct uhmm_page *dp = (struct uhmm_page *)(dv & ~ST_FLAGS);
+
+			atomic_store(&dp->vpn, 0);
+			uhmm_page_put(dp);
+		}
+	}
 
 	/* Coherent pages: their frames go home to the pool. */
 	for (unsigned long i = 0; i < n; i++) {
