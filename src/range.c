@@ -7,6 +7,7 @@
  * until the requests are met, as hmm_range_fault re-walks after a fault.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -24,6 +25,13 @@
  * hole the application left in its address space.
  */
 static _Thread_local struct os_page_region *scan_vec_big;
+static pthread_key_t scan_key;
+static pthread_once_t scan_key_once = PTHREAD_ONCE_INIT;
+
+static void scan_key_init(void)
+{
+	pthread_key_create(&scan_key, uhmm_free);
+}
 #define FAULT_TRIES 16
 
 int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
@@ -415,8 +423,13 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 	if (v.shared || (q->inode == 0 && q->dev_major == 0 && q->dev_minor == 0))
 		scan_mask &= ~OS_PAGE_IS_FILE;
 	if (((e - s) >> shift) > SCAN_VEC_STACK) {
-		if (!scan_vec_big)
+		if (!scan_vec_big) {
 			scan_vec_big = uhmm_alloc(SCAN_VEC_BIG * sizeof(*scan_vec_big));
+			/* Given back when the thread exits. */
+			pthread_once(&scan_key_once, scan_key_init);
+			if (scan_vec_big)
+				pthread_setspecific(scan_key, scan_vec_big);
+		}
 		if (scan_vec_big) {
 			reg = scan_vec_big;
 			vec_len = SCAN_VEC_BIG;
