@@ -799,7 +799,7 @@ static void op_mremap(struct fz_in *in)
 							 UHMM_DMIRROR_MIGRATE_TO_SYS, &c);
 			}
 		}
-	/* Open findings (fuzz/findings/*mremap*): DONTUNMAP, and what a
+	/* Open findings (fuzz/findings/, the mremap ones): DONTUNMAP, and what a
 	 * failed mremap leaves behind, only with UHMM_FUZZ_DONTUNMAP=1. */
 	if ((how & 1) && fz_dontunmap)
 		flags |= MREMAP_DONTUNMAP;
