@@ -239,8 +239,11 @@ UHMM_API void uhmm_interval_set_seq(struct uhmm_interval_notifier *sub,
  *     uhmm_copy_nofault(), which goes through the CPU's page tables at
  *     every access: a device can never use access the process has lost,
  *     and a mapping that vanishes under it gives -EFAULT, never a signal.
- *   - device memory (UHMM_PFN_DEVICE_PRIVATE/COHERENT, issue B): a page
- *     handle of the owning device.
+ *   - device-private memory (UHMM_PFN_DEVICE_PRIVATE, reported to its
+ *     owner only): a handle of the device page (uhmm_pfn_to_page());
+ *   - device-coherent memory (UHMM_PFN_DEVICE_COHERENT): mapped like
+ *     system memory, so the frame is the virtual page number, as above;
+ *     uhmm_pfn_to_page() names the device page.
  *
  * Output bits other than the sticky ones (DMA_MAPPED, P2PDMA*) are
  * rewritten for every page; the sticky bits are preserved.
