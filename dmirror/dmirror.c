@@ -1667,7 +1667,17 @@ static int dmirror_error_chunk(struct uhmm_dmirror *dm,
 static int dmirror_check_mapped(struct uhmm_dmirror *dm, unsigned long start,
 				unsigned long end)
 {
-	int ret = dmirror_walk(dm, start, end, 0, dmirror_error_chunk, NULL);
+	int ret;
+
+	/*
+	 * Invalidations of munmaps and madvises that returned have run
+	 * (they run on uhmm's worker): one landing later would clear the
+	 * entries this command is about to install.
+	 */
+	ret = uhmm_range_revalidate(start, end);
+	if (ret)
+		return ret;
+	ret = dmirror_walk(dm, start, end, 0, dmirror_error_chunk, NULL);
 
 	return ret == -EFAULT ? -EINVAL : ret;
 }

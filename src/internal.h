@@ -169,6 +169,7 @@ UHMM_INTERNAL void uhmm__ivset_free(struct ivset *s);
 UHMM_INTERNAL int uhmm__track_vma(struct uhmm_rt *rt,
 				  const struct os_procmap_query *q,
 				  unsigned long start, unsigned long end);
+UHMM_INTERNAL void uhmm__track_event_early(struct uhmm_rt *rt, const struct uffd_msg *m);
 UHMM_INTERNAL void uhmm__track_event(struct uhmm_rt *rt,
 				     const struct uffd_msg *m);
 UHMM_INTERNAL void uhmm__track_overflow(struct uhmm_rt *rt);

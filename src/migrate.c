@@ -1220,6 +1220,10 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		return -EINVAL;
 	if (rt->uffd < 0)
 		return -ENOSYS;
+	/* A munmap or madvise that returned has dropped its device pages
+	 * (its event is read; applied right after the read). */
+	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		uhmm__wait_readers(rt);
 	uhmm__stat_migrate_begin(m);
 	shift = rt->page_shift;
 	n = (end - start) >> shift;

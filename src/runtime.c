@@ -447,9 +447,12 @@ static void *reader_main(void *arg)
 		rseq = atomic_fetch_add(&rt->read_seq, 1) + 1;
 		n = os_read(rt->uffd, msg, sizeof(msg));
 		/* Device pages follow the mapping before any later fault. */
-		for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(msg[0]); i++)
-			if (msg[i].event != UFFD_EVENT_PAGEFAULT)
-				uhmm__device_event(rt, &msg[i]);
+		for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(msg[0]); i++) {
+			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
+				continue;
+			uhmm__track_event_early(rt, &msg[i]);
+			uhmm__device_event(rt, &msg[i]);
+		}
 		pthread_mutex_lock(&rt->qlock);
 		rt->in_read--;
 		pthread_cond_broadcast(&rt->qread);

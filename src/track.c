@@ -198,7 +198,13 @@ int uhmm__track_vma(struct uhmm_rt *rt, const struct os_procmap_query *q,
 	return r;
 }
 
-void uhmm__track_event(struct uhmm_rt *rt, const struct uffd_msg *m)
+/*
+ * On the reader, right after read() returned the event (with the device
+ * pages, uhmm__device_event()): what is registered follows the mapping
+ * before anything that runs after the munmap or mremap returned (a
+ * migration of a new mapping at the same address must register it).
+ */
+void uhmm__track_event_early(struct uhmm_rt *rt, const struct uffd_msg *m)
 {
 	unsigned long s, e, to;
 
@@ -212,13 +218,6 @@ void uhmm__track_event(struct uhmm_rt *rt, const struct uffd_msg *m)
 		uhmm__ivset_set(&rt->grants, s, e, 0);
 		uhmm__ivset_set(&rt->missing, s, e, 0);
 		pthread_mutex_unlock(&rt->tlock);
-		uhmm__invalidate(rt, s, e, UHMM_NOTIFY_UNMAP, NULL);
-		uhmm__device_release(rt, s, e);
-		break;
-	case UFFD_EVENT_REMOVE:
-		uhmm__invalidate(rt, m->arg.remove.start, m->arg.remove.end,
-				 UHMM_NOTIFY_CLEAR, NULL);
-		uhmm__device_release(rt, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_REMAP:
 		s = m->arg.remap.from;
@@ -234,6 +233,31 @@ void uhmm__track_event(struct uhmm_rt *rt, const struct uffd_msg *m)
 		uhmm__ivset_set(&rt->missing, s, e, 0);
 		uhmm__ivset_set(&rt->grants, s, e, 0);
 		pthread_mutex_unlock(&rt->tlock);
+		break;
+	default:
+		break;
+	}
+}
+
+void uhmm__track_event(struct uhmm_rt *rt, const struct uffd_msg *m)
+{
+	unsigned long s, e;
+
+	switch (m->event) {
+	case UFFD_EVENT_UNMAP:
+		s = m->arg.remove.start;
+		e = m->arg.remove.end;
+		uhmm__invalidate(rt, s, e, UHMM_NOTIFY_UNMAP, NULL);
+		uhmm__device_release(rt, s, e);
+		break;
+	case UFFD_EVENT_REMOVE:
+		uhmm__invalidate(rt, m->arg.remove.start, m->arg.remove.end,
+				 UHMM_NOTIFY_CLEAR, NULL);
+		uhmm__device_release(rt, m->arg.remove.start, m->arg.remove.end);
+		break;
+	case UFFD_EVENT_REMAP:
+		s = m->arg.remap.from;
+		e = s + m->arg.remap.len;
 		uhmm__invalidate(rt, s, e, UHMM_NOTIFY_UNMAP, NULL);
 		break;
 	default:
