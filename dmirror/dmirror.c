@@ -121,6 +121,7 @@ struct dmirror_device {
 	uint64_t cfree;		/* pages given back */
 	/* The device's DMA engine: every migration copy goes through it. */
 	struct uhmm_dma *dma;
+	struct dmirror_device *orphan_next;	/* on dmirror_table.orphans */
 };
 
 /*
@@ -194,6 +195,9 @@ struct uhmm_dmirror {
 static struct {
 	pthread_mutex_t lock;
 	struct dmirror_device *dev[DMIRROR_NDEVICES];
+	/* Devices closed while a page was still referenced (a CPU fault
+	 * migrating it): freed by a later open or close once idle. */
+	struct dmirror_device *orphans;
 } dmirror_table = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 /* Device pages in use, all devices: while 0, no buffer can be on a device. */
@@ -2057,10 +2061,60 @@ static int dmirror_device_get(int device, struct dmirror_device **out)
  * fault migrating one right now): then the device object stays, as the
  * owner of those pages.
  */
-static void dmirror_device_put(struct dmirror_device *dev)
+/* Free a device nobody opens whose pages are all back; false if busy. */
+static bool dmirror_device_free(struct dmirror_device *dev)
 {
 	unsigned int i;
-	bool last, idle;
+	bool idle;
+
+	pthread_mutex_lock(&dev->lock);
+	idle = dev->calloc == dev->cfree;
+	pthread_mutex_unlock(&dev->lock);
+	if (dev->pgmap && (!idle || uhmm_pagemap_destroy(dev->pgmap)))
+		return false;
+	for (i = 0; i < dev->nchunks; i++)
+		uhmm_free(dev->mem[i]);
+	if (dev->dma)
+		uhmm_dma_destroy(dev->dma);
+	uhmm_free(dev->free);
+	uhmm_free(dev->blk_free);
+	uhmm_free(dev->blk_out);
+	pthread_mutex_destroy(&dev->lock);
+	uhmm_free(dev);
+	return true;
+}
+
+/* Free the orphans that are idle now (never from a page_free callback). */
+static void dmirror_orphans_sweep(void)
+{
+	struct dmirror_device **pp, *dev, *busy = NULL;
+
+	pthread_mutex_lock(&dmirror_table.lock);
+	dev = dmirror_table.orphans;
+	dmirror_table.orphans = NULL;
+	pthread_mutex_unlock(&dmirror_table.lock);
+	while (dev) {
+		struct dmirror_device *next = dev->orphan_next;
+
+		if (!dmirror_device_free(dev)) {
+			dev->orphan_next = busy;
+			busy = dev;
+		}
+		dev = next;
+	}
+	if (!busy)
+		return;
+	pthread_mutex_lock(&dmirror_table.lock);
+	for (pp = &busy; *pp; pp = &(*pp)->orphan_next)
+		;
+	*pp = dmirror_table.orphans;
+	dmirror_table.orphans = busy;
+	pthread_mutex_unlock(&dmirror_table.lock);
+}
+
+static void dmirror_device_put(struct dmirror_device *dev)
+{
+	bool last;
 
 	pthread_mutex_lock(&dmirror_table.lock);
 	last = --dev->refs == 0;
@@ -2071,20 +2125,14 @@ static void dmirror_device_put(struct dmirror_device *dev)
 		return;
 
 	dmirror_dev_evict(dev);
-	pthread_mutex_lock(&dev->lock);
-	idle = dev->calloc == dev->cfree;
-	pthread_mutex_unlock(&dev->lock);
-	if (dev->pgmap && (!idle || uhmm_pagemap_destroy(dev->pgmap)))
-		return;
-	for (i = 0; i < dev->nchunks; i++)
-		uhmm_free(dev->mem[i]);
-	if (dev->dma)
-		uhmm_dma_destroy(dev->dma);
-	uhmm_free(dev->free);
-	uhmm_free(dev->blk_free);
-	uhmm_free(dev->blk_out);
-	pthread_mutex_destroy(&dev->lock);
-	uhmm_free(dev);
+	if (!dmirror_device_free(dev)) {
+		/* A page still referenced: the device stays its owner. */
+		pthread_mutex_lock(&dmirror_table.lock);
+		dev->orphan_next = dmirror_table.orphans;
+		dmirror_table.orphans = dev;
+		pthread_mutex_unlock(&dmirror_table.lock);
+	}
+	dmirror_orphans_sweep();
 }
 
 static void dmirror_open_link(struct uhmm_dmirror *dm)
@@ -2126,6 +2174,7 @@ UHMM_API int uhmm_dmirror_open(int device, struct uhmm_dmirror **out)
 	dm = uhmm_calloc(1, sizeof(*dm));
 	if (!dm)
 		return -ENOMEM;
+	dmirror_orphans_sweep();
 	dm->gen = atomic_load(&dmirror_gen);
 	dm->nend = ULONG_MAX & ~(dmirror_page_size - 1);
 	pthread_mutex_init(&dm->lock, NULL);

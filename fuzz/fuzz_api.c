@@ -831,7 +831,7 @@ static void op_mremap(struct fz_in *in)
 					continue;
 				if (!mapped)
 					*m = (struct fz_page){ FZ_GONE, 0, 0, false, 0 };
-				else if (m->state == FZ_GONE || !fz_dontunmap)
+				else if (m->state == FZ_GONE)
 					m->state = FZ_FOREIGN;
 				else
 					m->state = FZ_LIMBO;
