@@ -10,7 +10,10 @@
  * Every page holds a stamp {magic, buffer, page index, version} and a
  * checksum word, repeated over the page: a torn, lost (stale), misplaced
  * or zeroed page is told apart from the right one. Version 0 is a page of
- * zeros (never written, or unmapped and mapped again).
+ * zeros (never written, or unmapped and mapped again). Locked migrations
+ * check their data (MIGRATE_TO_DEV read-backs, CPU reads after
+ * MIGRATE_TO_SYS); at the end, uhmm's stats must count no device page in
+ * use once every device is closed.
  *
  * Locks, in order: the gate (shared by everything that changes page
  * contents or mappings, exclusive for the forker's snapshot), a buffer's
@@ -22,12 +25,14 @@
  * accesses, which is the point.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +44,7 @@
 #include <unistd.h>
 
 #include <uhmm/dmirror.h>
+#include <uhmm/stats.h>
 #include <uhmm/uhmm.h>
 
 #ifndef MREMAP_DONTUNMAP
@@ -144,7 +150,25 @@ static struct {
 	atomic_ulong fails;
 	/* Outcomes that are allowed but worth counting. */
 	atomic_ulong busy;		/* a device command gave up: -EBUSY */
-	atomic_ulong to_dev_partial;	/* MIGRATE_TO_DEV -ENOENT */
+	atomic_ulong to_dev_partial;	/* MIGRATE_TO_DEV -ENOENT, allowed */
+	atomic_ulong to_dev_ro;		/* locked MIGRATE_TO_DEV while part of
+					 * the buffer may be read-only */
+	atomic_ulong home_busy;		/* bringing a range home: -EBUSY */
+	/* Verified data, in pages. */
+	atomic_ulong homed;		/* ranges brought home before a locked
+					 * MIGRATE_TO_DEV (MIGRATE_TO_SYS runs) */
+	atomic_ulong home_touched;	/* ... pages the CPU wrote for it */
+	atomic_ulong home_left;		/* ... still on a device after it */
+	atomic_ulong to_dev_folio;	/* locked MIGRATE_TO_DEV -ENOENT: pages
+					 * of a THP split since a fork
+					 * (soak_to_dev_enoent) */
+	atomic_ulong to_dev_folio_pages;
+	atomic_ulong to_dev_read_verified; /* ... then read by a device READ */
+	atomic_ulong to_dev_retry;	/* ... M4: migrated once more */
+	atomic_ulong to_dev_retry_ok;	/* ... and then all landed */
+	atomic_ulong to_dev_verified;	/* MIGRATE_TO_DEV read-backs checked */
+	atomic_ulong to_sys_verified;	/* pages read by the CPU after a
+					 * locked MIGRATE_TO_SYS */
 	atomic_ulong excl_held;		/* CHECK_EXCLUSIVE -EPERM before touch */
 	atomic_ulong excl_busy;		/* EXCLUSIVE -EBUSY */
 	atomic_ulong ro_eperm;		/* WRITE to a read-only range: -EPERM */
@@ -226,16 +250,27 @@ static void soak_op_end(struct soak_thread *t, enum soak_kind k,
 	atomic_store(&t->op_start, 0);
 }
 
-static int soak_cmd(struct soak_dev *d, enum uhmm_dmirror_op op, const void *addr,
-		    void *ptr, unsigned long npages)
+/* One command; *cpages (if not NULL) gets the pages it handled. */
+static int soak_cmd_n(struct soak_dev *d, enum uhmm_dmirror_op op,
+		      const void *addr, void *ptr, unsigned long npages,
+		      unsigned long *cpages)
 {
 	struct uhmm_dmirror_cmd c = {
 		.addr = (uint64_t)(uintptr_t)addr,
 		.ptr = (uint64_t)(uintptr_t)ptr,
 		.npages = npages,
 	};
+	int rc = uhmm_dmirror_cmd(d->dm, op, &c);
 
-	return uhmm_dmirror_cmd(d->dm, op, &c);
+	if (cpages)
+		*cpages = (unsigned long)c.cpages;
+	return rc;
+}
+
+static int soak_cmd(struct soak_dev *d, enum uhmm_dmirror_op op, const void *addr,
+		    void *ptr, unsigned long npages)
+{
+	return soak_cmd_n(d, op, addr, ptr, npages, NULL);
 }
 
 /* ------------------------------------------------------------- stamps */
@@ -556,14 +591,304 @@ static void soak_step_device(struct soak_thread *t)
 }
 
 /*
- * Migrations hold the page locks and check the read-back. With
- * UHMM_SOAK_MIGRATE_RACY=1 half of them race CPU and device accesses and
- * EXCLUSIVE takers of the same pages instead. That found EXCLUSIVE
- * read-backs of zeros and pages still exclusive after a CPU touch (fixed
- * in e291f0f), and it hangs: a device WRITE's copy through a system
- * entry faults (handle_userfault) under dm->lock while a uhmm reader
- * waits for dm->lock in an invalidation and the other in
- * uhmm__handle_fault (tests/test_soak.c repro_racing_migrations).
+ * Under the page locks of the range: every page of it back in system
+ * memory, whichever device holds it, and movable, so that a
+ * MIGRATE_TO_DEV of it must move every page. The contract's -ENOENT is
+ * for a page that lives on another device or in shared memory, and
+ * (docs/semantics.md M3, M6, M12) for pages UFFDIO_MOVE cannot take: a
+ * read-only range, a page (or a coherent frame) still copy-on-write
+ * since a fork, until the CPU writes it.
+ *
+ * First, when @rw (no range of the buffer can be read-only), the CPU
+ * writes, with the value it holds, one word of every present system or
+ * coherent page (not the zero page, not private device pages): that
+ * breaks copy-on-write without changing the contents; holes stay holes.
+ * Then MIGRATE_TO_SYS on each device that may hold a page of the range:
+ * SNAPSHOT through @d shows @d's own pages (LOCAL) and other devices'
+ * coherent pages (COHERENT_REMOTE); another device's private page reads
+ * as not present, like a hole, so a not-present page asks the other
+ * private devices. Returns true when every MIGRATE_TO_SYS returned 0 and
+ * a second SNAPSHOT shows no page on a device.
+ */
+struct soak_home {
+	unsigned char s1[SOAK_MAX_BOUNCE];	/* SNAPSHOT before */
+	unsigned char s2[SOAK_MAX_BOUNCE];	/* after MIGRATE_TO_SYS */
+	unsigned int to_sys;			/* bit per device id asked */
+	uint64_t faults_back;			/* stats before MIGRATE_TO_DEV */
+};
+
+static bool soak_dev_kind(unsigned char byte)
+{
+	unsigned int kind = byte & 0xf0;
+
+	return kind >= UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL &&
+	       kind <= UHMM_DMIRROR_PROT_DEV_COHERENT_REMOTE;
+}
+
+static bool soak_bring_home(struct soak_dev *d, struct soak_buf *b,
+			    unsigned long first, unsigned long n, bool rw,
+			    struct soak_home *h)
+{
+	unsigned char *s = h->s1;
+	bool self = false, priv = false, coh = false, ok = true;
+	int rc;
+
+	rc = soak_cmd(d, UHMM_DMIRROR_SNAPSHOT, soak_addr(b, first), s, n);
+	if (rc) {
+		soak_fail("device %d SNAPSHOT of %lu pages: %d (%s)", d->id, n,
+			  rc, strerror(-rc));
+		return false;
+	}
+	for (unsigned long i = 0; i < n; i++) {
+		unsigned int kind = s[i] & 0xf0;
+		volatile uint64_t *w = (volatile uint64_t *)soak_addr(b, first + i);
+
+		if (kind == UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL ||
+		    kind == UHMM_DMIRROR_PROT_DEV_COHERENT_LOCAL)
+			self = true;
+		else if (kind == UHMM_DMIRROR_PROT_DEV_COHERENT_REMOTE)
+			coh = true;
+		else if (kind == UHMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE ||
+			 s[i] == UHMM_DMIRROR_PROT_NONE)
+			priv = true;
+		if (!rw || s[i] == UHMM_DMIRROR_PROT_ERROR ||
+		    !(s[i] & (UHMM_DMIRROR_PROT_READ | UHMM_DMIRROR_PROT_WRITE)) ||
+		    kind == UHMM_DMIRROR_PROT_ZERO ||
+		    kind == UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL ||
+		    kind == UHMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE)
+			continue;
+		*w = *w;
+		atomic_fetch_add_explicit(&soak.home_touched, 1,
+					  memory_order_relaxed);
+	}
+	for (int j = 0; j < soak.ndevs; j++) {
+		struct soak_dev *o = &soak.devs[j];
+
+		if (o == d ? !self : o->id >= 2 ? !coh : !priv)
+			continue;
+		rc = soak_cmd(o, UHMM_DMIRROR_MIGRATE_TO_SYS, soak_addr(b, first),
+			      NULL, n);
+		h->to_sys |= 1u << o->id;
+		if (rc == -EBUSY) {
+			atomic_fetch_add(&soak.home_busy, 1);
+			ok = false;
+		} else if (rc == -ENOSYS) {
+			atomic_fetch_add(&soak.nosys, 1);
+			ok = false;
+		} else if (rc) {
+			soak_fail("device %d MIGRATE_TO_SYS of buf %d pages %lu+%lu (bringing them home): %d (%s)",
+				  o->id, (int)(b - soak.buf), first, n, rc,
+				  strerror(-rc));
+			ok = false;
+		}
+	}
+	s = h->s2;
+	rc = soak_cmd(d, UHMM_DMIRROR_SNAPSHOT, soak_addr(b, first), s, n);
+	if (rc) {
+		soak_fail("device %d SNAPSHOT of %lu pages: %d (%s)", d->id, n,
+			  rc, strerror(-rc));
+		return false;
+	}
+	/*
+	 * MIGRATE_TO_SYS may leave a coherent frame (M6): in a read-only
+	 * mapping, shared since a fork, or a page of a THP split since a
+	 * fork (see soak_to_dev_enoent). Then -ENOENT stays allowed.
+	 */
+	for (unsigned long i = 0; i < n && ok; i++)
+		if (soak_dev_kind(s[i])) {
+			atomic_fetch_add(&soak.home_left, 1);
+			ok = false;
+		}
+	if (ok)
+		atomic_fetch_add(&soak.homed, 1);
+	return ok;
+}
+
+/*
+ * /proc/self/pagemap and /proc/kpageflags of a page: 0 where they cannot
+ * be read (the frame number needs CAP_SYS_ADMIN). No stdio: nothing is
+ * allocated (an mmap could land in the unmapper's holes).
+ */
+#define SOAK_PM_PRESENT (1ULL << 63)
+#define SOAK_PM_EXCLUSIVE (1ULL << 56)
+#define SOAK_PM_PFN ((1ULL << 55) - 1)
+#define SOAK_KPF_HEAD (1ULL << 15)
+#define SOAK_KPF_TAIL (1ULL << 16)
+#define SOAK_KPF_THP (1ULL << 22)
+
+static void soak_pagemap(int pmfd, int kffd, const void *p, uint64_t *pm,
+			 uint64_t *kf)
+{
+	*pm = *kf = 0;
+	if (pmfd < 0 || pread(pmfd, pm, 8, (off_t)((uintptr_t)p / SOAK_PAGE * 8)) != 8)
+		*pm = 0;
+	if (kffd < 0 || !(*pm & SOAK_PM_PRESENT) || !(*pm & SOAK_PM_PFN) ||
+	    pread(kffd, kf, 8, (off_t)((*pm & SOAK_PM_PFN) * 8)) != 8)
+		*kf = 0;
+}
+
+/*
+ * The VMA around @p from /proc/self/smaps, its range and VmFlags (um:
+ * registered for missing pages on a userfaultfd), into @out. No stdio.
+ */
+static void soak_vma_of(const void *p, char *out, size_t size)
+{
+	static char buf[8192];
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	uintptr_t a = (uintptr_t)p;
+	size_t have = 0;
+	bool in = false;
+	int fd;
+
+	snprintf(out, size, "(no VMA)");
+	pthread_mutex_lock(&lock);
+	fd = open("/proc/self/smaps", O_RDONLY | O_CLOEXEC);
+	while (fd >= 0) {
+		ssize_t r = read(fd, buf + have, sizeof(buf) - 1 - have);
+		char *line = buf, *nl;
+
+		if (r <= 0)
+			break;
+		have += (size_t)r;
+		buf[have] = 0;
+		while ((nl = strchr(line, '\n'))) {
+			unsigned long lo, hi;
+
+			*nl = 0;
+			if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 &&
+			    strchr(line, ' ') == line + strcspn(line, " ")) {
+				in = a >= lo && a < hi;
+				if (in)
+					snprintf(out, size, "%lx-%lx (%lu pages)", lo,
+						 hi, (hi - lo) / SOAK_PAGE);
+			} else if (in && !strncmp(line, "VmFlags:", 8)) {
+				size_t l = strlen(out);
+
+				snprintf(out + l, size - l, " %.200s", line);
+				in = false;
+			}
+			line = nl + 1;
+		}
+		have -= (size_t)(line - buf);
+		memmove(buf, line, have);
+	}
+	if (fd >= 0)
+		close(fd);
+	pthread_mutex_unlock(&lock);
+}
+
+static uint64_t soak_faults_back(void)
+{
+	struct uhmm_stats st;
+
+	memset(&st, 0, sizeof(st));
+	uhmm_stats_get(&st, sizeof(st));
+	return st.faults_back;
+}
+
+/*
+ * A locked MIGRATE_TO_DEV of pages that were all home, in a buffer that
+ * had no read-only range, gave -ENOENT. One case is allowed (M3): a page
+ * of a large folio that a PMD split left mapped by PTEs (a VMA split by
+ * mprotect or uhmm, a partial migration) cannot be moved while the
+ * folio's first page is not exclusive since a fork. UFFDIO_MOVE must
+ * split the folio and checks PageAnonExclusive on its head page only:
+ * -EBUSY, though this page is exclusive and was written since. The
+ * CPU's write to the head page (shared then, or copied away while the
+ * child lived) cannot be done here: it may be outside the range, and a
+ * copied-away head never comes back. So: every page that did not land
+ * must still be a THP page (kpageflags) in a buffer that can have THPs;
+ * without the frame numbers (not root), any page of such a buffer.
+ *
+ * Another page that did not land may be M4 (a fault message read before
+ * the page went back to a device, served meanwhile as a spurious
+ * fault-back, leaves the page in place: one page in a round, under heavy
+ * faulting): not @last, the caller brings the range home and migrates it
+ * once more (SOAK_ENOENT_RETRY). Anything else fails the soak.
+ */
+enum { SOAK_ENOENT_OK, SOAK_ENOENT_RETRY, SOAK_ENOENT_FAIL };
+
+static int soak_to_dev_enoent(struct soak_dev *d, int bi, unsigned long first,
+			      unsigned long n, unsigned long cpages,
+			      const struct soak_home *h, bool last)
+{
+	struct soak_buf *b = &soak.buf[bi];
+	unsigned char s[SOAK_MAX_BOUNCE];
+	unsigned long local = 0, firstbad = n, nbad = 0, thp = 0, other = n;
+	uint64_t fb = soak_faults_back() - h->faults_back, pm = 0, kf = 0;
+	int rc = soak_cmd(d, UHMM_DMIRROR_SNAPSHOT, soak_addr(b, first), s, n);
+	int pmfd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	int kffd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+	bool thp_buf = b->thp || bi == 5;	/* 5: the system's policy */
+	char vma[256];
+
+	for (unsigned long i = 0; rc == 0 && i < n; i++) {
+		unsigned int kind = s[i] & 0xf0;
+		uint64_t ipm, ikf;
+
+		if (kind == UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL ||
+		    kind == UHMM_DMIRROR_PROT_DEV_COHERENT_LOCAL) {
+			local++;
+			continue;
+		}
+		nbad++;
+		if (firstbad == n)
+			firstbad = i;
+		soak_pagemap(pmfd, kffd, soak_addr(b, first + i), &ipm, &ikf);
+		if (thp_buf && ((ikf & SOAK_KPF_THP) ||
+				((ipm & SOAK_PM_PRESENT) && !(ipm & SOAK_PM_PFN))))
+			thp++;
+		else if (other == n)
+			other = i;
+	}
+	if (firstbad == n)
+		firstbad = 0;
+	if (other == n && rc == 0 && nbad) {
+		if (pmfd >= 0)
+			close(pmfd);
+		if (kffd >= 0)
+			close(kffd);
+		atomic_fetch_add(&soak.to_dev_folio, 1);
+		atomic_fetch_add(&soak.to_dev_folio_pages, nbad);
+		return SOAK_ENOENT_OK;
+	}
+	if (!last && rc == 0) {
+		if (pmfd >= 0)
+			close(pmfd);
+		if (kffd >= 0)
+			close(kffd);
+		return SOAK_ENOENT_RETRY;
+	}
+	if (other < n)
+		firstbad = other;
+	soak_pagemap(pmfd, kffd, soak_addr(b, first + firstbad), &pm, &kf);
+	soak_vma_of(soak_addr(b, first + firstbad), vma, sizeof(vma));
+	if (pmfd >= 0)
+		close(pmfd);
+	if (kffd >= 0)
+		close(kffd);
+	soak_fail("device %d MIGRATE_TO_DEV (locked) of buf %d pages %lu+%lu%s, all brought home first (MIGRATE_TO_SYS on devices mask 0x%x), no range read-only: -ENOENT, %lu pages read back; SNAPSHOT after: %lu pages on device %d, %lu not (%lu of them in THPs); page %lu: byte 0x%02x before, 0x%02x after bringing home, 0x%02x after the migration, pagemap 0x%" PRIx64 " (exclusive %d), kpageflags 0x%" PRIx64 " (thp %d, head %d, tail %d), VMA %s; %" PRIu64 " fault-backs (process-wide) meanwhile%s",
+		  d->id, bi, first, n, b->thp ? " (THP buffer)" : "", h->to_sys,
+		  cpages, local, d->id, nbad, thp, first + firstbad,
+		  h->s1[firstbad], h->s2[firstbad], s[firstbad], pm,
+		  !!(pm & SOAK_PM_EXCLUSIVE), kf, !!(kf & SOAK_KPF_THP),
+		  !!(kf & SOAK_KPF_HEAD), !!(kf & SOAK_KPF_TAIL), vma, fb,
+		  rc ? " (SNAPSHOT failed)" : "");
+	return SOAK_ENOENT_FAIL;
+}
+
+/*
+ * Migrations hold the page locks and check the data: a locked
+ * MIGRATE_TO_DEV first brings the range home (soak_bring_home) and then
+ * must move every page and read it back right; after a locked
+ * MIGRATE_TO_SYS the CPU reads every page. With UHMM_SOAK_MIGRATE_RACY=1
+ * half of them race CPU and device accesses and EXCLUSIVE takers of the
+ * same pages instead. That found EXCLUSIVE read-backs of zeros and pages
+ * still exclusive after a CPU touch (fixed in e291f0f), and it hangs: a
+ * device WRITE's copy through a system entry faults (handle_userfault)
+ * under dm->lock while a uhmm reader waits for dm->lock in an
+ * invalidation and the other in uhmm__handle_fault
+ * (tests/test_soak.c repro_racing_migrations).
  */
 static void soak_step_migrate(struct soak_thread *t)
 {
@@ -572,8 +897,11 @@ static void soak_step_migrate(struct soak_thread *t)
 	struct soak_buf *b = &soak.buf[bi];
 	bool locked = !soak.o.migrate_racy || soak_rnd(t) % 2;
 	bool to_dev = soak_rnd(t) % 5 < 3;
+	bool rw = false, home = false;
+	struct soak_home h = { .to_sys = 0 };
 	enum soak_kind k = to_dev ? K_TO_DEV : K_TO_SYS;
-	unsigned long first, n;
+	unsigned long first, n, cpages = 0;
+	int verdict = -1;
 
 	/*
 	 * A range_fault of more than 256 pages leaves a thread-local 96 KiB
@@ -587,23 +915,93 @@ static void soak_step_migrate(struct soak_thread *t)
 	soak_op_begin(t, k);
 	soak_gate_in();
 	pthread_rwlock_rdlock(&b->map);
-	if (locked)
+	if (locked) {
+		/*
+		 * The toggler makes part of the buffer read-only under wr
+		 * (M12: -ENOENT allowed): held shared, nothing is read-only
+		 * meanwhile. Only tried, so that read-only ranges still
+		 * migrate.
+		 */
+		rw = to_dev && pthread_rwlock_tryrdlock(&b->wr) == 0;
 		soak_lock_pages(b, first, n);
-	rc = soak_cmd(d, to_dev ? UHMM_DMIRROR_MIGRATE_TO_DEV :
-		      UHMM_DMIRROR_MIGRATE_TO_SYS, soak_addr(b, first),
-		      t->bounce, n);
+		if (to_dev) {
+			home = soak_bring_home(d, b, first, n, rw, &h);
+			h.faults_back = soak_faults_back();
+		}
+	}
+	rc = soak_cmd_n(d, to_dev ? UHMM_DMIRROR_MIGRATE_TO_DEV :
+			UHMM_DMIRROR_MIGRATE_TO_SYS, soak_addr(b, first),
+			t->bounce, n, &cpages);
+	/*
+	 * Pages that were all home, with nothing read-only: -ENOENT only as
+	 * soak_to_dev_enoent allows (fork_racy: the atfork handler may take
+	 * pages home meanwhile).
+	 */
+	if (rc == -ENOENT && to_dev && locked && home && rw &&
+	    !soak.o.fork_racy) {
+		verdict = soak_to_dev_enoent(d, bi, first, n, cpages, &h, false);
+		if (verdict == SOAK_ENOENT_RETRY) {
+			atomic_fetch_add(&soak.to_dev_retry, 1);
+			home = soak_bring_home(d, b, first, n, rw, &h);
+			h.faults_back = soak_faults_back();
+			rc = soak_cmd_n(d, UHMM_DMIRROR_MIGRATE_TO_DEV,
+					soak_addr(b, first), t->bounce, n,
+					&cpages);
+			if (rc == 0)
+				atomic_fetch_add(&soak.to_dev_retry_ok, 1);
+			verdict = rc == -ENOENT && home ?
+				  soak_to_dev_enoent(d, bi, first, n, cpages,
+						     &h, true) : -1;
+		}
+	}
 	if (rc == 0 && to_dev && locked) {
 		char who[48];
+		unsigned long i;
 
 		snprintf(who, sizeof(who), "device %d MIGRATE_TO_DEV read-back",
 			 d->id);
-		for (unsigned long i = 0; i < n; i++)
+		for (i = 0; i < n; i++)
 			if (!soak_verify(t->bounce + i * SOAK_PAGE, bi, first + i,
 					 b->ver[first + i], who))
 				break;
+		atomic_fetch_add(&soak.to_dev_verified, i);
+	} else if (rc == -ENOENT && to_dev && locked) {
+		/*
+		 * Judged above when the pages were all home; otherwise (a
+		 * read-only range possible, bringing home gave up) allowed.
+		 * Either way, what landed and what did not reads right
+		 * through the device.
+		 */
+		if (verdict == SOAK_ENOENT_FAIL) {
+			goto unlock;
+		} else if (verdict != SOAK_ENOENT_OK) {
+			atomic_fetch_add(&soak.to_dev_partial, 1);
+			if (!rw)
+				atomic_fetch_add(&soak.to_dev_ro, 1);
+		}
+		rc = soak_cmd(d, UHMM_DMIRROR_READ, soak_addr(b, first),
+			      t->bounce, n);
+		if (rc == 0) {
+			char who[64];
+			unsigned long i;
+
+			snprintf(who, sizeof(who),
+				 "device %d READ after a partial MIGRATE_TO_DEV",
+				 d->id);
+			for (i = 0; i < n; i++)
+				if (!soak_verify(t->bounce + i * SOAK_PAGE, bi,
+						 first + i, b->ver[first + i], who))
+					break;
+			atomic_fetch_add(&soak.to_dev_read_verified, i);
+		} else if (rc == -EBUSY) {
+			atomic_fetch_add(&soak.busy, 1);
+		} else {
+			soak_fail("device %d READ of buf %d pages %lu+%lu after a partial MIGRATE_TO_DEV: %d (%s)",
+				  d->id, bi, first, n, rc, strerror(-rc));
+		}
 	} else if (rc == -ENOENT && to_dev) {
-		/* A page raced back to the CPU, sits on another device or
-		 * in a read-only range: allowed. */
+		/* Racing: a page raced back to the CPU, sits on another
+		 * device or in a read-only range: allowed. */
 		atomic_fetch_add(&soak.to_dev_partial, 1);
 	} else if (rc == -EBUSY) {
 		atomic_fetch_add(&soak.busy, 1);
@@ -615,8 +1013,23 @@ static void soak_step_migrate(struct soak_thread *t)
 			  d->id, soak_kind_name[k], bi, first, n,
 			  locked ? "locked" : "racing", rc, strerror(-rc));
 	}
+	if (locked && !to_dev && (rc == 0 || rc == -EBUSY)) {
+		/* What came home (or stayed) reads right from the CPU. */
+		char who[48];
+		unsigned long i;
+
+		snprintf(who, sizeof(who), "cpu read after device %d MIGRATE_TO_SYS",
+			 d->id);
+		for (i = first; i < first + n; i++)
+			if (!soak_verify(soak_addr(b, i), bi, i, b->ver[i], who))
+				break;
+		atomic_fetch_add(&soak.to_sys_verified, i - first);
+	}
+unlock:
 	if (locked)
 		soak_unlock_pages(b, first, n);
+	if (rw)
+		pthread_rwlock_unlock(&b->wr);
 	pthread_rwlock_unlock(&b->map);
 	soak_gate_out();
 	soak_op_end(t, k, n);
@@ -1095,15 +1508,31 @@ static void soak_add_thread(const char *name, void (*step)(struct soak_thread *)
 	soak.nthreads++;
 }
 
+/* uhmm's gauge of device pages handed out and not freed, or -1. */
+static int64_t soak_dev_pages_in_use(void)
+{
+	struct uhmm_stats st;
+
+	memset(&st, 0, sizeof(st));
+	if (uhmm_stats_get(&st, sizeof(st)) ||
+	    st.size < offsetof(struct uhmm_stats, device_pages_in_use) +
+		      sizeof(st.device_pages_in_use))
+		return -1;
+	return (int64_t)st.device_pages_in_use;
+}
+
 /*
  * At the end: every device page reads right through device 0, the
  * devices close (their memory migrates back), every page reads right with
- * the CPU, and a fresh open's SNAPSHOT shows no page left on a device.
+ * the CPU, a fresh open's SNAPSHOT shows no page left on a device, and
+ * uhmm's stats count no device page in use (the SNAPSHOT of device 0
+ * cannot see device 1's private pages: they read as not present).
  */
 static void soak_final(struct soak_thread *self)
 {
 	unsigned long on_dev = 0, left = 0;
 	unsigned char *snap;
+	int64_t in_use, before;
 
 	soak_op_begin(self, K_CHECKPOINT);
 	for (int bi = 0; bi < SOAK_NBUF && !soak_stopped(); bi++) {
@@ -1133,7 +1562,9 @@ static void soak_final(struct soak_thread *self)
 		}
 	}
 	soak_op_end(self, K_CHECKPOINT, 0);
-	printf("soak: %lu pages on devices at the end\n", on_dev);
+	before = soak_dev_pages_in_use();
+	printf("soak: %lu pages on devices at the end (SNAPSHOT of device 0), %" PRId64 " device pages in use (uhmm_stats)\n",
+	       on_dev, before);
 
 	soak_op_begin(self, K_CHECKPOINT);
 	for (int i = 0; i < soak.ndevs; i++) {
@@ -1176,6 +1607,16 @@ static void soak_final(struct soak_thread *self)
 	if (uhmm_dmirror_close(soak.devs[0].dm))
 		soak_fail("closing the reopened device 0 failed");
 	soak.devs[0].dm = NULL;
+
+	/* Every device closed: no device page may be left in use. */
+	in_use = soak_dev_pages_in_use();
+	printf("soak: device pages in use after closing every device (uhmm_stats device_pages_in_use): %" PRId64 "\n",
+	       in_use);
+	if (in_use < 0)
+		soak_fail("uhmm_stats_get gave no device_pages_in_use");
+	else if (in_use)
+		soak_fail("uhmm_stats device_pages_in_use is %" PRId64 " after every device was closed and every page checked (leaked device pages; %" PRId64 " in use before the devices closed)",
+			  in_use, before);
 	soak_op_end(self, K_CHECKPOINT, 0);
 }
 
@@ -1203,6 +1644,20 @@ static void soak_report(double secs)
 	       (unsigned long)atomic_load(&soak.ro_eperm),
 	       (unsigned long)atomic_load(&soak.write_failed),
 	       (unsigned long)atomic_load(&soak.nosys));
+	printf("soak: locked to_dev: %lu ranges brought home first (%lu pages written in place for it; gave up: -EBUSY %lu, left on a device %lu); -ENOENT: %lu with a read-only range possible, %lu (%lu pages) THP split since a fork (M3), %lu migrated again (M4; %lu then landed whole)\n",
+	       (unsigned long)atomic_load(&soak.homed),
+	       (unsigned long)atomic_load(&soak.home_touched),
+	       (unsigned long)atomic_load(&soak.home_busy),
+	       (unsigned long)atomic_load(&soak.home_left),
+	       (unsigned long)atomic_load(&soak.to_dev_ro),
+	       (unsigned long)atomic_load(&soak.to_dev_folio),
+	       (unsigned long)atomic_load(&soak.to_dev_folio_pages),
+	       (unsigned long)atomic_load(&soak.to_dev_retry),
+	       (unsigned long)atomic_load(&soak.to_dev_retry_ok));
+	printf("soak: to_dev verified %lu pages (MIGRATE_TO_DEV read-backs), %lu more by a device READ after a partial one; to_sys verified %lu pages (CPU reads after locked MIGRATE_TO_SYS)\n",
+	       (unsigned long)atomic_load(&soak.to_dev_verified),
+	       (unsigned long)atomic_load(&soak.to_dev_read_verified),
+	       (unsigned long)atomic_load(&soak.to_sys_verified));
 	printf("soak: %lu ops in %.1f s (%s), corruptions=%lu\n", total, secs, line,
 	       (unsigned long)atomic_load(&soak.fails));
 }
@@ -1349,7 +1804,12 @@ static int soak_run(const struct soak_opts *o)
 	for (int i = 1; i < soak.nthreads; i++)
 		pthread_join(soak.threads[i].tid, NULL);
 	if (!atomic_load(&soak.fails)) {
-		/* The workers stopped: stop refusing new work for the end. */
+		/*
+		 * The workers stopped: stop refusing new work for the end
+		 * (soak_final's loops end at soak_stopped(), which a failure
+		 * sets again).
+		 */
+		atomic_store(&soak.stop, 0);
 		soak_final(&soak.threads[0]);
 	}
 	atomic_store(&soak_watch_stop, 1);
