@@ -177,6 +177,9 @@ struct uhmm_dmirror {
 	uint64_t inv_count;	/* under dm->lock: invalidations that
 				 * cleared entries */
 	uint64_t flags;		/* under dm->lock: the FLAGS value */
+	/* Under dm->lock: cur_seq of the last EXCLUSIVE invalidation this
+	 * open asked for (uhmm_make_device_exclusive() with owner dm). */
+	unsigned long excl_seq;
 	/*
 	 * A SNAPSHOT chunk's pfns, kept between commands (fresh memory of
 	 * that size costs more page faults than the snapshot itself); NULL
@@ -199,6 +202,13 @@ static struct {
 	 * migrating it): freed by a later open or close once idle. */
 	struct dmirror_device *orphans;
 } dmirror_table = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/*
+ * The device whose SELECT_DEVICE_COHERENT migration this thread is setting
+ * up (dmirror_migrate_setup()): its invalidation drops the device's own
+ * coherent entries, whose frames it moves out (dmirror_invalidate()).
+ */
+static __thread const struct dmirror_device *dmirror_tl_coherent_out;
 
 /* Device pages in use, all devices: while 0, no buffer can be on a device. */
 static atomic_ulong dmirror_dev_pages;
@@ -320,23 +330,24 @@ static uint64_t *pt_leaf_alloc(struct dmirror_pt *pt, uint64_t vpn)
  */
 /*
  * Whether entry @v names memory of device @owner: its private pages
- * (range_fault reports only the owner's), or coherent pages it owns
- * (coherent pages of any device are reported).
+ * (range_fault reports only the owner's), or, with @coherent, coherent
+ * pages it owns (coherent pages of any device are reported).
  */
-static bool pt_entry_of(uint64_t v, const void *owner)
+static bool pt_entry_of(uint64_t v, const void *owner, bool coherent)
 {
 	struct uhmm_page *page;
 
 	if (v & UHMM_PFN_DEVICE_PRIVATE)
 		return true;
-	if (!(v & UHMM_PFN_DEVICE_COHERENT))
+	if (!coherent || !(v & UHMM_PFN_DEVICE_COHERENT))
 		return false;
 	page = uhmm_pfn_to_page(v);
 	return page && uhmm_page_owner(page) == owner;
 }
 
 static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
-			  uint64_t s, uint64_t e, const void *keep_dev)
+			  uint64_t s, uint64_t e, const void *keep_dev,
+			  bool keep_coherent)
 {
 	unsigned int shift = PT_BITS * l;
 	uint64_t span = 1ULL << shift;
@@ -353,13 +364,14 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
 			continue;
 		if (l > 1) {
 			hit |= pt_clear_node(node[i], l - 1, cb, cs, ce,
-					     keep_dev);
+					     keep_dev, keep_coherent);
 		} else {
 			uint64_t *leaf = node[i];
 			uint64_t j;
 
 			for (j = cs - cb; j < ce - cb; j++) {
-				if (keep_dev && pt_entry_of(leaf[j], keep_dev))
+				if (keep_dev &&
+				    pt_entry_of(leaf[j], keep_dev, keep_coherent))
 					continue;
 				if (leaf[j]) {
 					leaf[j] = 0;
@@ -372,17 +384,19 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
 }
 
 /*
- * Clear the entries of VPNs [s, e); with @keep_dev, entries of device
- * memory stay (the device's own migrations manage those).
+ * Clear the entries of VPNs [s, e); with @keep_dev, entries of its private
+ * memory stay (the device's own migrations manage those), and with
+ * @keep_coherent those of its coherent pages too.
  */
 static bool pt_clear(struct dmirror_pt *pt, uint64_t s, uint64_t e,
-		     const void *keep_dev)
+		     const void *keep_dev, bool keep_coherent)
 {
 	if (e > pt->limit)
 		e = pt->limit;
 	if (s >= e)
 		return false;
-	return pt_clear_node(pt->root, pt->levels, 0, s, e, keep_dev);
+	return pt_clear_node(pt->root, pt->levels, 0, s, e, keep_dev,
+			     keep_coherent);
 }
 
 /* Clear every device-memory entry below @node (RELEASE, eviction). */
@@ -514,29 +528,20 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 	 * kernel, entries of system pages are dropped even for the device's
 	 * own migrations: a page moving to this device leaves the
 	 * application's address space (pte_none) and a device copy through
-	 * a stale entry would fault to uhmm under dm->lock; and the
-	 * sequence moves, so that a fault round that saw a device page
-	 * before the migration collected it starts again. Another device's
-	 * CPU fault-back migrates a read-ahead window that can cover pages
-	 * of this device: their entries stay too.
-	 */
-	/*
-	 * Entries kept across a MIGRATE event: this device's own memory
-	 * only. A coherent page of another device is mapped at its
-	 * address like system memory: that device's migration takes it
-	 * away, and an entry kept would lead the device to an address that
-	 * faults (with dm->lock held, while the fault-back needs it).
+	 * a stale entry would fault to uhmm under dm->lock, while the fault
+	 * (or the migration's other invalidations) needs dm->lock; and the
+	 * sequence moves, so that a fault round that saw a page before the
+	 * migration collected it starts again.
+	 *
+	 * Coherent pages are reached at their application address, where
+	 * their frames are mapped: a coherent page of another device is
+	 * treated as system memory, and this device's own are dropped too
+	 * when the migration is the one that moves them out (a
+	 * SELECT_DEVICE_COHERENT migration of this device, on this thread:
+	 * dmirror_migrate_setup()).
 	 */
 	const void *keep_dev = range->event == UHMM_NOTIFY_MIGRATE ? dm->dev : NULL;
-
-	/*
-	 * The device taking a page exclusive itself: its EXCLUSIVE command
-	 * installs the entry under the sequence protocol, and a CPU revoke
-	 * (owner NULL) clears it (the kernel serializes the two with the
-	 * folio lock).
-	 */
-	if (range->event == UHMM_NOTIFY_EXCLUSIVE && range->owner == dm->dev)
-		return true;
+	bool keep_coherent = dmirror_tl_coherent_out != dm->dev;
 
 	if (range->flags & UHMM_NOTIFIER_RANGE_BLOCKABLE)
 		pthread_mutex_lock(&dm->lock);
@@ -544,8 +549,20 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 		return false;
 
 	uhmm_interval_set_seq(sub, cur_seq);
+	/*
+	 * This open taking the page exclusive (the owner is the open, not
+	 * the device: other opens of the device drop their entries too).
+	 * Its entries go as for any invalidation: the page is about to
+	 * leave its address, and a copy through a stale entry would fault
+	 * to uhmm under dm->lock, whose revoke needs dm->lock. The EXCLUSIVE
+	 * command then installs its entry if no invalidation came after
+	 * this one (a CPU revoke clears it; the kernel serializes the two
+	 * with the folio lock).
+	 */
+	if (range->event == UHMM_NOTIFY_EXCLUSIVE && range->owner == dm)
+		dm->excl_seq = cur_seq;
 	if (pt_clear(&dm->pt, range->start >> dmirror_page_shift,
-		     range->end >> dmirror_page_shift, keep_dev))
+		     range->end >> dmirror_page_shift, keep_dev, keep_coherent))
 		dm->inv_count++;
 	/* uhmm_shutdown(): the notifier is freed when this returns. */
 	if (range->event == UHMM_NOTIFY_RELEASE)
@@ -1524,7 +1541,10 @@ static int dmirror_migrate_setup(struct uhmm_migrate *m, unsigned long start,
 		m->pgmap_owner = owner;
 		m->flags = flags;
 		m->fault_page = fault_page;
+		if (flags & UHMM_MIGRATE_SELECT_DEVICE_COHERENT)
+			dmirror_tl_coherent_out = owner;
 		ret = uhmm_migrate_setup(m);
+		dmirror_tl_coherent_out = NULL;
 		if (ret != -EINVAL || n == 1)
 			return ret;
 		n /= 2;
@@ -1742,16 +1762,18 @@ static int dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c
 		 * A CPU touch between make_device_exclusive() and the entry
 		 * revokes it (an EXCLUSIVE invalidation): the sequence says
 		 * so, and the page is taken again, or the entry would stay
-		 * ATOMIC with the CPU owning the page.
+		 * ATOMIC with the CPU owning the page. The sequence to
+		 * compare with is that of the taking's own invalidation
+		 * (dmirror_invalidate() records it): anything after it may
+		 * be a revoke.
 		 */
 		for (;;) {
-			unsigned long seq = uhmm_interval_read_begin(dm->notifier);
-
-			ret = uhmm_make_device_exclusive(addr, dm->dev, &dev_addr);
+			ret = uhmm_make_device_exclusive(addr, dm, &dev_addr);
 			if (ret)
 				return ret;
 			pthread_mutex_lock(&dm->lock);
-			if (!uhmm_interval_read_retry(dm->notifier, seq))
+			if (dm->notifier &&
+			    !uhmm_interval_read_retry(dm->notifier, dm->excl_seq))
 				break;
 			pthread_mutex_unlock(&dm->lock);
 			if (dmirror_now_ns() > deadline)

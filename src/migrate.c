@@ -1284,9 +1284,14 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 
 	/*
 	 * Mirrors drop the range before anything moves, and the invalidation
-	 * stays open (the sequence odd) until every page is claimed: a
-	 * range_fault that began before saw the old state and must retry
-	 * (the kernel's invalidate_range_start/end around the collection).
+	 * stays open (the sequence odd) until every page claimed is out of
+	 * the address space: a range_fault that began before saw the old
+	 * state and must retry, and one that begins meanwhile waits in
+	 * read_begin (the kernel's invalidate_range_start/end around the
+	 * collection). Closed after the claims only, a device round could
+	 * map a claimed page still present, and the move then took it from
+	 * under the device's entry: its copy through that entry faulted,
+	 * with the driver lock held that the fault needed.
 	 */
 	struct uhmm_notifier_range inv = {
 		.start = start, .end = end, .event = UHMM_NOTIFY_MIGRATE,
@@ -1374,7 +1379,6 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		pthread_mutex_unlock(&s->lock);
 	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
 		atomic_store(&rt->has_device_pages, true);
-	uhmm__inv_end(rt);
 	/* The dropped entries met above, kept at the end of held[]. */
 	for (unsigned long k = 0; k < ndropped; k++) {
 		uintptr_t dv = (uintptr_t)ms->held[n - 1 - k];
@@ -1455,6 +1459,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 			    writable);
 		i = j;
 	}
+	uhmm__inv_end(rt);
 	/* The faulting page is this migration's now, no longer a claim its
 	 * handler has to give up. */
 	if (m->fault_page) {
@@ -2340,12 +2345,19 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 	pthread_mutex_unlock(&s->lock);
 	atomic_store(&rt->has_device_pages, true);
 
-	uhmm__invalidate(rt, addr, addr + rt->page_size,
-			 UHMM_NOTIFY_EXCLUSIVE, owner);
+	/* Open until the page is out: see uhmm_migrate_setup(). */
+	struct uhmm_notifier_range inv = {
+		.start = addr, .end = addr + rt->page_size,
+		.event = UHMM_NOTIFY_EXCLUSIVE,
+		.flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = owner,
+	};
+
+	uhmm__inv_begin(rt, &inv);
 	slot = stage_alloc(rt, 1, SLOT_EMPTY);
 	r = slot < 0 ? (int)slot :
 	    uhmm__uffd_move(rt, stage_addr(rt, (unsigned long)slot), addr,
 			    rt->page_size, 0);
+	uhmm__inv_end(rt);
 	if (r && slot >= 0)
 		stage_free(rt, (unsigned long)slot, false);
 	pthread_mutex_lock(&s->lock);
