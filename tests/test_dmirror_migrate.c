@@ -795,3 +795,39 @@ TEST(migrate_then_mprotect_readonly)
 	ASSERT_TRUE(check_ints(p, n, 21));
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
+
+/*
+ * A migrated range is registered for missing-page faults on its own
+ * (semantics.md row 16): mremap(MAYMOVE | FIXED) of a range that spans it
+ * and an untouched neighbour, which the kernel moves when both are one
+ * VMA, fails with EFAULT. Since 6.17 the neighbour before the registered
+ * part has moved by then; before, nothing moved. The pages on the device
+ * stay where they were, and nothing is lost.
+ */
+TEST(mremap_across_migrated_range_efault)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	char *dst = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+	unsigned char in_src = 0;
+	void *q;
+
+	fill_ints(p, n, 70);
+	ASSERT_EQ(migrate(dm, p + 2 * ps(), mirror, 2, &c), 0);
+	q = mremap(p, 6 * ps(), 6 * ps(), MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	ASSERT_EQ(q, MAP_FAILED);
+	ASSERT_EQ(errno, EFAULT);
+	/* The migrated pages: still there, on the device, data kept. */
+	ASSERT_TRUE(snap_all(dm, p + 2 * ps(), 2, LOCAL_W));
+	ASSERT_TRUE(check_ints(p + 2 * ps(), 2, 70 + (int)(2 * ps() / sizeof(int))));
+	/* Pages 0 and 1: moved (6.17 and later) or not, never lost. */
+	ASSERT_TRUE(check_ints(mincore(p, ps(), &in_src) == 0 ? p : dst, 2, 70));
+	/* Pages 4..7 never left. */
+	ASSERT_TRUE(check_ints(p + 4 * ps(), 4, 70 + (int)(4 * ps() / sizeof(int))));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	munmap(p, n * ps());
+	munmap(dst, n * ps());
+	munmap(mirror, n * ps());
+}
