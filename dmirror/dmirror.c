@@ -1144,8 +1144,9 @@ static int dmirror_write(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *cmd,
 			    UHMM_PFN_VALID | UHMM_PFN_WRITE);
 		if (n) {
 			struct dmirror_copy c = {
-				.buf = (char *)(uintptr_t)cmd->ptr +
-				       (done << dmirror_page_shift),
+				/* Through uintptr_t: ptr may be NULL. */
+				.buf = (char *)(uintptr_t)(cmd->ptr +
+					(done << dmirror_page_shift)),
 				.write = true,
 			};
 

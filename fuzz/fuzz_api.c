@@ -71,8 +71,9 @@ struct fz_page {
 	uint8_t state;		/* enum fz_state */
 	uint8_t prot;		/* PROT_* while mapped */
 	uint32_t seed;		/* contents: 0 = zeros */
-	bool unknown;		/* a failed WRITE: old or new seed */
-	uint32_t alt;		/* the other candidate when unknown */
+	bool unknown;		/* failed WRITEs: the old seed or one of alt[] */
+	uint8_t nalt;
+	uint32_t alt[4];	/* the failed WRITEs' seeds, when unknown */
 };
 
 struct fz_in {
@@ -90,11 +91,8 @@ static struct {
 	uint32_t next_seed;
 } fz;
 
-static bool fz_null_ptr;	/* UHMM_FUZZ_NULL_PTR=1 */
-static bool fz_no_sync;		/* UHMM_FUZZ_NO_SYNC=1 */
 static bool fz_trace;		/* UHMM_FUZZ_TRACE=1: each op on stderr */
 static bool fz_asan_wild;	/* UHMM_FUZZ_ASAN_WILD=1: wild buffers under ASan */
-static bool fz_mremap_over;	/* UHMM_FUZZ_MREMAP_OVER=1 */
 static bool fz_dontunmap;	/* UHMM_FUZZ_DONTUNMAP=1 */
 
 /* ------------------------------------------------------------ helpers */
@@ -165,22 +163,36 @@ static char *fz_addr(unsigned long pg)
 	return fz.region + pg * FZ_PS;
 }
 
+/* Whether @p holds what model page @m may hold, stamped for page @pg;
+ * the seed it holds in *seed. */
+static bool fz_holds_any(const void *p, unsigned long pg,
+			 const struct fz_page *m, uint32_t *seed)
+{
+	*seed = m->seed;
+	if (fz_holds(p, pg, m->seed))
+		return true;
+	for (unsigned int i = 0; m->unknown && i < m->nalt; i++)
+		if (fz_holds(p, pg, m->alt[i])) {
+			*seed = m->alt[i];
+			return true;
+		}
+	return false;
+}
+
 /* Page @pg (of the region) as read at @p: against the model. */
 static void fz_check(const void *p, unsigned long pg, const char *who)
 {
 	struct fz_page *m = &fz.pg[pg];
+	uint32_t seed;
 
-	if (fz_holds(p, pg, m->seed))
-		goto ok;
-	if (m->unknown && fz_holds(p, pg, m->alt)) {
-		m->seed = m->alt;
-		goto ok;
-	}
-	fz_finding("%s: page %lu does not hold seed %u%s (word 0 = 0x%016llx)",
-		   who, pg, m->seed, m->unknown ? " nor the failed write's" : "",
-		   (unsigned long long)*(const uint64_t *)p);
-ok:
+	if (!fz_holds_any(p, pg, m, &seed))
+		fz_finding("%s: page %lu does not hold seed %u%s (word 0 = 0x%016llx)",
+			   who, pg, m->seed,
+			   m->unknown ? " nor a failed write's" : "",
+			   (unsigned long long)*(const uint64_t *)p);
+	m->seed = seed;
 	m->unknown = false;
+	m->nalt = 0;
 }
 
 static bool fz_readable(unsigned long pg)
@@ -391,6 +403,7 @@ static void op_cpu_write(struct fz_in *in)
 		return;
 	fz.pg[pg].seed = ++fz.next_seed;
 	fz.pg[pg].unknown = false;
+	fz.pg[pg].nalt = 0;
 	fz_fill(fz_addr(pg), pg, fz.pg[pg].seed);
 }
 
@@ -587,9 +600,16 @@ static void fz_write_result(unsigned long pg, uint64_t n, int r,
 		if (r == 0) {
 			m->seed = seeds[i];
 			m->unknown = false;
+			m->nalt = 0;
 		} else if (m->state == FZ_MAPPED) {
+			/* Written or not: any failed WRITE since the last
+			 * known state may have left its data. */
+			if (m->nalt == sizeof(m->alt) / sizeof(m->alt[0])) {
+				m->state = FZ_LIMBO;
+				continue;
+			}
 			m->unknown = true;
-			m->alt = seeds[i];
+			m->alt[m->nalt++] = seeds[i];
 		}
 	}
 }
@@ -610,14 +630,7 @@ static void op_dmirror(struct fz_in *in)
 		return;
 	/* A hostile buffer, or the bounce buffer only when it is big enough. */
 	switch (pk % 8) {
-	case 6:
-		/*
-		 * NULL makes dmirror compute NULL + offset (UBSan: applying
-		 * an offset to a null pointer, fuzz/findings/): only with
-		 * UHMM_FUZZ_NULL_PTR=1 until that is fixed.
-		 */
-		ptr = fz_null_ptr ? NULL : (char *)(uintptr_t)(1ULL << 63);
-		break;
+	case 6: ptr = NULL; break;
 	case 7: ptr = (char *)(uintptr_t)fz_u64(in); break;
 	default:
 		if (npages > FZ_BOUNCE)
@@ -645,10 +658,31 @@ static void op_dmirror(struct fz_in *in)
 			seeds[i] = ++fz.next_seed;
 			fz_fill(fz.bounce + i * FZ_PS, region ? pg + i : 0, seeds[i]);
 		}
-	if (op == UHMM_DMIRROR_WRITE && ptr != fz.bounce && fits)
-		for (uint64_t i = 0; i < npages; i++)
-			seeds[i] = fz.pg[pg + i].seed;
 	r = uhmm_dmirror_cmd(dm, (enum uhmm_dmirror_op)op, k & 0x80 ? NULL : &c);
+	if (fz_trace)
+		fprintf(stderr, "fuzz: dmirror %d op %u addr %#llx npages %llu ptr %p: %d\n",
+			k & 1, op, (unsigned long long)addr,
+			(unsigned long long)npages, (void *)ptr, r);
+	/*
+	 * A wild buffer inside the region (libFuzzer learns its addresses
+	 * from comparisons): every command but WRITE may have stored into
+	 * the pages it overlaps, whatever it returned. Their contents are
+	 * unknown now.
+	 */
+	if (op == UHMM_DMIRROR_WRITE && ptr != fz.bounce && region)
+		/* What a hostile buffer held, if readable (ASan's shadow
+		 * is), landed in the pages before the fault. */
+		for (uint64_t i = pg; i < FZ_PAGES && i - pg < npages; i++)
+			if (fz.pg[i].state == FZ_MAPPED)
+				fz.pg[i].state = FZ_LIMBO;
+	if (op != UHMM_DMIRROR_WRITE && ptr != fz.bounce && ptr)
+		for (unsigned long i = 0; i < FZ_PAGES; i++) {
+			uintptr_t a = (uintptr_t)fz_addr(i), b = (uintptr_t)ptr;
+
+			if (fz.pg[i].state == FZ_MAPPED && b < a + FZ_PS &&
+			    (b >= a || a - b < npages * FZ_PS))
+				fz.pg[i].state = FZ_LIMBO;
+		}
 	if (k & 0x80) {
 		if (r != -EINVAL)
 			fz_finding("dmirror cmd with NULL cmd: %d", r);
@@ -714,13 +748,13 @@ static void op_unmap(struct fz_in *in)
 		if (q != p)
 			fz_finding("mmap MAP_FIXED: %s", strerror(errno));
 		for (unsigned long i = first; i < first + n; i++)
-			fz.pg[i] = (struct fz_page){ FZ_MAPPED, PROT_READ | PROT_WRITE, 0, false, 0 };
+			fz.pg[i] = (struct fz_page){ .state = FZ_MAPPED, .prot = PROT_READ | PROT_WRITE };
 		return;
 	}
 	if (munmap(p, n * FZ_PS))
 		fz_finding("munmap: %s", strerror(errno));
 	for (unsigned long i = first; i < first + n; i++)
-		fz.pg[i] = (struct fz_page){ FZ_GONE, 0, 0, false, 0 };
+		fz.pg[i] = (struct fz_page){ .state = FZ_GONE };
 }
 
 static void op_map(struct fz_in *in)
@@ -742,7 +776,7 @@ static void op_map(struct fz_in *in)
 		fz_finding("mmap into the region's hole: %s",
 			   q == MAP_FAILED ? strerror(errno) : "elsewhere");
 	for (unsigned long i = first; i < first + n; i++)
-		fz.pg[i] = (struct fz_page){ FZ_MAPPED, PROT_READ | PROT_WRITE, 0, false, 0 };
+		fz.pg[i] = (struct fz_page){ .state = FZ_MAPPED, .prot = PROT_READ | PROT_WRITE };
 }
 
 static void op_mprotect(struct fz_in *in)
@@ -775,30 +809,6 @@ static void op_mremap(struct fz_in *in)
 		return;
 	if (fz_foreign(b, n))
 		return;
-	/*
-	 * mremap over pages that live on a device leaks the device page
-	 * (or brings its old data back later): fuzz/findings/
-	 * device-page-leak-mremap-over, stale-data-after-mremap-over. Until
-	 * fixed, the destination comes home first (UHMM_FUZZ_MREMAP_OVER=1:
-	 * not).
-	 */
-	if (!fz_mremap_over)
-		for (unsigned long i = b; i < b + n; i++) {
-			if (fz.pg[i].state != FZ_MAPPED && fz.pg[i].state != FZ_LIMBO)
-				continue;
-			toy_to_ram((unsigned long)fz_addr(i),
-				   (unsigned long)fz_addr(i) + FZ_PS, NULL, 0);
-			for (int d = 0; d < 2; d++) {
-				struct uhmm_dmirror_cmd c = {
-					.addr = (uint64_t)(uintptr_t)fz_addr(i),
-					.npages = 1,
-				};
-
-				if (fz.dm[d])
-					uhmm_dmirror_cmd(fz.dm[d],
-							 UHMM_DMIRROR_MIGRATE_TO_SYS, &c);
-			}
-		}
 	/* Open findings (fuzz/findings/, the mremap ones): DONTUNMAP, and what a
 	 * failed mremap leaves behind, only with UHMM_FUZZ_DONTUNMAP=1. */
 	if ((how & 1) && fz_dontunmap)
@@ -830,7 +840,7 @@ static void op_mremap(struct fz_in *in)
 				if (m->state == FZ_FOREIGN)
 					continue;
 				if (!mapped)
-					*m = (struct fz_page){ FZ_GONE, 0, 0, false, 0 };
+					*m = (struct fz_page){ .state = FZ_GONE };
 				else if (m->state == FZ_GONE)
 					m->state = FZ_FOREIGN;
 				else
@@ -843,9 +853,9 @@ static void op_mremap(struct fz_in *in)
 	}
 	memcpy(save, &fz.pg[a], n * sizeof(save[0]));
 	for (unsigned long i = 0; i < n; i++) {
-		fz.pg[a + i] = (struct fz_page){ FZ_GONE, 0, 0, false, 0 };
+		fz.pg[a + i] = (struct fz_page){ .state = FZ_GONE };
 		if (flags & MREMAP_DONTUNMAP)
-			fz.pg[a + i] = (struct fz_page){ FZ_MAPPED, save[i].prot, 0, false, 0 };
+			fz.pg[a + i] = (struct fz_page){ .state = FZ_MAPPED, .prot = save[i].prot };
 	}
 	for (unsigned long i = 0; i < n; i++) {
 		fz.pg[b + i] = save[i];
@@ -858,8 +868,9 @@ static void op_mremap(struct fz_in *in)
 			if (!rd && mprotect(fz_addr(b + i), FZ_PS, PROT_READ))
 				fz_finding("mprotect (line %d): %s", __LINE__, strerror(errno));
 			memcpy(tmp, fz_addr(b + i), FZ_PS);
-			if (!fz_holds(tmp, a + i, save[i].seed) &&
-			    !(save[i].unknown && fz_holds(tmp, a + i, save[i].alt)))
+			uint32_t seed;
+
+			if (!fz_holds_any(tmp, a + i, &save[i], &seed))
 				fz_finding("mremap moved page %lu to %lu: contents lost (word 0 = 0x%016llx)",
 					   a + i, b + i,
 					   (unsigned long long)*(uint64_t *)tmp);
@@ -869,6 +880,7 @@ static void op_mremap(struct fz_in *in)
 				fz_finding("mprotect (line %d): %s", __LINE__, strerror(errno));
 			fz.pg[b + i].seed = ++fz.next_seed;
 			fz.pg[b + i].unknown = false;
+			fz.pg[b + i].nalt = 0;
 			fz_fill(fz_addr(b + i), b + i, fz.pg[b + i].seed);
 			if (mprotect(fz_addr(b + i), FZ_PS, save[i].prot))
 				fz_finding("mprotect (line %d): %s", __LINE__, strerror(errno));
@@ -893,6 +905,7 @@ static void op_madvise(struct fz_in *in)
 		for (unsigned long i = first; i < first + n; i++) {
 			fz.pg[i].seed = 0;
 			fz.pg[i].unknown = false;
+			fz.pg[i].nalt = 0;
 		}
 	}
 }
@@ -910,8 +923,9 @@ static void op_fork(void)
 
 			if (!fz_readable(i))
 				continue;
-			if (!fz_holds(fz_addr(i), i, m->seed) &&
-			    !(m->unknown && fz_holds(fz_addr(i), i, m->alt))) {
+			uint32_t seed;
+
+			if (!fz_holds_any(fz_addr(i), i, m, &seed)) {
 				char line[128];
 				int len = snprintf(line, sizeof(line),
 						   "fuzz: FINDING: fork child: page %lu wrong\n", i);
@@ -979,17 +993,11 @@ static void fz_setup(void)
 
 	if (!once) {
 		once = true;
-		fz_null_ptr = getenv("UHMM_FUZZ_NULL_PTR") &&
-			      atoi(getenv("UHMM_FUZZ_NULL_PTR"));
 		fz_trace = getenv("UHMM_FUZZ_TRACE") != NULL;
 		fz_dontunmap = getenv("UHMM_FUZZ_DONTUNMAP") &&
 			       atoi(getenv("UHMM_FUZZ_DONTUNMAP"));
-		fz_mremap_over = getenv("UHMM_FUZZ_MREMAP_OVER") &&
-				 atoi(getenv("UHMM_FUZZ_MREMAP_OVER"));
 		fz_asan_wild = getenv("UHMM_FUZZ_ASAN_WILD") &&
 			       atoi(getenv("UHMM_FUZZ_ASAN_WILD"));
-		fz_no_sync = getenv("UHMM_FUZZ_NO_SYNC") &&
-			     atoi(getenv("UHMM_FUZZ_NO_SYNC"));
 		if (uhmm_init())
 			fz_finding("uhmm_init failed");
 		fz.bounce = mmap(NULL, FZ_BOUNCE * FZ_PS, PROT_READ | PROT_WRITE,
@@ -1007,7 +1015,7 @@ static void fz_setup(void)
 		fz_finding("mprotect");
 	madvise(fz.region, FZ_PAGES * FZ_PS, MADV_NOHUGEPAGE);
 	for (unsigned long i = 0; i < FZ_PAGES; i++) {
-		fz.pg[i] = (struct fz_page){ FZ_MAPPED, PROT_READ | PROT_WRITE, 0, false, 0 };
+		fz.pg[i] = (struct fz_page){ .state = FZ_MAPPED, .prot = PROT_READ | PROT_WRITE };
 		if (i % 3) {
 			fz.pg[i].seed = ++fz.next_seed;
 			fz_fill(fz_addr(i), i, fz.pg[i].seed);
@@ -1052,17 +1060,6 @@ static void fz_teardown(void)
 			munmap(fz_addr(i), FZ_PS);
 	munmap(fz.region - FZ_GUARD_LO * FZ_PS, FZ_GUARD_LO * FZ_PS);
 	munmap(fz.region + FZ_PAGES * FZ_PS, FZ_GUARD_HI * FZ_PS);
-	/*
-	 * The next input maps its region at the same address: without this
-	 * sync, the invalidations of these munmaps can still be running
-	 * then, and a page the next input migrates is lost (reads zeros,
-	 * its device page is never freed; fuzz/findings/). Off with
-	 * UHMM_FUZZ_NO_SYNC=1 until that is fixed.
-	 */
-	if (!fz_no_sync)
-		uhmm_range_revalidate((unsigned long)fz.region - FZ_GUARD_LO * FZ_PS,
-				      (unsigned long)fz.region +
-				      (FZ_PAGES + FZ_GUARD_HI) * FZ_PS);
 	/* Page frees run on uhmm's worker after munmap: wait for them. */
 	for (int tries = 0; tries < 2000; tries++) {
 		unsigned long nfree;
