@@ -1793,20 +1793,53 @@ static int dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c
 	return dmirror_read_back(dm, cmd, start);
 }
 
+/*
+ * Whether an entry of [s, e) below @node (as pt_clear_node()) has @flag;
+ * absent subtrees are skipped, so a range of any size costs what is
+ * mapped in it.
+ */
+static bool pt_any_node(void *const *node, unsigned int l, uint64_t base,
+			uint64_t s, uint64_t e, uint64_t flag)
+{
+	unsigned int shift = PT_BITS * l;
+	uint64_t span = 1ULL << shift;
+	uint64_t i = (s - base) >> shift;
+	uint64_t last = (e - 1 - base) >> shift;
+
+	for (; i <= last; i++) {
+		uint64_t cb = base + (i << shift);
+		uint64_t cs = s > cb ? s : cb;
+		uint64_t ce = e - cb > span ? cb + span : e;
+
+		if (!node[i])
+			continue;
+		if (l > 1) {
+			if (pt_any_node(node[i], l - 1, cb, cs, ce, flag))
+				return true;
+		} else {
+			const uint64_t *leaf = node[i];
+
+			for (uint64_t j = cs - cb; j < ce - cb; j++)
+				if (leaf[j] & flag)
+					return true;
+		}
+	}
+	return false;
+}
+
 /* CHECK_EXCLUSIVE: -EPERM while an ATOMIC entry remains in the range. */
 static int dmirror_check_exclusive(struct uhmm_dmirror *dm, unsigned long start,
 				   unsigned long end)
 {
+	uint64_t s = start >> dmirror_page_shift, e = end >> dmirror_page_shift;
 	int ret = 0;
 
 	pthread_mutex_lock(&dm->lock);
-	for (uint64_t vpn = start >> dmirror_page_shift;
-	     vpn < end >> dmirror_page_shift && !ret; vpn++) {
-		const uint64_t *leaf = pt_leaf(&dm->pt, vpn);
-
-		if (leaf && (leaf[vpn & PT_MASK] & DMIRROR_PFN_ATOMIC))
-			ret = -EPERM;
-	}
+	if (e > dm->pt.limit)
+		e = dm->pt.limit;
+	if (s < e && pt_any_node(dm->pt.root, dm->pt.levels, 0, s, e,
+				 DMIRROR_PFN_ATOMIC))
+		ret = -EPERM;
 	pthread_mutex_unlock(&dm->lock);
 	return ret;
 }

@@ -912,8 +912,8 @@ static void op_madvise(struct fz_in *in)
 
 static void op_fork(void)
 {
-	pid_t pid = fork();
-	int status;
+	pid_t pid = fork(), w;
+	int status = 0;
 
 	if (pid < 0)
 		return;
@@ -937,8 +937,13 @@ static void op_fork(void)
 		}
 		_exit(0);
 	}
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
-	    WEXITSTATUS(status))
+	/* libFuzzer's -timeout timer interrupts the wait (EINTR). */
+	do
+		w = waitpid(pid, &status, 0);
+	while (w < 0 && errno == EINTR);
+	if (w != pid)
+		fz_finding("waitpid of the fork child: %s", strerror(errno));
+	if (!WIFEXITED(status) || WEXITSTATUS(status))
 		fz_finding("fork child found inherited memory wrong (status %#x)",
 			   status);
 }
