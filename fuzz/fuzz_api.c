@@ -39,17 +39,6 @@
 #define MREMAP_DONTUNMAP 4
 #endif
 
-#if defined(__SANITIZE_ADDRESS__)
-#define FZ_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define FZ_ASAN 1
-#endif
-#endif
-#ifndef FZ_ASAN
-#define FZ_ASAN 0
-#endif
-
 #define FZ_PS 4096UL
 #define FZ_PAGES 16UL		/* the region */
 #define FZ_BOUNCE 64UL		/* pages of the command buffer */
@@ -89,11 +78,10 @@ static struct {
 	struct uhmm_interval_notifier *sub[FZ_NOTIFIERS];
 	atomic_ulong inv[FZ_NOTIFIERS];
 	uint32_t next_seed;
+	uint32_t first_seed;	/* next_seed when this input began */
 } fz;
 
 static bool fz_trace;		/* UHMM_FUZZ_TRACE=1: each op on stderr */
-static bool fz_asan_wild;	/* UHMM_FUZZ_ASAN_WILD=1: wild buffers under ASan */
-static bool fz_dontunmap;	/* UHMM_FUZZ_DONTUNMAP=1 */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -138,6 +126,25 @@ static uint64_t fz_word(uint32_t seed, unsigned long pg, unsigned long k)
 
 	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
 	return x ^ (x >> 27);
+}
+
+/*
+ * Which stamp word @w is (fz_word() inverted): its seed, page and word
+ * index, for findings. False for a word no stamp has (k past a page).
+ */
+static bool fz_unword(uint64_t w, uint32_t *seed, unsigned long *pg)
+{
+	uint64_t m = 0xbf58476d1ce4e5b9ULL, inv = m, x = w;
+
+	for (int i = 0; i < 6; i++)
+		inv *= 2 - m * inv;
+	x ^= x >> 27 ^ x >> 54;
+	x *= inv;
+	x ^= x >> 30 ^ x >> 60;
+	x -= 0x9e3779b97f4a7c15ULL;
+	*seed = (uint32_t)(x >> 32);
+	*pg = (uint32_t)x >> 12;
+	return (x & 0xfff) < FZ_PS / 8 && *pg < FZ_PAGES;
 }
 
 static void fz_fill(void *p, unsigned long pg, uint32_t seed)
@@ -185,11 +192,20 @@ static void fz_check(const void *p, unsigned long pg, const char *who)
 	struct fz_page *m = &fz.pg[pg];
 	uint32_t seed;
 
-	if (!fz_holds_any(p, pg, m, &seed))
-		fz_finding("%s: page %lu does not hold seed %u%s (word 0 = 0x%016llx)",
+	if (!fz_holds_any(p, pg, m, &seed)) {
+		uint64_t w = *(const uint64_t *)p;
+		unsigned long wpg;
+		uint32_t wseed;
+		bool stamp = fz_unword(w, &wseed, &wpg);
+
+		fz_finding("%s: page %lu does not hold seed %u%s (word 0 = 0x%016llx: %s page %lu seed %u, %s input)",
 			   who, pg, m->seed,
 			   m->unknown ? " nor a failed write's" : "",
-			   (unsigned long long)*(const uint64_t *)p);
+			   (unsigned long long)w,
+			   !w ? "zeros, not" : stamp ? "the stamp of" : "no stamp, not",
+			   stamp ? wpg : 0, stamp ? wseed : 0,
+			   !stamp ? "no" : wseed > fz.first_seed ? "this" : "an earlier");
+	}
 	m->seed = seed;
 	m->unknown = false;
 	m->nalt = 0;
@@ -637,19 +653,6 @@ static void op_dmirror(struct fz_in *in)
 			ptr = (char *)(uintptr_t)(1ULL << 63 | 1ULL << 40);
 		break;
 	}
-	/*
-	 * ASan's memcpy checks a wild address before uhmm_copy_nofault can
-	 * turn the fault into -EFAULT (fuzz/findings/asan-copy-nofault-wild):
-	 * under ASan an inaccessible buffer is the PROT_NONE guard below
-	 * the region.
-	 */
-	if (FZ_ASAN && !fz_asan_wild && ptr != fz.bounce) {
-		/* Not overlapping the region either: memcpy-param-overlap
-		 * (fuzz/findings/asan-memcpy-overlap). */
-		if (npages > FZ_GUARD_LO)
-			return;
-		ptr = fz.region - FZ_GUARD_LO * FZ_PS;
-	}
 	if (op == UHMM_DMIRROR_FLAGS && npages)
 		c.npages = k >> 1 & 1 ? UHMM_DMIRROR_FLAG_FAIL_ALLOC : 2;
 	c.ptr = (uint64_t)(uintptr_t)ptr;
@@ -809,9 +812,7 @@ static void op_mremap(struct fz_in *in)
 		return;
 	if (fz_foreign(b, n))
 		return;
-	/* Open findings (fuzz/findings/, the mremap ones): DONTUNMAP, and what a
-	 * failed mremap leaves behind, only with UHMM_FUZZ_DONTUNMAP=1. */
-	if ((how & 1) && fz_dontunmap)
+	if (how & 1)
 		flags |= MREMAP_DONTUNMAP;
 	errno = 0;
 	q = mremap(fz_addr(a), n * FZ_PS, n * FZ_PS, flags, fz_addr(b));
@@ -969,16 +970,6 @@ static void op_copy_nofault(struct fz_in *in)
 	unsigned long fa = 0;
 	int r;
 
-	/*
-	 * ASan's memcpy checks the shadow of a wild source before copying
-	 * and aborts, so copy_nofault cannot return -EFAULT for it there
-	 * (fuzz/findings/asan-copy-nofault-wild): under ASan only
-	 * the region and its PROT_NONE guards.
-	 */
-	if (FZ_ASAN && !fz_asan_wild &&
-	    (a < (uintptr_t)fz.region - FZ_GUARD_LO * FZ_PS ||
-	     a >= (uintptr_t)fz.region + (FZ_PAGES + FZ_GUARD_HI) * FZ_PS))
-		return;
 	r = uhmm_copy_nofault(fz.bounce, (const void *)(uintptr_t)a, len, &fa);
 
 	if (r && r != -EFAULT)
@@ -999,10 +990,6 @@ static void fz_setup(void)
 	if (!once) {
 		once = true;
 		fz_trace = getenv("UHMM_FUZZ_TRACE") != NULL;
-		fz_dontunmap = getenv("UHMM_FUZZ_DONTUNMAP") &&
-			       atoi(getenv("UHMM_FUZZ_DONTUNMAP"));
-		fz_asan_wild = getenv("UHMM_FUZZ_ASAN_WILD") &&
-			       atoi(getenv("UHMM_FUZZ_ASAN_WILD"));
 		if (uhmm_init())
 			fz_finding("uhmm_init failed");
 		fz.bounce = mmap(NULL, FZ_BOUNCE * FZ_PS, PROT_READ | PROT_WRITE,
@@ -1019,6 +1006,7 @@ static void fz_setup(void)
 	if (mprotect(fz.region, FZ_PAGES * FZ_PS, PROT_READ | PROT_WRITE))
 		fz_finding("mprotect");
 	madvise(fz.region, FZ_PAGES * FZ_PS, MADV_NOHUGEPAGE);
+	fz.first_seed = fz.next_seed;
 	for (unsigned long i = 0; i < FZ_PAGES; i++) {
 		fz.pg[i] = (struct fz_page){ .state = FZ_MAPPED, .prot = PROT_READ | PROT_WRITE };
 		if (i % 3) {

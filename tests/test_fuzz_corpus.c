@@ -104,12 +104,6 @@ TEST_TIMEOUT(replay_findings, 600)
 			unsigned int nf = fz_list(path, files, 64);
 			char f[8192];
 
-			/* The knobs that steer the fuzz runs clear of them. */
-			setenv("UHMM_FUZZ_NO_SYNC", "1", 1);
-			setenv("UHMM_FUZZ_NULL_PTR", "1", 1);
-			setenv("UHMM_FUZZ_ASAN_WILD", "1", 1);
-			setenv("UHMM_FUZZ_MREMAP_OVER", "1", 1);
-
 			/* Races: the same sequence, again and again. */
 			for (int rep = 0; rep < 50; rep++)
 				for (unsigned int i = 0; i < nf; i++) {
