@@ -884,11 +884,10 @@ static int soak_to_dev_enoent(struct soak_dev *d, int bi, unsigned long first,
  * MIGRATE_TO_SYS the CPU reads every page. With UHMM_SOAK_MIGRATE_RACY=1
  * half of them race CPU and device accesses and EXCLUSIVE takers of the
  * same pages instead. That found EXCLUSIVE read-backs of zeros and pages
- * still exclusive after a CPU touch (fixed in e291f0f), and it hangs: a
- * device WRITE's copy through a system entry faults (handle_userfault)
- * under dm->lock while a uhmm reader waits for dm->lock in an
- * invalidation and the other in uhmm__handle_fault
- * (tests/test_soak.c repro_racing_migrations).
+ * still exclusive after a CPU touch (fixed in e291f0f), and a hang: a
+ * device copy through a stale entry faulted under dm->lock while both
+ * uhmm readers waited for dm->lock (fixed in 3918502; tests/test_soak.c
+ * racing_migrations).
  */
 static void soak_step_migrate(struct soak_thread *t)
 {
