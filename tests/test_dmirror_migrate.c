@@ -831,3 +831,37 @@ TEST(mremap_across_migrated_range_efault)
 	munmap(dst, n * ps());
 	munmap(mirror, n * ps());
 }
+
+/*
+ * mremap(MREMAP_DONTUNMAP) of a range on the device: the pages move with
+ * the mapping (the kernel moves the device-private entries), and the
+ * source, still mapped, reads zeros as an anonymous range never touched.
+ */
+TEST(mremap_dontunmap_device_pages)
+{
+	unsigned long n = 4;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	char *dst = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+	void *q;
+
+	fill_ints(p, n, 90);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	q = mremap(p, n * ps(), n * ps(),
+		   MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP, dst);
+	if (q == MAP_FAILED && errno == EINVAL)
+		SKIP("no MREMAP_DONTUNMAP for this mapping");
+	ASSERT_TRUE(q == dst);
+	/* The source: mapped, empty. */
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(p[i * ps() + 5], 0);
+	ASSERT_TRUE(check_ints(dst, n, 90));
+	/* The source again after the destination came home. */
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(p[i * ps() + 7], 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	munmap(p, n * ps());
+	munmap(dst, n * ps());
+	munmap(mirror, n * ps());
+}
