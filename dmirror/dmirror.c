@@ -912,10 +912,11 @@ static void dmirror_buf_prefault(uint64_t ptr, uint64_t len)
 	if (!len || !atomic_load_explicit(&dmirror_dev_pages,
 					  memory_order_relaxed))
 		return;
-	while (a < end) {
-		uhmm_copy_nofault(&b, (const void *)(uintptr_t)a, 1, NULL);
+	/* Up to the first page that faults: the copy fails there anyway
+	 * (and a hostile length of unmapped pages costs a signal each). */
+	while (a < end &&
+	       !uhmm_copy_nofault(&b, (const void *)(uintptr_t)a, 1, NULL))
 		a = (a & ~(uint64_t)(dmirror_page_size - 1)) + dmirror_page_size;
-	}
 }
 
 struct dmirror_copy {
