@@ -261,6 +261,22 @@ fuzz: fuzz-build
 	$(FUZZ_BUILD)/fuzz_api -max_total_time=$(DURATION) $(FUZZ_FLAGS) \
 		-artifact_prefix=$(FUZZ_BUILD)/artifacts/ $(FUZZ_BUILD)/corpus fuzz/corpus
 
+# The inputs of open fuzz findings (fuzz/findings/NAME/), each bug's files
+# in order, 50 times, through the suite's build of the target: whether
+# each still reproduces. Not part of `make check`: these bugs are open.
+.PHONY: findings
+findings: tests
+	@for d in fuzz/findings/*/; do \
+		files=$$(ls "$$d" | sed "s|^|$$d|" | tr '\n' ':'); \
+		list=; for i in $$(seq 50); do list="$$list$$files"; done; \
+		if UHMM_FUZZ_REPLAY="$$list" $(BUILD)/tests/test_fuzz_corpus \
+			replay_corpus >/dev/null 2>&1; then \
+			echo "$$d: does not reproduce"; \
+		else \
+			echo "$$d: reproduces"; \
+		fi; \
+	done
+
 # Every scenario of bench/bench_mirror.c and bench/bench_migrate.c; the
 # programs in $(BUILD)/bench/ still run on their own.
 bench: all

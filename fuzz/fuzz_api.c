@@ -586,6 +586,14 @@ static void op_migrate_to_dev(struct fz_in *in)
 	}
 	uhmm_migrate_pages(&m);
 	uhmm_migrate_finalize(&m);
+	if (fz_trace) {
+		fprintf(stderr, "fuzz: migrate_to_dev %lu+%lu flags %#lx:", pg, n,
+			(unsigned long)m.flags);
+		for (unsigned long i = 0; i < n; i++)
+			fprintf(stderr, " %c", src[i] & UHMM_MIGRATE_PFN_MIGRATE ?
+				(dst[i] ? 'D' : 'm') : '-');
+		fprintf(stderr, "\n");
+	}
 	for (unsigned long i = 0; i < n; i++)
 		if (dst[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			uhmm_page_put(uhmm_migrate_pfn_to_page(dst[i]));
@@ -602,6 +610,9 @@ static void op_migrate_to_ram(struct fz_in *in)
 	if (start % FZ_PS || start + n * FZ_PS < start)
 		return;
 	r = toy_to_ram(start, start + n * FZ_PS, NULL, skip);
+	if (fz_trace)
+		fprintf(stderr, "fuzz: migrate_to_ram %lu+%lu skip %#llx: %d\n",
+			pg, n, (unsigned long long)skip, r);
 	if (r && r != -EINVAL && r != -ENOSYS)
 		fz_finding("migrate to ram [%#lx, +%lu): %d", start, n, r);
 }
@@ -900,6 +911,10 @@ static void op_madvise(struct fz_in *in)
 	if (!fz_all(first, n, FZ_MAPPED))
 		return;
 	r = madvise(fz_addr(first), n * FZ_PS, advice);
+	if (fz_trace)
+		fprintf(stderr, "fuzz: madvise %lu+%lu %s: %d\n", first, n,
+			how == 0 ? "DONTNEED" : how == 1 ? "POPULATE_READ" :
+			"POPULATE_WRITE", r);
 	if (advice == MADV_DONTNEED) {
 		if (r)
 			fz_finding("MADV_DONTNEED: %s", strerror(errno));
@@ -1007,6 +1022,9 @@ static void fz_setup(void)
 		fz_finding("mprotect");
 	madvise(fz.region, FZ_PAGES * FZ_PS, MADV_NOHUGEPAGE);
 	fz.first_seed = fz.next_seed;
+	if (fz_trace)
+		fprintf(stderr, "fuzz: input: region %p, seeds from %u\n",
+			(void *)fz.region, fz.first_seed + 1);
 	for (unsigned long i = 0; i < FZ_PAGES; i++) {
 		fz.pg[i] = (struct fz_page){ .state = FZ_MAPPED, .prot = PROT_READ | PROT_WRITE };
 		if (i % 3) {

@@ -1824,6 +1824,9 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 	memset(src, 0, npages * sizeof(*src));
 	if (!rt)
 		return 0;
+	/* A munmap or madvise that returned has dropped its device pages
+	 * (as in uhmm_migrate_setup()): those are not collected. */
+	uhmm__wait_readers(rt);
 	for (unsigned long i = 0; i < npages; i++) {
 		struct uhmm_page *p = uhmm_pagemap_page(pg, first + i);
 		unsigned long vpn = atomic_load(&p->vpn);

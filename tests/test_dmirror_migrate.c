@@ -865,3 +865,29 @@ TEST(mremap_dontunmap_device_pages)
 	munmap(dst, n * ps());
 	munmap(mirror, n * ps());
 }
+
+/*
+ * MADV_DONTNEED of part of a range on the device, then the device closes
+ * at once (its memory is evicted to system memory): the discarded pages
+ * stay discarded (zeros), the others come back with their data.
+ */
+TEST(dontneed_then_close_evicts_the_rest)
+{
+	unsigned long n = 11;
+	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm0 = dopen(0), *dm1 = dopen(1);
+	struct uhmm_dmirror_cmd c;
+
+	fill_ints(p, n, 30);
+	ASSERT_EQ(migrate(dm1, p, mirror, n, &c), 0);
+	ASSERT_EQ(migrate(dm1, p, mirror, n, &c), 0);
+	ASSERT_EQ(madvise(p + 6 * ps(), 3 * ps(), MADV_DONTNEED), 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm0), 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm1), 0);
+	ASSERT_TRUE(check_ints(p, 6, 30));
+	for (unsigned long i = 6; i < 9; i++)
+		ASSERT_EQ(p[i * ps() + 17], 0);
+	ASSERT_TRUE(check_ints(p + 9 * ps(), 2, 30 + (int)(9 * ps() / sizeof(int))));
+	munmap(p, n * ps());
+	munmap(mirror, n * ps());
+}

@@ -6,11 +6,11 @@
  * runs them all in order, as libFuzzer does, so state left behind by one
  * input meets the next.
  *
- * fuzz/findings/NAME/ holds the inputs of bugs not fixed yet (files run in
- * order, repeatedly: most are races). replay_findings runs them only with
- * UHMM_FUZZ_FINDINGS=1 (it fails while a bug is open); when a bug is
- * fixed, move its inputs to fuzz/corpus/. UHMM_FUZZ_REPLAY=file1:file2
- * replays those files instead of the corpus.
+ * fuzz/findings/NAME/ holds the inputs of bugs not fixed yet; `make
+ * findings` replays them (files in order, repeatedly: most are races)
+ * through UHMM_FUZZ_REPLAY=file1:file2:..., which replays those files
+ * instead of the corpus. When a bug is fixed, its inputs move to
+ * fuzz/corpus/.
  */
 #include <dirent.h>
 
@@ -81,41 +81,4 @@ TEST_TIMEOUT(replay_corpus, 300)
 		free(names[i]);
 	}
 	TH_LOG("%u inputs replayed", n);
-}
-
-TEST_TIMEOUT(replay_findings, 600)
-{
-	const char *dir = "fuzz/findings";
-	char *bugs[256], *files[64], path[4096];
-	unsigned int nb, failed = 0;
-
-	if (!getenv("UHMM_FUZZ_FINDINGS"))
-		SKIP("open bugs: set UHMM_FUZZ_FINDINGS=1 to replay %s", dir);
-	nb = fz_list(dir, bugs, 256);
-	for (unsigned int b = 0; b < nb; b++) {
-		int status = 0;
-		pid_t pid;
-
-		snprintf(path, sizeof(path), "%s/%s", dir, bugs[b]);
-		fflush(NULL);
-		pid = fork();
-		ASSERT_GE(pid, 0);
-		if (pid == 0) {
-			unsigned int nf = fz_list(path, files, 64);
-			char f[8192];
-
-			/* Races: the same sequence, again and again. */
-			for (int rep = 0; rep < 50; rep++)
-				for (unsigned int i = 0; i < nf; i++) {
-					snprintf(f, sizeof(f), "%s/%s", path, files[i]);
-					fz_replay_file(f);
-				}
-			_exit(0);
-		}
-		ASSERT_EQ(waitpid(pid, &status, 0), pid);
-		TH_LOG("%s: %s", bugs[b], status ? "reproduces" : "does not reproduce");
-		failed += status != 0;
-		free(bugs[b]);
-	}
-	ASSERT_EQ(failed, 0);
 }
