@@ -1052,11 +1052,17 @@ static void fz_teardown(void)
 			fz_finding("dmirror close of device %d failed", d);
 		fz.dm[d] = NULL;
 	}
-	/* Toy pages home, one page at a time (VMAs may be split). */
+	/*
+	 * Toy pages home, one page at a time (VMAs may be split): from our
+	 * pages, known or not, and from mappings of others that took a
+	 * hole of the region (a migration may have taken their pages too).
+	 */
+	fz_foreign(0, FZ_PAGES);
 	for (unsigned long i = 0; i < FZ_PAGES; i++) {
-		if (fz.pg[i].state != FZ_MAPPED)
+		if (fz.pg[i].state == FZ_GONE)
 			continue;
-		if (mprotect(fz_addr(i), FZ_PS, PROT_READ | PROT_WRITE))
+		if (fz.pg[i].state != FZ_FOREIGN &&
+		    mprotect(fz_addr(i), FZ_PS, PROT_READ | PROT_WRITE))
 			fz_finding("mprotect (line %d): %s", __LINE__, strerror(errno));
 		toy_to_ram((unsigned long)fz_addr(i),
 			   (unsigned long)fz_addr(i) + FZ_PS, NULL, 0);
