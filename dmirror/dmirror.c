@@ -837,7 +837,9 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 	if (ret)
 		return ret;
 	range.notifier = dm->notifier;
-	bytes = uhmm_alloc((size_t)npages);
+	/* One chunk's bytes at a time, copied out per chunk as the kernel's
+	 * dmirror_snapshot() does: npages is the caller's and may be huge. */
+	bytes = uhmm_alloc((size_t)(npages < chunk ? npages : chunk));
 	/*
 	 * Zeroed once: with no request bits, outputs carry no sticky bits,
 	 * so they are valid (empty) inputs for the next chunk and command.
@@ -865,15 +867,15 @@ static int dmirror_snapshot(struct uhmm_dmirror *dm,
 		ret = dmirror_range_lock(dm, &range);
 		if (ret)
 			goto out_free;
-		dmirror_snap_convert(dm, pfns, bytes + off, n);
+		dmirror_snap_convert(dm, pfns, bytes, n);
 		pthread_mutex_unlock(&dm->lock);
+		ret = uhmm_copy_nofault((void *)(uintptr_t)(cmd->ptr + off),
+					bytes, (size_t)n, NULL);
+		if (ret)
+			goto out_free;
 		off += n;
 	}
-
-	ret = uhmm_copy_nofault((void *)(uintptr_t)cmd->ptr, bytes,
-				(size_t)npages, NULL);
-	if (!ret)
-		cmd->cpages = npages;
+	cmd->cpages = npages;
 
 out_free:
 	if (pfns) {
