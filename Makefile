@@ -267,6 +267,7 @@ fuzz: fuzz-build
 .PHONY: findings
 findings: tests
 	@for d in fuzz/findings/*/; do \
+		[ -d "$$d" ] || { echo "no open fuzz finding"; break; }; \
 		files=$$(ls "$$d" | sed "s|^|$$d|" | tr '\n' ':'); \
 		list=; for i in $$(seq 50); do list="$$list$$files"; done; \
 		if UHMM_FUZZ_REPLAY="$$list" $(BUILD)/tests/test_fuzz_corpus \
