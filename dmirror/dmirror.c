@@ -177,9 +177,13 @@ struct uhmm_dmirror {
 	uint64_t inv_count;	/* under dm->lock: invalidations that
 				 * cleared entries */
 	uint64_t flags;		/* under dm->lock: the FLAGS value */
-	/* Under dm->lock: cur_seq of the last EXCLUSIVE invalidation this
-	 * open asked for (uhmm_make_device_exclusive() with owner dm). */
-	unsigned long excl_seq;
+	/*
+	 * Under dm->lock: invalidation callbacks run so far, and that count
+	 * at the last EXCLUSIVE invalidation this open asked for
+	 * (uhmm_make_device_exclusive() with owner dm). Not the sequence:
+	 * invalidations open at the same time share one.
+	 */
+	uint64_t inv_calls, excl_mark;
 	/*
 	 * A SNAPSHOT chunk's pfns, kept between commands (fresh memory of
 	 * that size costs more page faults than the snapshot itself); NULL
@@ -559,8 +563,9 @@ static bool dmirror_invalidate(struct uhmm_interval_notifier *sub,
 	 * this one (a CPU revoke clears it; the kernel serializes the two
 	 * with the folio lock).
 	 */
+	dm->inv_calls++;
 	if (range->event == UHMM_NOTIFY_EXCLUSIVE && range->owner == dm)
-		dm->excl_seq = cur_seq;
+		dm->excl_mark = dm->inv_calls;
 	if (pt_clear(&dm->pt, range->start >> dmirror_page_shift,
 		     range->end >> dmirror_page_shift, keep_dev, keep_coherent))
 		dm->inv_count++;
@@ -1766,18 +1771,18 @@ static int dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c
 		 * A CPU touch between make_device_exclusive() and the entry
 		 * revokes it (an EXCLUSIVE invalidation): the sequence says
 		 * so, and the page is taken again, or the entry would stay
-		 * ATOMIC with the CPU owning the page. The sequence to
-		 * compare with is that of the taking's own invalidation
-		 * (dmirror_invalidate() records it): anything after it may
-		 * be a revoke.
+		 * ATOMIC with the CPU owning the page. Any invalidation
+		 * callback after the taking's own (dmirror_invalidate()
+		 * counts them) may be a revoke. Not the sequence: a revoke
+		 * open at the same time as another invalidation gets that
+		 * one's sequence, which may be the taking's own.
 		 */
 		for (;;) {
 			ret = uhmm_make_device_exclusive(addr, dm, &dev_addr);
 			if (ret)
 				return ret;
 			pthread_mutex_lock(&dm->lock);
-			if (dm->notifier &&
-			    !uhmm_interval_read_retry(dm->notifier, dm->excl_seq))
+			if (dm->notifier && dm->excl_mark == dm->inv_calls)
 				break;
 			pthread_mutex_unlock(&dm->lock);
 			if (dmirror_now_ns() > deadline)
