@@ -327,12 +327,6 @@ static uint64_t *pt_leaf_alloc(struct dmirror_pt *pt, uint64_t vpn)
 }
 
 /*
- * Clear the entries of [s, e) below @node, an inner node whose slots each
- * cover 1 << (PT_BITS * l) pages from @base. Absent subtrees are skipped
- * and no node is freed: this runs in invalidate callbacks, where uhmm_free()
- * could trim the heap. Returns whether an entry was cleared.
- */
-/*
  * Whether entry @v names memory of device @owner: its private pages
  * (range_fault reports only the owner's), or, with @coherent, coherent
  * pages it owns (coherent pages of any device are reported).
@@ -349,15 +343,23 @@ static bool pt_entry_of(uint64_t v, const void *owner, bool coherent)
 	return page && uhmm_page_owner(page) == owner;
 }
 
-static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
-			  uint64_t s, uint64_t e, const void *keep_dev,
-			  bool keep_coherent)
+/* Entries [from, to) of @leaf; true stops the walk. */
+typedef bool (*pt_leaf_fn)(uint64_t *leaf, uint64_t from, uint64_t to,
+			   void *arg);
+
+/*
+ * @fn on the leaf slices of [s, e) below @node, an inner node whose slots
+ * each cover 1 << (PT_BITS * l) pages from @base. Absent subtrees are
+ * skipped and nothing is allocated or freed: this runs in invalidate
+ * callbacks, where uhmm_free() could trim the heap. True if @fn stopped it.
+ */
+static bool pt_walk_node(void *const *node, unsigned int l, uint64_t base,
+			 uint64_t s, uint64_t e, pt_leaf_fn fn, void *arg)
 {
 	unsigned int shift = PT_BITS * l;
 	uint64_t span = 1ULL << shift;
 	uint64_t i = (s - base) >> shift;
 	uint64_t last = (e - 1 - base) >> shift;
-	bool hit = false;
 
 	for (; i <= last; i++) {
 		uint64_t cb = base + (i << shift);
@@ -366,94 +368,70 @@ static bool pt_clear_node(void **node, unsigned int l, uint64_t base,
 
 		if (!node[i])
 			continue;
-		if (l > 1) {
-			hit |= pt_clear_node(node[i], l - 1, cb, cs, ce,
-					     keep_dev, keep_coherent);
-		} else {
-			uint64_t *leaf = node[i];
-			uint64_t j;
+		if (l > 1 ? pt_walk_node(node[i], l - 1, cb, cs, ce, fn, arg) :
+			    fn(node[i], cs - cb, ce - cb, arg))
+			return true;
+	}
+	return false;
+}
 
-			for (j = cs - cb; j < ce - cb; j++) {
-				if (keep_dev &&
-				    pt_entry_of(leaf[j], keep_dev, keep_coherent))
-					continue;
-				if (leaf[j]) {
-					leaf[j] = 0;
-					hit = true;
-				}
-			}
+/* pt_walk_node() over the VPNs [s, e) of @pt. */
+static bool pt_walk(const struct dmirror_pt *pt, uint64_t s, uint64_t e,
+		    pt_leaf_fn fn, void *arg)
+{
+	if (e > pt->limit)
+		e = pt->limit;
+	if (!pt->root || s >= e)
+		return false;
+	return pt_walk_node(pt->root, pt->levels, 0, s, e, fn, arg);
+}
+
+struct pt_clear_arg {
+	const void *keep_dev;
+	bool keep_coherent;
+	uint64_t only;		/* nonzero: clear entries with these bits */
+	bool hit;
+};
+
+static bool pt_clear_leaf(uint64_t *leaf, uint64_t from, uint64_t to,
+			  void *arg)
+{
+	struct pt_clear_arg *a = arg;
+
+	for (uint64_t j = from; j < to; j++) {
+		if (a->keep_dev &&
+		    pt_entry_of(leaf[j], a->keep_dev, a->keep_coherent))
+			continue;
+		if (a->only ? (leaf[j] & a->only) : leaf[j]) {
+			leaf[j] = 0;
+			a->hit = true;
 		}
 	}
-	return hit;
+	return false;
 }
 
 /*
  * Clear the entries of VPNs [s, e); with @keep_dev, entries of its private
  * memory stay (the device's own migrations manage those), and with
- * @keep_coherent those of its coherent pages too.
+ * @keep_coherent those of its coherent pages too. Returns whether an entry
+ * was cleared.
  */
 static bool pt_clear(struct dmirror_pt *pt, uint64_t s, uint64_t e,
 		     const void *keep_dev, bool keep_coherent)
 {
-	if (e > pt->limit)
-		e = pt->limit;
-	if (s >= e)
-		return false;
-	return pt_clear_node(pt->root, pt->levels, 0, s, e, keep_dev,
-			     keep_coherent);
+	struct pt_clear_arg a = { keep_dev, keep_coherent, 0, false };
+
+	pt_walk(pt, s, e, pt_clear_leaf, &a);
+	return a.hit;
 }
 
-/* Clear every device-memory entry below @node (RELEASE, eviction). */
-static bool pt_clear_dev_node(void **node, unsigned int l)
-{
-	bool hit = false;
-	unsigned long i, j;
-
-	for (i = 0; i < PT_FANOUT; i++) {
-		if (!node[i])
-			continue;
-		if (l > 1) {
-			hit |= pt_clear_dev_node(node[i], l - 1);
-			continue;
-		}
-		for (j = 0; j < PT_FANOUT; j++) {
-			uint64_t *leaf = node[i];
-
-			if (leaf[j] & DMIRROR_PFN_DEVICE) {
-				leaf[j] = 0;
-				hit = true;
-			}
-		}
-	}
-	return hit;
-}
-
+/* Clear every device-memory entry (RELEASE, eviction). */
 static bool pt_clear_dev(struct dmirror_pt *pt)
 {
-	unsigned long i, n = 1UL << (DMIRROR_VA_BITS - dmirror_page_shift -
-				     PT_BITS * pt->levels);
-	bool hit = false;
+	struct pt_clear_arg a = { NULL, false, DMIRROR_PFN_DEVICE, false };
 
-	if (!pt->root)
-		return false;
-	for (i = 0; i < n; i++) {
-		if (!pt->root[i])
-			continue;
-		if (pt->levels > 1) {
-			hit |= pt_clear_dev_node(pt->root[i], pt->levels - 1);
-		} else {
-			uint64_t *leaf = (uint64_t *)pt->root[i];
-			unsigned long j;
-
-			for (j = 0; j < PT_FANOUT; j++) {
-				if (leaf[j] & DMIRROR_PFN_DEVICE) {
-					leaf[j] = 0;
-					hit = true;
-				}
-			}
-		}
-	}
-	return hit;
+	pt_walk(pt, 0, pt->limit, pt_clear_leaf, &a);
+	return a.hit;
 }
 
 static void pt_free_node(void **node, unsigned int l)
@@ -1801,37 +1779,14 @@ static int dmirror_exclusive(struct uhmm_dmirror *dm, struct uhmm_dmirror_cmd *c
 	return dmirror_read_back(dm, cmd, start);
 }
 
-/*
- * Whether an entry of [s, e) below @node (as pt_clear_node()) has @flag;
- * absent subtrees are skipped, so a range of any size costs what is
- * mapped in it.
- */
-static bool pt_any_node(void *const *node, unsigned int l, uint64_t base,
-			uint64_t s, uint64_t e, uint64_t flag)
+/* Whether an entry of @leaf [from, to) is ATOMIC (stops the walk). */
+static bool pt_atomic_leaf(uint64_t *leaf, uint64_t from, uint64_t to,
+			   void *arg)
 {
-	unsigned int shift = PT_BITS * l;
-	uint64_t span = 1ULL << shift;
-	uint64_t i = (s - base) >> shift;
-	uint64_t last = (e - 1 - base) >> shift;
-
-	for (; i <= last; i++) {
-		uint64_t cb = base + (i << shift);
-		uint64_t cs = s > cb ? s : cb;
-		uint64_t ce = e - cb > span ? cb + span : e;
-
-		if (!node[i])
-			continue;
-		if (l > 1) {
-			if (pt_any_node(node[i], l - 1, cb, cs, ce, flag))
-				return true;
-		} else {
-			const uint64_t *leaf = node[i];
-
-			for (uint64_t j = cs - cb; j < ce - cb; j++)
-				if (leaf[j] & flag)
-					return true;
-		}
-	}
+	(void)arg;
+	for (uint64_t j = from; j < to; j++)
+		if (leaf[j] & DMIRROR_PFN_ATOMIC)
+			return true;
 	return false;
 }
 
@@ -1839,14 +1794,12 @@ static bool pt_any_node(void *const *node, unsigned int l, uint64_t base,
 static int dmirror_check_exclusive(struct uhmm_dmirror *dm, unsigned long start,
 				   unsigned long end)
 {
-	uint64_t s = start >> dmirror_page_shift, e = end >> dmirror_page_shift;
 	int ret = 0;
 
+	/* A walk of what is mapped: npages may be huge. */
 	pthread_mutex_lock(&dm->lock);
-	if (e > dm->pt.limit)
-		e = dm->pt.limit;
-	if (s < e && pt_any_node(dm->pt.root, dm->pt.levels, 0, s, e,
-				 DMIRROR_PFN_ATOMIC))
+	if (pt_walk(&dm->pt, start >> dmirror_page_shift,
+		    end >> dmirror_page_shift, pt_atomic_leaf, NULL))
 		ret = -EPERM;
 	pthread_mutex_unlock(&dm->lock);
 	return ret;

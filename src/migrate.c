@@ -725,6 +725,23 @@ static void stage_free(struct uhmm_rt *rt, unsigned long i, bool full)
 			 __ATOMIC_RELEASE);
 }
 
+/*
+ * Give back what a dropped entry (its mapping went away) still holds: a
+ * device page to its driver, or the staging slot of an exclusive page.
+ * The entry itself is the caller's to clear.
+ */
+static void release_dropped(struct uhmm_rt *rt, uintptr_t v)
+{
+	struct uhmm_page *p = (struct uhmm_page *)(v & ~ST_FLAGS);
+
+	if (v & ST_EXCL) {
+		stage_free(rt, v >> 3, true);
+	} else if (p) {
+		atomic_store(&p->vpn, 0);
+		uhmm_page_put(p);
+	}
+}
+
 static inline unsigned long stage_addr(struct uhmm_rt *rt, unsigned long i)
 {
 	if (i >= STAGE_PAGES)
@@ -1384,14 +1401,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 		uintptr_t dv = (uintptr_t)ms->held[n - 1 - k];
 
 		ms->held[n - 1 - k] = NULL;
-		if (dv & ST_EXCL) {
-			stage_free(rt, dv >> 3, true);
-		} else if (dv & ~ST_FLAGS) {
-			struct uhmm_page *dp = (struct uhmm_page *)(dv & ~ST_FLAGS);
-
-			atomic_store(&dp->vpn, 0);
-			uhmm_page_put(dp);
-		}
+		release_dropped(rt, dv);
 	}
 
 	/* Coherent pages: their frames go home to the pool. */
@@ -2199,16 +2209,8 @@ static void move_entry(struct uhmm_rt *rt, unsigned long vpn,
 	 * came first and marked them DROP; the worker would give them back,
 	 * but this entry no longer names them. Given back here.
 	 */
-	if ((old & ST_DROP) && !(old & ST_BUSY)) {
-		if (old & ST_EXCL) {
-			stage_free(rt, old >> 3, true);
-		} else if (old & ~ST_FLAGS) {
-			struct uhmm_page *op = (struct uhmm_page *)(old & ~ST_FLAGS);
-
-			atomic_store(&op->vpn, 0);
-			uhmm_page_put(op);
-		}
-	}
+	if ((old & ST_DROP) && !(old & ST_BUSY))
+		release_dropped(rt, old);
 }
 
 /*
@@ -2265,15 +2267,7 @@ static void put_dropped(struct uhmm_rt *rt, unsigned long vpn,
 		v = 0;
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
-	if (v & ST_EXCL) {
-		stage_free(rt, v >> 3, true);
-		return;
-	}
-	v &= ~ST_FLAGS;
-	if (v) {
-		atomic_store(&((struct uhmm_page *)v)->vpn, 0);
-		uhmm_page_put((struct uhmm_page *)v);
-	}
+	release_dropped(rt, v);
 }
 
 /* On the worker: give the released pages back to their drivers. */
