@@ -74,11 +74,11 @@ static void arena_init(void)
 	int err;
 	void *p;
 
-	if (UNDER_SANITIZER || os_on_valgrind() || getenv("UHMM_ALLOC_LIBC")) {
+	if (UNDER_SANITIZER || uhmm__os_on_valgrind() || getenv("UHMM_ALLOC_LIBC")) {
 		A.libc = true;
 		return;
 	}
-	p = os_mmap(NULL, ARENA_BYTES + SLAB, PROT_READ | PROT_WRITE,
+	p = uhmm__os_mmap(NULL, ARENA_BYTES + SLAB, PROT_READ | PROT_WRITE,
 		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, &err);
 	if (p == MAP_FAILED) {
 		A.libc = true;
@@ -242,7 +242,7 @@ void uhmm_free(void *p)
 		return;		/* not ours: a bug of the caller, ignored */
 	if (h->magic == MAGIC_BIG) {
 		/* Memory back to the system; the block's header stays. */
-		os_madvise((char *)h + HDR, h->len - HDR, MADV_DONTNEED);
+		uhmm__os_madvise((char *)h + HDR, h->len - HDR, MADV_DONTNEED);
 		pthread_mutex_lock(&A.lock);
 		h->next = A.free_big;
 		A.free_big = h;

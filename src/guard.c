@@ -39,9 +39,9 @@ static void chain(int sig, siginfo_t *si, void *uc)
 
 	memset(&dfl, 0, sizeof(dfl));
 	dfl.sa_handler = SIG_DFL;
-	os_sigaction(sig, &dfl, NULL);
+	uhmm__os_sigaction(sig, &dfl, NULL);
 	if (si->si_code <= 0)
-		os_raise(sig);
+		uhmm__os_raise(sig);
 }
 
 static void guard_handler(int sig, siginfo_t *si, void *uc)
@@ -72,11 +72,11 @@ int uhmm__guard_install(void)
 	 * restoring the mask, so the signal must not stay blocked. */
 	sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
 	sigemptyset(&sa.sa_mask);
-	r = os_sigaction(SIGSEGV, &sa, &prev_segv);
+	r = uhmm__os_sigaction(SIGSEGV, &sa, &prev_segv);
 	if (r == 0) {
-		r = os_sigaction(SIGBUS, &sa, &prev_bus);
+		r = uhmm__os_sigaction(SIGBUS, &sa, &prev_bus);
 		if (r < 0)
-			os_sigaction(SIGSEGV, &prev_segv, NULL);
+			uhmm__os_sigaction(SIGSEGV, &prev_segv, NULL);
 	}
 	__atomic_store_n(&installed, r == 0, __ATOMIC_RELEASE);
 out:
@@ -172,15 +172,15 @@ int uhmm_copy_nofault(void *dst, const void *src, size_t len,
 		sigaddset(&ss, SIGSEGV);
 		sigaddset(&ss, SIGBUS);
 		pthread_sigmask(SIG_UNBLOCK, &ss, NULL);
-		os_expect_faults(false);
+		uhmm__os_expect_faults(false);
 		if (fault_addr)
 			*fault_addr = guard_addr;
 		return -EFAULT;
 	}
 	guard_pad = &pad;
-	os_expect_faults(true);
+	uhmm__os_expect_faults(true);
 	guarded_memcpy(dst, src, len);
-	os_expect_faults(false);
+	uhmm__os_expect_faults(false);
 	guard_pad = NULL;
 	return 0;
 }

@@ -66,16 +66,16 @@ struct uhmm_pagemap {
 static void *pool_create(struct uhmm_rt *rt, unsigned long n, int *err)
 {
 	size_t len = n << rt->page_shift;
-	void *p = os_mmap(NULL, len, PROT_READ | PROT_WRITE,
+	void *p = uhmm__os_mmap(NULL, len, PROT_READ | PROT_WRITE,
 			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, err);
 
 	if (p == MAP_FAILED)
 		return NULL;
-	os_madvise(p, len, MADV_NOHUGEPAGE);
-	*err = os_uffd_register(rt->uffd, (uintptr_t)p, len,
+	uhmm__os_madvise(p, len, MADV_NOHUGEPAGE);
+	*err = uhmm__os_uffd_register(rt->uffd, (uintptr_t)p, len,
 				UFFDIO_REGISTER_MODE_WP, NULL);
 	if (*err) {
-		os_munmap(p, len);
+		uhmm__os_munmap(p, len);
 		return NULL;
 	}
 	return p;
@@ -202,11 +202,11 @@ int uhmm_pagemap_destroy(struct uhmm_pagemap *pg)
 			if (atomic_load(&pg->chunk[c].pages[i].refs))
 				return -EBUSY;
 	while (atomic_load_explicit(&pg->putting, memory_order_acquire))
-		os_yield();
+		uhmm__os_yield();
 	for (unsigned int c = 0; c < pg->nchunks; c++) {
 		uhmm_free(pg->chunk[c].pages);
 		if (pg->chunk[c].pool)
-			os_munmap(pg->chunk[c].pool, pg->chunk[c].n << uhmm__rt_peek()->page_shift);
+			uhmm__os_munmap(pg->chunk[c].pool, pg->chunk[c].n << uhmm__rt_peek()->page_shift);
 	}
 	pthread_mutex_destroy(&pg->lock);
 	uhmm_free(pg);
@@ -495,23 +495,23 @@ static void hstage_init(struct uhmm_rt *rt)
 
 	if (rt->page_size != 4096)
 		return;
-	p = os_mmap(NULL, len + PMD_BYTES, PROT_READ | PROT_WRITE,
+	p = uhmm__os_mmap(NULL, len + PMD_BYTES, PROT_READ | PROT_WRITE,
 		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, &err);
 	if (p == MAP_FAILED)
 		return;
 	a = (uintptr_t)p;
 	b = (a + PMD_BYTES - 1) & ~(PMD_BYTES - 1);
 	if (b > a)
-		os_munmap(p, b - a);
+		uhmm__os_munmap(p, b - a);
 	if (a + PMD_BYTES > b)
-		os_munmap((void *)(b + len), a + PMD_BYTES - b);
+		uhmm__os_munmap((void *)(b + len), a + PMD_BYTES - b);
 	rt->hstage_state = uhmm_calloc(HSTAGE_SLOTS, 1);
 	if (!rt->hstage_state ||
-	    os_madvise((void *)b, len, MADV_HUGEPAGE) ||
-	    os_uffd_register(rt->uffd, b, len, UFFDIO_REGISTER_MODE_WP, NULL)) {
+	    uhmm__os_madvise((void *)b, len, MADV_HUGEPAGE) ||
+	    uhmm__os_uffd_register(rt->uffd, b, len, UFFDIO_REGISTER_MODE_WP, NULL)) {
 		uhmm_free(rt->hstage_state);
 		rt->hstage_state = NULL;
-		os_munmap((void *)b, len);
+		uhmm__os_munmap((void *)b, len);
 		return;
 	}
 	rt->hstage = (void *)b;
@@ -579,7 +579,7 @@ static long hstage_reclaim(struct uhmm_rt *rt)
 	}
 	pthread_mutex_unlock(&rt->stage_lock);
 	if (r >= 0)
-		os_madvise((void *)hstage_addr(rt, (unsigned long)r), PMD_BYTES,
+		uhmm__os_madvise((void *)hstage_addr(rt, (unsigned long)r), PMD_BYTES,
 			   MADV_DONTNEED);
 	return r;
 }
@@ -597,22 +597,22 @@ static int stage_init(struct uhmm_rt *rt)
 
 	if (rt->stage)
 		return 0;
-	p = os_mmap(NULL, STAGE_PAGES << rt->page_shift, PROT_READ | PROT_WRITE,
+	p = uhmm__os_mmap(NULL, STAGE_PAGES << rt->page_shift, PROT_READ | PROT_WRITE,
 		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, &err);
 	if (p == MAP_FAILED)
 		return err;
-	os_madvise(p, STAGE_PAGES << rt->page_shift, MADV_NOHUGEPAGE);
+	uhmm__os_madvise(p, STAGE_PAGES << rt->page_shift, MADV_NOHUGEPAGE);
 	rt->stage_state = uhmm_calloc(STAGE_PAGES, 1);
 	if (!rt->stage_state) {
-		os_munmap(p, STAGE_PAGES << rt->page_shift);
+		uhmm__os_munmap(p, STAGE_PAGES << rt->page_shift);
 		return -ENOMEM;
 	}
-	err = os_uffd_register(rt->uffd, (uintptr_t)p, STAGE_PAGES << rt->page_shift,
+	err = uhmm__os_uffd_register(rt->uffd, (uintptr_t)p, STAGE_PAGES << rt->page_shift,
 			       UFFDIO_REGISTER_MODE_WP, NULL);
 	if (err) {
 		uhmm_free(rt->stage_state);
 		rt->stage_state = NULL;
-		os_munmap(p, STAGE_PAGES << rt->page_shift);
+		uhmm__os_munmap(p, STAGE_PAGES << rt->page_shift);
 		return err;
 	}
 	rt->stage = p;
@@ -674,7 +674,7 @@ static void stage_reclaim(struct uhmm_rt *rt)
 			for (unsigned long k = i; k < j; k++)
 				slot_set(rt, k, SLOT_USED);
 			pthread_mutex_unlock(&rt->stage_lock);
-			os_madvise((void *)stage_addr(rt, i), (j - i) << rt->page_shift,
+			uhmm__os_madvise((void *)stage_addr(rt, i), (j - i) << rt->page_shift,
 				   MADV_DONTNEED);
 			pthread_mutex_lock(&rt->stage_lock);
 			for (unsigned long k = i; k < j; k++)
@@ -773,7 +773,7 @@ static int coherent_isolate(struct uhmm_rt *rt, struct uhmm_page *p,
 				UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 
 	if (r == -EEXIST) {
-		os_madvise(p->mem, rt->page_size, MADV_DONTNEED);
+		uhmm__os_madvise(p->mem, rt->page_size, MADV_DONTNEED);
 		r = uhmm__uffd_move(rt, (uintptr_t)p->mem, addr, rt->page_size,
 				    UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 	}
@@ -929,7 +929,7 @@ static int ensure_missing(struct uhmm_rt *rt, unsigned long start, unsigned long
 	if (!uhmm__ivset_covers(&rt->missing, start, end)) {
 		r = uhmm__rt_start_threads(rt);
 		if (r == 0)
-			r = os_uffd_register(rt->uffd, start, end - start,
+			r = uhmm__os_uffd_register(rt->uffd, start, end - start,
 					     UFFDIO_REGISTER_MODE_MISSING |
 					     UFFDIO_REGISTER_MODE_WP, NULL);
 		if (r == 0) {
@@ -981,7 +981,7 @@ static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 				unsigned char vec;
 				unsigned long p = src + (moved << shift);
 
-				if (os_mincore((void *)p, ps, &vec) == 0 && (vec & 1))
+				if (uhmm__os_mincore((void *)p, ps, &vec) == 0 && (vec & 1))
 					break;
 				moved++;
 			}
@@ -1007,7 +1007,7 @@ static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	/* Which slots got a page? One mincore for the run of slots. */
 	unsigned char vbuf[512], *vec = n <= sizeof(vbuf) ? vbuf : uhmm_alloc(n);
 
-	if (!vec || os_mincore((void *)stage_addr(rt, slot), n << shift, vec))
+	if (!vec || uhmm__os_mincore((void *)stage_addr(rt, slot), n << shift, vec))
 		vec = NULL;
 	for (unsigned long k = 0; k < n; k++) {
 		unsigned long i = ((a - m->start) >> shift) + k;
@@ -1019,7 +1019,7 @@ static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 		if (vec && s == slot + k)
 			v1 = vec[k];
 		else
-			os_mincore((void *)stage_addr(rt, s), ps, &v1);
+			uhmm__os_mincore((void *)stage_addr(rt, s), ps, &v1);
 		m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
 		if (v1 & 1)
 			m->src[i] |= ((stage_addr(rt, s) >> shift) << UHMM_MIGRATE_PFN_SHIFT) |
@@ -1042,7 +1042,7 @@ static bool block_whole(struct uhmm_rt *rt, unsigned long b)
 		.category_anyof_mask = OS_PAGE_IS_PRESENT,
 		.return_mask = OS_PAGE_IS_PRESENT | OS_PAGE_IS_HUGE,
 	};
-	int n = os_pagemap_scan(rt->pagemap_fd, &a);
+	int n = uhmm__os_pagemap_scan(rt->pagemap_fd, &a);
 
 	if (n == 0)
 		return true;
@@ -1090,11 +1090,11 @@ static void isolate_blocks(struct uhmm_rt *rt, struct uhmm_migrate *m,
 			uhmm__uffd_move(rt, b, ha, PMD_BYTES,
 					UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES |
 					UFFDIO_MOVE_MODE_DONTWAKE);
-			os_madvise((void *)ha, PMD_BYTES, MADV_DONTNEED);
+			uhmm__os_madvise((void *)ha, PMD_BYTES, MADV_DONTNEED);
 			hstage_free(rt, (unsigned long)h, false);
 			continue;
 		}
-		if (os_mincore((void *)ha, PMD_BYTES, vec) == 0) {
+		if (uhmm__os_mincore((void *)ha, PMD_BYTES, vec) == 0) {
 			for (k = 0; k < PMD_PAGES && !any; k++)
 				any = vec[k] & 1;
 		} else {
@@ -1213,7 +1213,7 @@ static void unclaim(struct uhmm_rt *rt, struct uhmm_migrate *m, unsigned long up
 		pthread_mutex_unlock(&s->lock);
 	}
 	if (upto)
-		os_uffd_wake(rt->uffd, m->start, upto << rt->page_shift);
+		uhmm__os_uffd_wake(rt->uffd, m->start, upto << rt->page_shift);
 }
 
 int uhmm_migrate_setup(struct uhmm_migrate *m)
@@ -1801,7 +1801,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 	/* The 2 MiB slots: warm huge pages stay, others are emptied. */
 	for (unsigned long k = 0; k < ms->nhs; k++) {
 		if (ms->hs_fate[k] == HS_DONTNEED)
-			os_madvise((void *)hstage_addr(rt, (unsigned long)ms->hs[k]),
+			uhmm__os_madvise((void *)hstage_addr(rt, (unsigned long)ms->hs[k]),
 				   PMD_BYTES, MADV_DONTNEED);
 		hstage_free(rt, (unsigned long)ms->hs[k], ms->hs_fate[k] == HS_FULL);
 	}
@@ -1811,7 +1811,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 		uhmm_page_put(ms->held[k]);
 	wake_stripes(rt, m->start, m->end);
 	/* Threads that faulted on pages that stayed holes fault again. */
-	os_uffd_wake(rt->uffd, m->start, m->end - m->start);
+	uhmm__os_uffd_wake(rt->uffd, m->start, m->end - m->start);
 	mstate_free(rt, ms);
 	m->_private[0] = 0;
 }
@@ -1938,7 +1938,7 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 			pthread_cond_broadcast(&s->cond);
 			pthread_mutex_unlock(&s->lock);
 		}
-		os_uffd_wake(rt->uffd, addr, rt->page_size);
+		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 	}
 	/* The references the collection took. */
 	for (unsigned long i = 0; i < npages; i++) {
@@ -1999,7 +1999,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			pthread_mutex_unlock(&s->lock);
 			if (r == 0)
 				stage_free(rt, slot, !emptied);
-			os_uffd_wake(rt->uffd, addr, rt->page_size);
+			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
 		if (v & ST_BUSY) {
@@ -2029,20 +2029,20 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			/* Counted before the zero page wakes the thread. */
 			if (!counted++)
 				uhmm__stat_fault_missing(addr);
-			r = os_uffd_zeropage(rt->uffd, addr, rt->page_size, 0, &done);
+			r = uhmm__os_uffd_zeropage(rt->uffd, addr, rt->page_size, 0, &done);
 			pthread_mutex_unlock(&s->lock);
 			if (r == -EINTR)
 				continue;
 			if (r == -EAGAIN) {
 				/* An unread event (this reader is the one to
 				 * read it): the thread faults again later. */
-				os_uffd_wake(rt->uffd, addr, rt->page_size);
+				uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 				return;
 			}
 			if (r == 0 || r == -ENOENT)
 				return;
 			/* EEXIST: the page is there; wake whoever waits. */
-			os_uffd_wake(rt->uffd, addr, rt->page_size);
+			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
 		p = (struct uhmm_page *)v;
@@ -2061,7 +2061,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			 * waits faults again and is served then.
 			 */
 			pthread_mutex_unlock(&s->lock);
-			os_uffd_wake(rt->uffd, addr, rt->page_size);
+			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
 		/* Claimed for this fault; migrate_to_ram's setup collects it. */
@@ -2128,7 +2128,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			 * reader goes back to reading; the thread is woken and
 			 * faults again, after the event.
 			 */
-			os_uffd_wake(rt->uffd, addr, rt->page_size);
+			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
 		if (r < 0 && v && ++failures < FAULT_BACK_TRIES) {
@@ -2154,7 +2154,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			 * fail. Unlike the kernel's one-shot SIGBUS, the
 			 * marker stays (semantics M13).
 			 */
-			os_uffd_poison(rt->uffd, addr, rt->page_size);
+			uhmm__os_uffd_poison(rt->uffd, addr, rt->page_size);
 			return;
 		}
 		if (!v)
@@ -2314,7 +2314,7 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 		return err;
 	/* Writable and present first, as make_device_exclusive faults it
 	 * (before the page is claimed: the fault may come to uhmm). */
-	if (os_madvise((void *)addr, rt->page_size, MADV_POPULATE_WRITE))
+	if (uhmm__os_madvise((void *)addr, rt->page_size, MADV_POPULATE_WRITE))
 		return -EFAULT;
 	err = ensure_missing(rt, addr, addr + rt->page_size);
 	if (err)
@@ -2362,7 +2362,7 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
 	/* A CPU access that came meanwhile faults again (and revokes). */
-	os_uffd_wake(rt->uffd, addr, rt->page_size);
+	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 	if (r)
 		return r == -EBUSY || r == -ENOMEM ? r : -EBUSY;
 	*dev_addr = (void *)stage_addr(rt, (unsigned long)slot);

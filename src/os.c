@@ -50,7 +50,7 @@ static void mem_defined(const void *p, size_t n)
 #endif
 }
 
-void os_expect_faults(bool on)
+void uhmm__os_expect_faults(bool on)
 {
 #ifdef OS_VALGRIND
 	if (on)
@@ -62,7 +62,7 @@ void os_expect_faults(bool on)
 #endif
 }
 
-bool os_on_valgrind(void)
+bool uhmm__os_on_valgrind(void)
 {
 #ifdef OS_VALGRIND
 	return RUNNING_ON_VALGRIND != 0;
@@ -211,7 +211,7 @@ static inline int ret_err(long r)
 	return r < 0 ? -errno : (int)r;
 }
 
-void *os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
+void *uhmm__os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
 	      int *err)
 {
 	int ij = injected(OS_CALL_MMAP);
@@ -227,7 +227,7 @@ void *os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
 	return p;
 }
 
-int os_munmap(void *addr, size_t len)
+int uhmm__os_munmap(void *addr, size_t len)
 {
 	INJECT(OS_CALL_MUNMAP);
 	return ret_err(munmap(addr, len));
@@ -238,7 +238,7 @@ int os_munmap(void *addr, size_t len)
  * when a signal interrupted their wait for the mmap lock (a handler has
  * run by the time the call returns): the call is simply made again.
  */
-int os_madvise(void *addr, size_t len, int advice)
+int uhmm__os_madvise(void *addr, size_t len, int advice)
 {
 	int r;
 
@@ -250,18 +250,18 @@ int os_madvise(void *addr, size_t len, int advice)
 	return r;
 }
 
-int os_open(const char *path, int flags)
+int uhmm__os_open(const char *path, int flags)
 {
 	INJECT(OS_CALL_OPEN);
 	return ret_err(open(path, flags | O_CLOEXEC));
 }
 
-int os_close(int fd)
+int uhmm__os_close(int fd)
 {
 	return ret_err(close(fd));
 }
 
-ssize_t os_read(int fd, void *buf, size_t len)
+ssize_t uhmm__os_read(int fd, void *buf, size_t len)
 {
 	INJECT(OS_CALL_READ);
 	ssize_t r = read(fd, buf, len);
@@ -269,27 +269,27 @@ ssize_t os_read(int fd, void *buf, size_t len)
 	return r < 0 ? -errno : r;
 }
 
-ssize_t os_write(int fd, const void *buf, size_t len)
+ssize_t uhmm__os_write(int fd, const void *buf, size_t len)
 {
 	ssize_t r = write(fd, buf, len);
 
 	return r < 0 ? -errno : r;
 }
 
-ssize_t os_pread(int fd, void *buf, size_t len, off_t off)
+ssize_t uhmm__os_pread(int fd, void *buf, size_t len, off_t off)
 {
 	ssize_t r = pread(fd, buf, len, off);
 
 	return r < 0 ? -errno : r;
 }
 
-int os_eventfd(unsigned int initval, int flags)
+int uhmm__os_eventfd(unsigned int initval, int flags)
 {
 	INJECT(OS_CALL_EVENTFD);
 	return ret_err(eventfd(initval, flags));
 }
 
-int os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2)
+int uhmm__os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2)
 {
 	struct pollfd p[2] = {
 		{ .fd = fd1, .events = POLLIN },
@@ -308,7 +308,7 @@ int os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2)
 	return r;
 }
 
-int os_uffd_open_dev(int flags)
+int uhmm__os_uffd_open_dev(int flags)
 {
 	INJECT(OS_CALL_UFFD_OPEN);
 	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
@@ -322,13 +322,13 @@ int os_uffd_open_dev(int flags)
 	return fd;
 }
 
-int os_uffd_open_syscall(int flags)
+int uhmm__os_uffd_open_syscall(int flags)
 {
 	INJECT(OS_CALL_UFFD_OPEN);
 	return ret_err(syscall(SYS_userfaultfd, flags));
 }
 
-int os_uffd_api(int fd, uint64_t features, uint64_t *out_features,
+int uhmm__os_uffd_api(int fd, uint64_t features, uint64_t *out_features,
 		uint64_t *out_ioctls)
 {
 	INJECT(OS_CALL_UFFD_API);
@@ -343,7 +343,7 @@ int os_uffd_api(int fd, uint64_t features, uint64_t *out_features,
 	return 0;
 }
 
-int os_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode,
+int uhmm__os_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode,
 		     uint64_t *out_ioctls)
 {
 	INJECT(OS_CALL_UFFD_REGISTER);
@@ -359,7 +359,7 @@ int os_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode,
 	return 0;
 }
 
-int os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
+int uhmm__os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
 		 uint64_t mode, int64_t *done)
 {
 	struct uffdio_copy c = {
@@ -375,7 +375,7 @@ int os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
 	return r;
 }
 
-int os_uffd_zeropage(int fd, uint64_t start, uint64_t len, uint64_t mode,
+int uhmm__os_uffd_zeropage(int fd, uint64_t start, uint64_t len, uint64_t mode,
 		     int64_t *done)
 {
 	struct uffdio_zeropage z = {
@@ -391,7 +391,7 @@ int os_uffd_zeropage(int fd, uint64_t start, uint64_t len, uint64_t mode,
 	return r;
 }
 
-int os_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len,
+int uhmm__os_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len,
 		 uint64_t mode, int64_t *done)
 {
 	struct uffdio_move m = {
@@ -407,7 +407,7 @@ int os_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len,
 	return r;
 }
 
-int os_uffd_wake(int fd, uint64_t start, uint64_t len)
+int uhmm__os_uffd_wake(int fd, uint64_t start, uint64_t len)
 {
 	INJECT(OS_CALL_UFFD_WAKE);
 	struct uffdio_range r = { .start = start, .len = len };
@@ -424,20 +424,20 @@ struct uffdio_poison {
 #define UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct uffdio_poison)
 #endif
 
-int os_uffd_poison(int fd, uint64_t start, uint64_t len)
+int uhmm__os_uffd_poison(int fd, uint64_t start, uint64_t len)
 {
 	struct uffdio_poison p = { .range = { .start = start, .len = len } };
 
 	return ret_err(ioctl(fd, UFFDIO_POISON, &p));
 }
 
-int os_mincore(void *addr, size_t len, unsigned char *vec)
+int uhmm__os_mincore(void *addr, size_t len, unsigned char *vec)
 {
 	INJECT(OS_CALL_MINCORE);
 	return ret_err(mincore(addr, len, vec));
 }
 
-int os_pagemap_scan(int fd, struct os_pm_scan_arg *arg)
+int uhmm__os_pagemap_scan(int fd, struct os_pm_scan_arg *arg)
 {
 	int r;
 
@@ -453,7 +453,7 @@ int os_pagemap_scan(int fd, struct os_pm_scan_arg *arg)
 	return r;
 }
 
-int os_procmap_query(int fd, struct os_procmap_query *q)
+int uhmm__os_procmap_query(int fd, struct os_procmap_query *q)
 {
 	int r;
 
@@ -470,22 +470,22 @@ int os_procmap_query(int fd, struct os_procmap_query *q)
 	return r;
 }
 
-int os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old)
+int uhmm__os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old)
 {
 	return ret_err(sigaction(sig, sa, old));
 }
 
-int os_raise(int sig)
+int uhmm__os_raise(int sig)
 {
 	return raise(sig) ? -EINVAL : 0;
 }
 
-int os_yield(void)
+int uhmm__os_yield(void)
 {
 	return sched_yield();
 }
 
-pid_t os_getpid(void)
+pid_t uhmm__os_getpid(void)
 {
 	return getpid();
 }

@@ -133,55 +133,55 @@ enum os_call {
 };
 
 /* memory */
-void *os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
+void *uhmm__os_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off,
 	      int *err);
-int os_munmap(void *addr, size_t len);
-int os_madvise(void *addr, size_t len, int advice);
+int uhmm__os_munmap(void *addr, size_t len);
+int uhmm__os_madvise(void *addr, size_t len, int advice);
 
 /* files and descriptors */
-int os_open(const char *path, int flags);
-int os_close(int fd);
-ssize_t os_read(int fd, void *buf, size_t len);
-ssize_t os_write(int fd, const void *buf, size_t len);
-ssize_t os_pread(int fd, void *buf, size_t len, off_t off);
-int os_eventfd(unsigned int initval, int flags);
-int os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2);
+int uhmm__os_open(const char *path, int flags);
+int uhmm__os_close(int fd);
+ssize_t uhmm__os_read(int fd, void *buf, size_t len);
+ssize_t uhmm__os_write(int fd, const void *buf, size_t len);
+ssize_t uhmm__os_pread(int fd, void *buf, size_t len, off_t off);
+int uhmm__os_eventfd(unsigned int initval, int flags);
+int uhmm__os_poll2(int fd1, int fd2, int timeout_ms, short *rev1, short *rev2);
 
 /* userfaultfd */
-int os_uffd_open_dev(int flags);
-int os_uffd_open_syscall(int flags);
-int os_uffd_api(int fd, uint64_t features, uint64_t *out_features,
+int uhmm__os_uffd_open_dev(int flags);
+int uhmm__os_uffd_open_syscall(int flags);
+int uhmm__os_uffd_api(int fd, uint64_t features, uint64_t *out_features,
 		uint64_t *out_ioctls);
-int os_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode,
+int uhmm__os_uffd_register(int fd, uint64_t start, uint64_t len, uint64_t mode,
 		     uint64_t *out_ioctls);
 /* The three return 0 or -errno and always set *done (bytes done). */
-int os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
+int uhmm__os_uffd_copy(int fd, uint64_t dst, uint64_t src, uint64_t len,
 		 uint64_t mode, int64_t *done);
-int os_uffd_zeropage(int fd, uint64_t start, uint64_t len, uint64_t mode,
+int uhmm__os_uffd_zeropage(int fd, uint64_t start, uint64_t len, uint64_t mode,
 		     int64_t *done);
-int os_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len,
+int uhmm__os_uffd_move(int fd, uint64_t dst, uint64_t src, uint64_t len,
 		 uint64_t mode, int64_t *done);
-int os_uffd_wake(int fd, uint64_t start, uint64_t len);
-int os_uffd_poison(int fd, uint64_t start, uint64_t len);
-int os_mincore(void *addr, size_t len, unsigned char *vec);
+int uhmm__os_uffd_wake(int fd, uint64_t start, uint64_t len);
+int uhmm__os_uffd_poison(int fd, uint64_t start, uint64_t len);
+int uhmm__os_mincore(void *addr, size_t len, unsigned char *vec);
 
 /* procfs */
-int os_pagemap_scan(int fd, struct os_pm_scan_arg *arg);
-int os_procmap_query(int fd, struct os_procmap_query *q);
+int uhmm__os_pagemap_scan(int fd, struct os_pm_scan_arg *arg);
+int uhmm__os_procmap_query(int fd, struct os_procmap_query *q);
 
 /* signals and processes */
-int os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old);
-pid_t os_getpid(void);
-int os_raise(int sig);
-int os_yield(void);
+int uhmm__os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old);
+pid_t uhmm__os_getpid(void);
+int uhmm__os_raise(int sig);
+int uhmm__os_yield(void);
 
 /* True when running under valgrind (uhmm then opens no userfaultfd:
  * valgrind holds its lock across munmap and page faults, which would
  * wait for uhmm's reader thread forever). */
-bool os_on_valgrind(void);
+bool uhmm__os_on_valgrind(void);
 /* Around a copy that may fault on purpose (uhmm_copy_nofault): valgrind
  * must not report its invalid reads or writes. Per thread. */
-void os_expect_faults(bool on);
+void uhmm__os_expect_faults(bool on);
 
 /* Make the @nth next call of @call fail with -@err (nth = 1 is the next;
  * 0 disarms). Internal, for tests. */

@@ -41,7 +41,7 @@ int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
 	q->size = sizeof(*q);
 	q->query_flags = OS_PROCMAP_QUERY_COVERING_OR_NEXT_VMA;
 	q->query_addr = addr;
-	return os_procmap_query(rt->maps_fd, q);
+	return uhmm__os_procmap_query(rt->maps_fd, q);
 }
 
 void *uhmm_pfn_to_addr(uint64_t pfn)
@@ -101,7 +101,7 @@ static int cow_filter(const struct vma_ctx *v, unsigned long addr, size_t n,
 	for (size_t done = 0; done < n;) {
 		size_t k = n - done < PM_CHUNK ? n - done : PM_CHUNK;
 		off_t off = (off_t)(((addr >> shift) + done) * sizeof(uint64_t));
-		ssize_t r = os_pread(v->rt->pagemap_fd, pm, k * sizeof(uint64_t), off);
+		ssize_t r = uhmm__os_pread(v->rt->pagemap_fd, pm, k * sizeof(uint64_t), off);
 
 		if (r < (ssize_t)(k * sizeof(uint64_t)))
 			return -EBUSY;
@@ -178,7 +178,7 @@ static int populate(struct uhmm_rt *rt, unsigned long a, unsigned long b,
 	int r;
 
 	do {
-		r = os_madvise((void *)a, b - a,
+		r = uhmm__os_madvise((void *)a, b - a,
 			       write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
 	} while (r == -EINTR || r == -EAGAIN);
 	(void)rt;
@@ -446,7 +446,7 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 			.return_mask = scan_mask,
 		};
 		unsigned long to;
-		int n = os_pagemap_scan(rt->pagemap_fd, &a);
+		int n = uhmm__os_pagemap_scan(rt->pagemap_fd, &a);
 
 		if (n < 0)
 			return n == -ENOMEM ? -ENOMEM : -EFAULT;

@@ -40,11 +40,11 @@ static int uffd_open(int path, int flags)
 {
 	switch (path) {
 	case UHMM_UFFD_DEV:
-		return os_uffd_open_dev(flags);
+		return uhmm__os_uffd_open_dev(flags);
 	case UHMM_UFFD_SYSCALL:
-		return os_uffd_open_syscall(flags);
+		return uhmm__os_uffd_open_syscall(flags);
 	default:
-		return os_uffd_open_syscall(flags | UFFD_USER_MODE_ONLY);
+		return uhmm__os_uffd_open_syscall(flags | UFFD_USER_MODE_ONLY);
 	}
 }
 
@@ -62,7 +62,7 @@ static void probe_uffd(struct uhmm_rt *rt)
 	/* valgrind runs one thread at a time and keeps running it through
 	 * munmap and page faults that would wait for uhmm's reader: a
 	 * deadlock. Work as without userfaultfd (docs/semantics.md). */
-	if (os_on_valgrind()) {
+	if (uhmm__os_on_valgrind()) {
 		rt->uffd_err = -EDEADLK;
 		return;
 	}
@@ -75,8 +75,8 @@ static void probe_uffd(struct uhmm_rt *rt)
 			rt->uffd_err = fd;
 			continue;
 		}
-		r = os_uffd_api(fd, 0, &avail, &ioctls);
-		os_close(fd);
+		r = uhmm__os_uffd_api(fd, 0, &avail, &ioctls);
+		uhmm__os_close(fd);
 		if (r < 0) {
 			rt->uffd_err = r;
 			continue;
@@ -90,9 +90,9 @@ static void probe_uffd(struct uhmm_rt *rt)
 			rt->uffd_err = fd;
 			continue;
 		}
-		r = os_uffd_api(fd, avail & WANT_FEATURES, NULL, &ioctls);
+		r = uhmm__os_uffd_api(fd, avail & WANT_FEATURES, NULL, &ioctls);
 		if (r < 0) {
-			os_close(fd);
+			uhmm__os_close(fd);
 			rt->uffd_err = r;
 			continue;
 		}
@@ -118,17 +118,17 @@ static int probe_procfs(struct uhmm_rt *rt)
 	struct os_pm_scan_arg a;
 	int r;
 
-	rt->maps_fd = os_open("/proc/self/maps", O_RDONLY);
+	rt->maps_fd = uhmm__os_open("/proc/self/maps", O_RDONLY);
 	if (rt->maps_fd < 0)
 		return rt->maps_fd;
-	rt->pagemap_fd = os_open("/proc/self/pagemap", O_RDONLY);
+	rt->pagemap_fd = uhmm__os_open("/proc/self/pagemap", O_RDONLY);
 	if (rt->pagemap_fd < 0)
 		return rt->pagemap_fd;
 
 	memset(&q, 0, sizeof(q));
 	q.size = sizeof(q);
 	q.query_addr = (uintptr_t)rt & ~(rt->page_size - 1);
-	r = os_procmap_query(rt->maps_fd, &q);
+	r = uhmm__os_procmap_query(rt->maps_fd, &q);
 	if (r == -ENOTTY || r == -EINVAL || r == -EOPNOTSUPP)
 		return -ENOSYS;
 	if (r < 0)
@@ -146,7 +146,7 @@ static int probe_procfs(struct uhmm_rt *rt)
 		a.vec = (uintptr_t)reg;
 		a.vec_len = 2;
 		a.return_mask = rt->scan_mask;
-		r = os_pagemap_scan(rt->pagemap_fd, &a);
+		r = uhmm__os_pagemap_scan(rt->pagemap_fd, &a);
 		if (r >= 0)
 			break;
 		/* Kernels before 6.14 do not know PAGE_IS_GUARD. */
@@ -163,23 +163,23 @@ static int probe_procfs(struct uhmm_rt *rt)
 static void probe_pages(struct uhmm_rt *rt)
 {
 	char buf[64];
-	int fd = os_open("/sys/kernel/mm/transparent_hugepage/enabled",
+	int fd = uhmm__os_open("/sys/kernel/mm/transparent_hugepage/enabled",
 			 O_RDONLY);
 	ssize_t n;
 
 	if (fd >= 0) {
-		n = os_read(fd, buf, sizeof(buf) - 1);
-		os_close(fd);
+		n = uhmm__os_read(fd, buf, sizeof(buf) - 1);
+		uhmm__os_close(fd);
 		if (n > 0) {
 			buf[n] = 0;
 			if (!strstr(buf, "[never]"))
 				rt->flags |= UHMM_FEAT_THP;
 		}
 	}
-	fd = os_open("/proc/sys/vm/nr_hugepages", O_RDONLY);
+	fd = uhmm__os_open("/proc/sys/vm/nr_hugepages", O_RDONLY);
 	if (fd >= 0) {
-		n = os_read(fd, buf, sizeof(buf) - 1);
-		os_close(fd);
+		n = uhmm__os_read(fd, buf, sizeof(buf) - 1);
+		uhmm__os_close(fd);
 		if (n > 0) {
 			buf[n] = 0;
 			if (strtoul(buf, NULL, 10) > 0)
@@ -191,13 +191,13 @@ static void probe_pages(struct uhmm_rt *rt)
 static void rt_close_fds(struct uhmm_rt *rt)
 {
 	if (rt->uffd >= 0)
-		os_close(rt->uffd);
+		uhmm__os_close(rt->uffd);
 	if (rt->evfd >= 0)
-		os_close(rt->evfd);
+		uhmm__os_close(rt->evfd);
 	if (rt->maps_fd >= 0)
-		os_close(rt->maps_fd);
+		uhmm__os_close(rt->maps_fd);
 	if (rt->pagemap_fd >= 0)
-		os_close(rt->pagemap_fd);
+		uhmm__os_close(rt->pagemap_fd);
 }
 
 static void cond_init_mono(pthread_cond_t *c)
@@ -240,7 +240,7 @@ static int rt_create(struct uhmm_rt **out)
 	rt->page_shift = (unsigned int)__builtin_ctzl(rt->page_size);
 	/* A PMD maps one page table of 8-byte entries. */
 	rt->pmd_order = rt->page_shift - 3;
-	rt->pid = os_getpid();
+	rt->pid = uhmm__os_getpid();
 	rt->invalidate_seq = 2;
 	pthread_mutex_init(&rt->lock, NULL);
 	pthread_mutex_init(&rt->tlock, NULL);
@@ -264,7 +264,7 @@ static int rt_create(struct uhmm_rt **out)
 		goto err;
 	probe_pages(rt);
 	probe_uffd(rt);
-	rt->evfd = os_eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	rt->evfd = uhmm__os_eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (rt->evfd < 0) {
 		r = rt->evfd;
 		goto err;
@@ -413,13 +413,13 @@ static void *reader_main(void *arg)
 	for (;;) {
 		short ru = 0, re = 0;
 		ssize_t n;
-		int r = os_poll2(rt->uffd, rt->evfd, -1, &ru, &re);
+		int r = uhmm__os_poll2(rt->uffd, rt->evfd, -1, &ru, &re);
 
 		/* Transient: a reader that stopped would leave every later
 		 * fault on a device page waiting forever. */
 		if (r == -EINTR || r == -ENOMEM || r == -EAGAIN) {
 			if (r != -EINTR)
-				os_yield();
+				uhmm__os_yield();
 			continue;
 		}
 		if (r < 0 || re)
@@ -445,7 +445,7 @@ static void *reader_main(void *arg)
 		rt->in_read++;
 		pthread_mutex_unlock(&rt->qlock);
 		rseq = atomic_fetch_add(&rt->read_seq, 1) + 1;
-		n = os_read(rt->uffd, msg, sizeof(msg));
+		n = uhmm__os_read(rt->uffd, msg, sizeof(msg));
 		/* Device pages follow the mapping before any later fault. */
 		for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(msg[0]); i++) {
 			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
@@ -487,7 +487,7 @@ static void *reader_main(void *arg)
 			if (msg[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
 			if (msg[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-				os_uffd_wake(rt->uffd, msg[i].arg.pagefault.address &
+				uhmm__os_uffd_wake(rt->uffd, msg[i].arg.pagefault.address &
 					     ~(rt->page_size - 1), rt->page_size);
 				continue;
 			}
@@ -607,7 +607,7 @@ static void threads_stop(struct uhmm_rt *rt, int started)
 	uint64_t one = 1;
 	pthread_t *t[3] = { &rt->reader, &rt->worker, &rt->reader2 };
 
-	os_write(rt->evfd, &one, sizeof(one));
+	uhmm__os_write(rt->evfd, &one, sizeof(one));
 	pthread_mutex_lock(&rt->qlock);
 	rt->qstop = true;
 	pthread_cond_broadcast(&rt->qcond);
@@ -617,7 +617,7 @@ static void threads_stop(struct uhmm_rt *rt, int started)
 		uhmm_free(rt->stacks[i]);
 		rt->stacks[i] = NULL;
 	}
-	os_read(rt->evfd, &one, sizeof(one));	/* re-arm */
+	uhmm__os_read(rt->evfd, &one, sizeof(one));	/* re-arm */
 	rt->running = 0;
 }
 
@@ -678,7 +678,7 @@ void uhmm__wait_events_read(struct uhmm_rt *rt)
 	pthread_mutex_lock(&rt->qlock);
 	if (!rt->threads || rt->qstop) {
 		pthread_mutex_unlock(&rt->qlock);
-		os_yield();
+		uhmm__os_yield();
 		return;
 	}
 	seen = rt->nread;

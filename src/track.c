@@ -168,7 +168,7 @@ int uhmm__track_vma(struct uhmm_rt *rt, const struct os_procmap_query *q,
 	      iv_value_at(&rt->noreg, vs) == vma_stamp(q))) {
 		r = uhmm__rt_start_threads(rt);
 		if (r == 0)
-			r = os_uffd_register(rt->uffd, vs, ve - vs,
+			r = uhmm__os_uffd_register(rt->uffd, vs, ve - vs,
 					     UFFDIO_REGISTER_MODE_WP, NULL);
 		if (r == 0)
 			uhmm__ivset_set(&rt->regs, vs, ve, 1);

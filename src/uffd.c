@@ -30,13 +30,13 @@ static int uffd_do(struct uhmm_rt *rt, enum uffd_op op, unsigned long dst,
 
 		switch (op) {
 		case OP_COPY:
-			r = os_uffd_copy(rt->uffd, dst, src, len, mode, &done);
+			r = uhmm__os_uffd_copy(rt->uffd, dst, src, len, mode, &done);
 			break;
 		case OP_ZEROPAGE:
-			r = os_uffd_zeropage(rt->uffd, dst, len, mode, &done);
+			r = uhmm__os_uffd_zeropage(rt->uffd, dst, len, mode, &done);
 			break;
 		default:
-			r = os_uffd_move(rt->uffd, dst, src, len, mode, &done);
+			r = uhmm__os_uffd_move(rt->uffd, dst, src, len, mode, &done);
 			break;
 		}
 		if ((unsigned long)done > len)
@@ -65,7 +65,7 @@ static int uffd_do(struct uhmm_rt *rt, enum uffd_op op, unsigned long dst,
 			if (op == OP_MOVE)
 				return r;
 			/* The page at dst is present; skip it, wake waiters. */
-			int w = os_uffd_wake(rt->uffd, dst, ps);
+			int w = uhmm__os_uffd_wake(rt->uffd, dst, ps);
 
 			if (w < 0 && w != -ENOENT)
 				return w;

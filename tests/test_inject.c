@@ -733,10 +733,10 @@ TEST(inject_counter_and_repeat)
 
 	ASSERT_NOT_NULL(p);
 	uhmm__fault_inject_n(OS_CALL_MADVISE, 2, 2, ENOMEM);
-	ASSERT_EQ(os_madvise(p, ps(), MADV_DONTNEED), 0);
-	ASSERT_EQ(os_madvise(p, ps(), MADV_DONTNEED), -ENOMEM);
-	ASSERT_EQ(os_madvise(p, ps(), MADV_DONTNEED), -ENOMEM);
-	ASSERT_EQ(os_madvise(p, ps(), MADV_DONTNEED), 0);
+	ASSERT_EQ(uhmm__os_madvise(p, ps(), MADV_DONTNEED), 0);
+	ASSERT_EQ(uhmm__os_madvise(p, ps(), MADV_DONTNEED), -ENOMEM);
+	ASSERT_EQ(uhmm__os_madvise(p, ps(), MADV_DONTNEED), -ENOMEM);
+	ASSERT_EQ(uhmm__os_madvise(p, ps(), MADV_DONTNEED), 0);
 	ASSERT_EQ(uhmm__os_calls(OS_CALL_MADVISE), 4UL);
 	for (int k = 0; k < OS_CALL_NR; k++)
 		ASSERT_NOT_NULL(uhmm__os_call_name((enum os_call)k));

@@ -36,7 +36,7 @@ static char *missing_range(struct uhmm_rt *rt, size_t npages)
 		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	ASSERT_NE(p, MAP_FAILED);
-	ASSERT_EQ(os_uffd_register(rt->uffd, (uintptr_t)p, npages * ps,
+	ASSERT_EQ(uhmm__os_uffd_register(rt->uffd, (uintptr_t)p, npages * ps,
 				   UFFDIO_REGISTER_MODE_MISSING, NULL), 0);
 	return p;
 }
