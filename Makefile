@@ -10,6 +10,8 @@
 #   make check SANITIZE=address,undefined   (BUILD defaults to build-asan)
 #   make check SANITIZE=thread              (BUILD defaults to build-tsan)
 #   make check-valgrind                 the suite under valgrind memcheck
+#   make check-layers                   calls and includes of src/ go down
+#                                       src/LAYERS, dmirror/ and cli/ use the API
 #   make install PREFIX=/usr/local DESTDIR=/staging
 #   make uninstall / make clean
 #
@@ -225,6 +227,15 @@ check-valgrind: all
 	UHMM_TEST_TIMEOUT_SCALE=$${UHMM_TEST_TIMEOUT_SCALE:-10} \
 	UHMM_TEST_WRAPPER="$(VALGRIND) $(VALGRIND_FLAGS)" \
 		sh tests/run.sh $(BUILD)/tests
+
+# The layer check (scripts/check-layers.sh, the table src/LAYERS,
+# docs/layout.md): the checker's self-test, then the library objects:
+# every reference between files of src/ goes down the table, and dmirror/
+# and cli/ use only the public API.
+.PHONY: check-layers
+check-layers: libs
+	CC="$(CC)" scripts/check-layers.sh --selftest
+	scripts/check-layers.sh $(BUILD)
 
 run: all
 	$(CLI) demo
