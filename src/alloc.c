@@ -28,7 +28,7 @@
 #include <sys/mman.h>
 
 #include <uhmm/uhmm.h>
-#include "internal.h"
+#include "base.h"
 
 #define ARENA_BYTES	(64UL << 30)	/* address space only */
 #define SLAB		(64UL << 10)

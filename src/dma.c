@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include <uhmm/dma.h>
-#include "internal.h"
+#include "base.h"
 
 /*
  * Life of a batch. Submit fills the engine's state in b->_private

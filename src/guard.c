@@ -11,7 +11,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "internal.h"
+#include <pthread.h>
+
+#include "base.h"
 
 static _Thread_local sigjmp_buf *guard_pad;
 static _Thread_local unsigned long guard_addr;

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "notifier.h"
 
 static bool is_invalidating(const struct uhmm_rt *rt)
 {
@@ -348,4 +348,21 @@ void uhmm__release_all(struct uhmm_rt *rt)
 		uhmm_free(rt->subs[i]);
 	}
 	rt->nsubs = 0;
+}
+
+int uhmm__notifier_init(struct uhmm_rt *rt)
+{
+	rt->invalidate_seq = 2;	/* even: idle */
+	pthread_mutex_init(&rt->lock, NULL);
+	pthread_cond_init(&rt->wq, NULL);
+	return 0;
+}
+
+void uhmm__notifier_destroy(struct uhmm_rt *rt)
+{
+	pthread_mutex_destroy(&rt->lock);
+	pthread_cond_destroy(&rt->wq);
+	uhmm_free(rt->subs);
+	rt->subs = NULL;
+	rt->nsubs = rt->subs_cap = 0;
 }

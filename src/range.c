@@ -5,6 +5,7 @@
  * of its pages in runs, MADV_POPULATE_READ/WRITE faults in what is
  * requested (a CPU fault, copy-on-write included), and the walk repeats
  * until the requests are met, as hmm_range_fault re-walks after a fault.
+ * Layer 4.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -12,8 +13,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include <uhmm/migrate.h>
-#include "internal.h"
+#include "mm.h"
 
 #define SCAN_VEC_STACK 256
 #define SCAN_VEC_BIG 4096
@@ -34,14 +34,16 @@ static void scan_key_init(void)
 }
 #define FAULT_TRIES 16
 
-int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
-		    struct os_procmap_query *q)
+struct uhmm_page *uhmm_pfn_to_page(uint64_t pfn)
 {
-	memset(q, 0, sizeof(*q));
-	q->size = sizeof(*q);
-	q->query_flags = OS_PROCMAP_QUERY_COVERING_OR_NEXT_VMA;
-	q->query_addr = addr;
-	return uhmm__os_procmap_query(rt->maps_fd, q);
+	struct uhmm_rt *rt;
+
+	if (pfn & UHMM_PFN_DEVICE_PRIVATE)
+		return frame_page(pfn & UHMM_PFN_FRAME_MASK);
+	/* A coherent page's frame is its virtual page number. */
+	if (!(pfn & UHMM_PFN_DEVICE_COHERENT) || !(rt = uhmm__rt_peek()))
+		return NULL;
+	return uhmm__coherent_page_at(rt, (pfn & UHMM_PFN_FRAME_MASK) << rt->page_shift);
 }
 
 void *uhmm_pfn_to_addr(uint64_t pfn)

@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The per-process runtime: lazy thread-safe start, kernel feature probes on
- * a throw-away userfaultfd, the monitor threads, fork and shutdown.
+ * The per-process runtime (the counterpart of the kernel's mm_struct
+ * lifetime): lazy thread-safe start, kernel feature probes on a
+ * throw-away userfaultfd, the VMA query, and the atfork trampolines. What
+ * a fork does, and each subsystem's state, are the hooks' (dispatch.c).
+ * Layer 1.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +15,7 @@
 #include <sys/eventfd.h>
 #include <poll.h>
 
-#include "internal.h"
+#include "rt.h"
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct uhmm_rt *_Atomic g_rt;
@@ -200,30 +203,10 @@ static void rt_close_fds(struct uhmm_rt *rt)
 		uhmm__os_close(rt->pagemap_fd);
 }
 
-static void cond_init_mono(pthread_cond_t *c)
+void uhmm__rt_free(struct uhmm_rt *rt)
 {
-	pthread_condattr_t a;
-
-	pthread_condattr_init(&a);
-	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-	pthread_cond_init(c, &a);
-	pthread_condattr_destroy(&a);
-}
-
-static void rt_free(struct uhmm_rt *rt)
-{
+	rt->hooks->destroy(rt);
 	rt_close_fds(rt);
-	pthread_mutex_destroy(&rt->lock);
-	pthread_mutex_destroy(&rt->tlock);
-	pthread_mutex_destroy(&rt->qlock);
-	pthread_cond_destroy(&rt->wq);
-	pthread_cond_destroy(&rt->qcond);
-	pthread_cond_destroy(&rt->qread);
-	uhmm_free(rt->subs);
-	uhmm__ivset_free(&rt->grants);
-	uhmm__ivset_free(&rt->regs);
-	uhmm__ivset_free(&rt->noreg);
-	uhmm__ivset_free(&rt->missing);
 	uhmm_free(rt);
 }
 
@@ -241,23 +224,12 @@ static int rt_create(struct uhmm_rt **out)
 	/* A PMD maps one page table of 8-byte entries. */
 	rt->pmd_order = rt->page_shift - 3;
 	rt->pid = uhmm__os_getpid();
-	rt->invalidate_seq = 2;
-	pthread_mutex_init(&rt->lock, NULL);
-	pthread_mutex_init(&rt->tlock, NULL);
-	pthread_mutex_init(&rt->qlock, NULL);
-	pthread_mutex_init(&rt->mlock, NULL);
-	pthread_mutex_init(&rt->rlock, NULL);
-	pthread_mutex_init(&rt->stage_lock, NULL);
-	pthread_mutex_init(&rt->gate_lock, NULL);
-	pthread_cond_init(&rt->gate_cond, NULL);
-	for (int i = 0; i < UHMM_STRIPES; i++) {
-		pthread_mutex_init(&rt->stripes[i].lock, NULL);
-		pthread_cond_init(&rt->stripes[i].cond, NULL);
+	rt->hooks = &uhmm__dispatch_hooks;
+	r = rt->hooks->init(rt);
+	if (r < 0) {
+		uhmm_free(rt);
+		return r;
 	}
-	rt->ra_pages = 1;
-	cond_init_mono(&rt->wq);
-	cond_init_mono(&rt->qcond);
-	cond_init_mono(&rt->qread);
 
 	r = probe_procfs(rt);
 	if (r < 0)
@@ -276,7 +248,7 @@ static int rt_create(struct uhmm_rt **out)
 	*out = rt;
 	return 0;
 err:
-	rt_free(rt);
+	uhmm__rt_free(rt);
 	return r;
 }
 
@@ -289,6 +261,11 @@ err:
 static _Thread_local struct uhmm_rt *tl_monitor_rt;
 /* A userfaultfd call on this monitor thread met an unread event. */
 static _Thread_local bool tl_eagain;
+
+void uhmm__rt_enter_monitor(struct uhmm_rt *rt)
+{
+	tl_monitor_rt = rt;
+}
 
 bool uhmm__on_monitor(void)
 {
@@ -338,6 +315,28 @@ struct uhmm_rt *uhmm__rt_get(int *err)
 	return rt;
 }
 
+/* uhmm_shutdown(): the runtime is no longer found; the caller frees it. */
+struct uhmm_rt *uhmm__rt_unpublish(void)
+{
+	struct uhmm_rt *rt;
+
+	pthread_mutex_lock(&g_lock);
+	rt = atomic_load_explicit(&g_rt, memory_order_relaxed);
+	atomic_store_explicit(&g_rt, NULL, memory_order_release);
+	pthread_mutex_unlock(&g_lock);
+	return rt;
+}
+
+int uhmm__vma_query(struct uhmm_rt *rt, unsigned long addr,
+		    struct os_procmap_query *q)
+{
+	memset(q, 0, sizeof(*q));
+	q->size = sizeof(*q);
+	q->query_flags = OS_PROCMAP_QUERY_COVERING_OR_NEXT_VMA;
+	q->query_addr = addr;
+	return uhmm__os_procmap_query(rt->maps_fd, q);
+}
+
 int uhmm_init(void)
 {
 	int err = 0;
@@ -366,380 +365,6 @@ int uhmm_features(struct uhmm_features *f)
 	return 0;
 }
 
-/* ---- monitor threads ---- */
-
-/* Tell uhmm__rt_start_threads() that this thread is up and running. */
-static void thread_running(struct uhmm_rt *rt)
-{
-	tl_monitor_rt = rt;
-	pthread_mutex_lock(&rt->qlock);
-	rt->running++;
-	pthread_cond_broadcast(&rt->qread);
-	pthread_mutex_unlock(&rt->qlock);
-}
-
-static void block_signals(void)
-{
-	sigset_t all;
-
-	sigfillset(&all);
-	/* Faults must still be delivered (and kill the process). */
-	sigdelset(&all, SIGSEGV);
-	sigdelset(&all, SIGBUS);
-	sigdelset(&all, SIGILL);
-	sigdelset(&all, SIGFPE);
-	pthread_sigmask(SIG_BLOCK, &all, NULL);
-}
-
-/*
- * The reader: reads the uffd and queues events. It never frees, unmaps or
- * discards memory, so it can never block on an event of its own; every
- * read releases the threads that wait for their event to be read.
- */
-static void *reader_main(void *arg)
-{
-	struct uhmm_rt *rt = arg;
-	/*
-	 * One message per read: a fault read with others waits behind them,
-	 * and by the time it is served the page may have been resolved and
-	 * migrated again (a spurious fault-back). Alone, it is served at
-	 * once; a thread woken by an install drops its unread message.
-	 */
-	struct uffd_msg msg[1];
-	unsigned long rseq;
-
-	block_signals();
-	thread_running(rt);
-	for (;;) {
-		short ru = 0, re = 0;
-		ssize_t n;
-		int r = uhmm__os_poll2(rt->uffd, rt->evfd, -1, &ru, &re);
-
-		/* Transient: a reader that stopped would leave every later
-		 * fault on a device page waiting forever. */
-		if (r == -EINTR || r == -ENOMEM || r == -EAGAIN) {
-			if (r != -EINTR)
-				uhmm__os_yield();
-			continue;
-		}
-		if (r < 0 || re)
-			break;
-		if (!(ru & POLLIN)) {
-			if (ru & (POLLERR | POLLHUP | POLLNVAL))
-				break;
-			continue;
-		}
-		/*
-		 * A thread waiting for its event is released inside read(),
-		 * before the event is queued: say a read is under way, so
-		 * that uhmm__sync_events() in that thread waits for it.
-		 */
-		/*
-		 * Readers take turns from read() to queueing, so events are
-		 * applied in the order the kernel gave them (mremap sends
-		 * REMAP, then UNMAP of the old range: swapped, the pages
-		 * would be dropped, then moved).
-		 */
-		pthread_mutex_lock(&rt->rlock);
-		pthread_mutex_lock(&rt->qlock);
-		rt->in_read++;
-		pthread_mutex_unlock(&rt->qlock);
-		rseq = atomic_fetch_add(&rt->read_seq, 1) + 1;
-		n = uhmm__os_read(rt->uffd, msg, sizeof(msg));
-		/* Device pages follow the mapping before any later fault. */
-		for (ssize_t i = 0; n > 0 && i < n / (ssize_t)sizeof(msg[0]); i++) {
-			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
-				continue;
-			uhmm__track_event_early(rt, &msg[i]);
-			uhmm__device_event(rt, &msg[i]);
-		}
-		pthread_mutex_lock(&rt->qlock);
-		rt->in_read--;
-		pthread_cond_broadcast(&rt->qread);
-		if (n < 0) {
-			pthread_cond_broadcast(&rt->qread);
-			pthread_mutex_unlock(&rt->qlock);
-			pthread_mutex_unlock(&rt->rlock);
-			if (n == -EAGAIN || n == -EINTR)
-				continue;
-			break;
-		}
-		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
-			if (msg[i].event == UFFD_EVENT_PAGEFAULT)
-				continue;	/* handled below, unlocked */
-			if (rt->qtail - rt->qhead == EVQ_LEN) {
-				rt->qoverflow = true;
-				continue;
-			}
-			rt->evq[rt->qtail++ % EVQ_LEN] = msg[i];
-		}
-		rt->nread++;
-		pthread_cond_broadcast(&rt->qcond);
-		pthread_cond_broadcast(&rt->qread);
-		pthread_mutex_unlock(&rt->qlock);
-		pthread_mutex_unlock(&rt->rlock);
-		/*
-		 * CPU faults on device pages, served here: one wake-up, no
-		 * hand-off. While this reader serves one (possibly waiting
-		 * for an event to be read), the other reader reads.
-		 */
-		for (size_t i = 0; i < (size_t)n / sizeof(msg[0]); i++) {
-			if (msg[i].event != UFFD_EVENT_PAGEFAULT)
-				continue;
-			if (msg[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-				uhmm__os_uffd_wake(rt->uffd, msg[i].arg.pagefault.address &
-					     ~(rt->page_size - 1), rt->page_size);
-				continue;
-			}
-			uhmm__stat_fault(msg[i].arg.pagefault.address, !!(msg[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE));
-			uhmm__handle_fault(rt, msg[i].arg.pagefault.address,
-					   msg[i].arg.pagefault.flags &
-					   UFFD_PAGEFAULT_FLAG_WRITE, rseq);
-		}
-	}
-	pthread_mutex_lock(&rt->qlock);
-	rt->qstop = true;
-	pthread_cond_broadcast(&rt->qcond);
-	pthread_cond_broadcast(&rt->qread);
-	pthread_mutex_unlock(&rt->qlock);
-	return NULL;
-}
-
-static _Thread_local bool on_worker;
-
-/* The worker: turns events into invalidations, callbacks included. */
-static void *worker_main(void *arg)
-{
-	struct uhmm_rt *rt = arg;
-
-	on_worker = true;
-	block_signals();
-	thread_running(rt);
-	pthread_mutex_lock(&rt->qlock);
-	for (;;) {
-		struct uffd_msg m;
-		bool overflow;
-
-		while (!rt->qstop && rt->qhead == rt->qtail && !rt->qoverflow)
-			pthread_cond_wait(&rt->qcond, &rt->qlock);
-		if (rt->qhead == rt->qtail && !rt->qoverflow)
-			break;	/* stopped and drained */
-		overflow = rt->qoverflow;
-		rt->qoverflow = false;
-		if (overflow) {
-			unsigned int tail = rt->qtail;
-
-			pthread_mutex_unlock(&rt->qlock);
-			uhmm__track_overflow(rt);
-			pthread_mutex_lock(&rt->qlock);
-			rt->qhead = tail;
-			pthread_cond_broadcast(&rt->qread);
-			continue;
-		}
-		m = rt->evq[rt->qhead % EVQ_LEN];
-		pthread_mutex_unlock(&rt->qlock);
-		uhmm__track_event(rt, &m);
-		pthread_mutex_lock(&rt->qlock);
-		/* Consumed only once its invalidation has run. */
-		rt->qhead++;
-		pthread_cond_broadcast(&rt->qread);
-	}
-	pthread_mutex_unlock(&rt->qlock);
-	return NULL;
-}
-
-/*
- * The monitor threads run on stacks from uhmm_alloc()'s arena: a default
- * stack is an mmap of its own, which could land in a hole the application
- * left and means to fill with mmap(MAP_FIXED_NOREPLACE) (dmirror
- * contract), and a stack in the application's heap could be migrated to
- * a device under the thread that serves the faults.
- */
-#define MONITOR_STACK (112 * 1024)
-
-/* ThreadSanitizer needs ~900 KiB of stack and refuses smaller ones. */
-#if defined(__SANITIZE_THREAD__)
-#define MONITOR_OWN_STACK 0
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define MONITOR_OWN_STACK 0
-#endif
-#endif
-#ifndef MONITOR_OWN_STACK
-#define MONITOR_OWN_STACK 1
-#endif
-
-static int thread_start(struct uhmm_rt *rt, int i, void *(*fn)(void *))
-{
-	pthread_attr_t attr;
-	pthread_t *t = i == 0 ? &rt->reader : i == 1 ? &rt->worker : &rt->reader2;
-	void *stack = NULL;
-	int r;
-
-	if (!MONITOR_OWN_STACK) {
-		r = pthread_create(t, NULL, fn, rt);
-		return -r;
-	}
-	/* Page aligned (uhmm_alloc of more than a page), never migrated. */
-	stack = uhmm_alloc(MONITOR_STACK);
-	if (!stack)
-		return -ENOMEM;
-	pthread_attr_init(&attr);
-	r = pthread_attr_setstack(&attr, stack, MONITOR_STACK);
-	if (r == 0)
-		r = pthread_create(t, &attr, fn, rt);
-	pthread_attr_destroy(&attr);
-	if (r) {
-		/* A runtime that refuses a caller's stack: take its own. */
-		uhmm_free(stack);
-		stack = NULL;
-		r = pthread_create(t, NULL, fn, rt);
-		if (r)
-			return -r;
-	}
-	rt->stacks[i] = stack;
-	return 0;
-}
-
-/* Called with rt->tlock held, before the first registration. */
-static void threads_stop(struct uhmm_rt *rt, int started)
-{
-	uint64_t one = 1;
-	pthread_t *t[3] = { &rt->reader, &rt->worker, &rt->reader2 };
-
-	uhmm__os_write(rt->evfd, &one, sizeof(one));
-	pthread_mutex_lock(&rt->qlock);
-	rt->qstop = true;
-	pthread_cond_broadcast(&rt->qcond);
-	pthread_mutex_unlock(&rt->qlock);
-	for (int i = 0; i < started; i++) {
-		pthread_join(*t[i], NULL);
-		uhmm_free(rt->stacks[i]);
-		rt->stacks[i] = NULL;
-	}
-	uhmm__os_read(rt->evfd, &one, sizeof(one));	/* re-arm */
-	rt->running = 0;
-}
-
-/*
- * Called with rt->tlock held, before the first registration: two readers
- * (each serves the CPU faults it reads; while one is busy, the other
- * reads) and the worker.
- */
-int uhmm__rt_start_threads(struct uhmm_rt *rt)
-{
-	void *(*fn[3])(void *) = { reader_main, worker_main, reader_main };
-	int r;
-
-	if (rt->threads)
-		return 0;
-	if (rt->uffd < 0)
-		return -ENOSYS;
-	rt->qstop = false;
-	for (int i = 0; i < 3; i++) {
-		r = thread_start(rt, i, fn[i]);
-		if (r) {
-			threads_stop(rt, i);
-			return r;
-		}
-	}
-	/*
-	 * Return only once the threads run: a fork() while a thread is
-	 * still being set up (by libc or a sanitizer runtime, holding their
-	 * locks) can leave those locks held forever in the child.
-	 */
-	pthread_mutex_lock(&rt->qlock);
-	while (rt->running < 3)
-		pthread_cond_wait(&rt->qread, &rt->qlock);
-	pthread_mutex_unlock(&rt->qlock);
-	rt->threads = true;
-	return 0;
-}
-
-/*
- * Before serving a fault: wait until no reader is between read() and the
- * end of its event's device-page update, so that a fault that follows a
- * munmap or MADV_DONTNEED sees its effect.
- */
-void uhmm__wait_readers(struct uhmm_rt *rt)
-{
-	pthread_mutex_lock(&rt->qlock);
-	while (rt->in_read && !rt->qstop)
-		pthread_cond_wait(&rt->qread, &rt->qlock);
-	pthread_mutex_unlock(&rt->qlock);
-}
-
-/* Wait until the reader has read at least one more batch (EAGAIN). */
-void uhmm__wait_events_read(struct uhmm_rt *rt)
-{
-	struct timespec ts;
-	uint64_t seen;
-
-	pthread_mutex_lock(&rt->qlock);
-	if (!rt->threads || rt->qstop) {
-		pthread_mutex_unlock(&rt->qlock);
-		uhmm__os_yield();
-		return;
-	}
-	seen = rt->nread;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_nsec += 10 * 1000 * 1000;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
-	while (rt->nread == seen && !rt->qstop) {
-		if (pthread_cond_timedwait(&rt->qread, &rt->qlock, &ts))
-			break;
-	}
-	pthread_mutex_unlock(&rt->qlock);
-}
-
-/*
- * Wait until every event read so far has been turned into invalidations.
- * A munmap that returned was read (the kernel holds the caller until
- * then), so after this its callbacks have run. Not on the worker itself.
- */
-void uhmm__sync_events(struct uhmm_rt *rt)
-{
-	unsigned int target;
-
-	if (on_worker || !rt->threads)
-		return;
-	pthread_mutex_lock(&rt->qlock);
-	while (rt->in_read && !rt->qstop)
-		pthread_cond_wait(&rt->qread, &rt->qlock);
-	target = rt->qtail;
-	while ((int)(target - rt->qhead) > 0 && !rt->qstop)
-		pthread_cond_wait(&rt->qread, &rt->qlock);
-	pthread_mutex_unlock(&rt->qlock);
-}
-
-static void rt_stop_threads(struct uhmm_rt *rt)
-{
-	if (!rt->threads)
-		return;
-	threads_stop(rt, 3);
-	rt->threads = false;
-}
-
-int uhmm_shutdown(void)
-{
-	struct uhmm_rt *rt;
-
-	pthread_mutex_lock(&g_lock);
-	rt = atomic_load_explicit(&g_rt, memory_order_relaxed);
-	atomic_store_explicit(&g_rt, NULL, memory_order_release);
-	pthread_mutex_unlock(&g_lock);
-	if (!rt)
-		return 0;
-	/* Events still queued are for a runtime that is going away. */
-	rt_stop_threads(rt);
-	uhmm__release_all(rt);
-	rt_free(rt);
-	return 0;
-}
-
 /* ---- fork ---- */
 
 /*
@@ -754,7 +379,7 @@ static void atfork_prepare(void)
 
 	atomic_store(&g_forked, true);
 	if (rt)
-		uhmm__fork_prepare(rt);
+		rt->hooks->fork_prepare(rt);
 	pthread_mutex_lock(&g_lock);
 }
 
@@ -763,10 +388,8 @@ static void atfork_parent(void)
 	struct uhmm_rt *rt = uhmm__rt_peek();
 
 	pthread_mutex_unlock(&g_lock);
-	if (rt) {
-		uhmm__fork_parent(rt);
-		uhmm__device_fork_done(rt);
-	}
+	if (rt)
+		rt->hooks->fork_parent(rt);
 }
 
 /*

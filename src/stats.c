@@ -12,7 +12,7 @@
 
 #include <uhmm/migrate.h>
 
-#include "internal.h"
+#include "base.h"
 
 #define NSTRIPES 16
 #define NSLOTS (UHMM__STAT_NR + UHMM_STATS_LAT_BUCKETS)
@@ -127,11 +127,11 @@ void uhmm__stat_migrate_begin(const struct uhmm_migrate *m)
 }
 
 void uhmm__stat_migrate_end(unsigned long start, const uint64_t *src,
-			    const uint64_t *dst, unsigned long npages)
+			    const uint64_t *dst, unsigned long npages,
+			    unsigned long ps)
 {
-	struct uhmm_rt *rt = uhmm__rt_peek();
-	unsigned long ps = rt ? rt->page_size : 4096;
-	unsigned long thp = rt ? 1ul << rt->pmd_order : 512;
+	/* A PMD maps one page table of 8-byte entries. */
+	unsigned long thp = ps / 8;
 	uint64_t to_dev = 0, to_sys = 0;
 
 	for (unsigned long i = 0; i < npages; i++) {

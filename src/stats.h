@@ -52,10 +52,11 @@ UHMM_INTERNAL_STATS void uhmm__stat_invalidate(const struct uhmm_notifier_range 
 /* uhmm_migrate_setup() got a valid range. */
 UHMM_INTERNAL_STATS void uhmm__stat_migrate_begin(const struct uhmm_migrate *m);
 /* Finalize: count the committed entries of src[]/dst[] (MIGRATE set,
- * dst VALID) by direction. */
+ * dst VALID) by direction; @page_size is the runtime's. */
 UHMM_INTERNAL_STATS void uhmm__stat_migrate_end(unsigned long start,
 						const uint64_t *src,
 						const uint64_t *dst,
-						unsigned long npages);
+						unsigned long npages,
+						unsigned long page_size);
 
 #endif /* UHMM_STATS_INTERNAL_H */

@@ -11,103 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-/* ---- interval sets ---- */
-
-/* First index whose interval ends after @addr. */
-static size_t iv_first(const struct ivset *s, unsigned long addr)
-{
-	size_t lo = 0, hi = s->n;
-
-	while (lo < hi) {
-		size_t mid = (lo + hi) / 2;
-
-		if (s->v[mid].end <= addr)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
-}
-
-/* Make [start, end) carry @prot (0 removes it), splitting neighbours. */
-int uhmm__ivset_set(struct ivset *s, unsigned long start, unsigned long end,
-		    unsigned int prot)
-{
-	size_t i = iv_first(s, start), j = i, k = 0, lo, hi;
-	struct ival repl[3];
-
-	if (start >= end)
-		return 0;
-	while (j < s->n && s->v[j].start < end)
-		j++;
-	if (i < j && s->v[i].start < start)
-		repl[k++] = (struct ival){ s->v[i].start, start, s->v[i].prot };
-	if (prot)
-		repl[k++] = (struct ival){ start, end, prot };
-	if (i < j && s->v[j - 1].end > end)
-		repl[k++] = (struct ival){ end, s->v[j - 1].end, s->v[j - 1].prot };
-	if (s->n - (j - i) + k > s->cap) {
-		size_t cap = s->cap ? s->cap * 2 : 16;
-		void *p = uhmm_realloc(s->v, cap * sizeof(*s->v));
-
-		if (!p)
-			return -ENOMEM;
-		s->v = p;
-		s->cap = cap;
-	}
-	if (s->n > j)
-		memmove(&s->v[i + k], &s->v[j], (s->n - j) * sizeof(*s->v));
-	if (k)
-		memcpy(&s->v[i], repl, k * sizeof(*s->v));
-	s->n = s->n - (j - i) + k;
-
-	/* Merge touching intervals of equal value around the change. */
-	lo = i ? i : 1;
-	hi = i + k + 1 < s->n ? i + k + 1 : s->n;
-	for (size_t x = lo; x < hi;) {
-		if (s->v[x - 1].end == s->v[x].start &&
-		    s->v[x - 1].prot == s->v[x].prot) {
-			s->v[x - 1].end = s->v[x].end;
-			if (s->n > x + 1)
-				memmove(&s->v[x], &s->v[x + 1],
-					(s->n - x - 1) * sizeof(*s->v));
-			s->n--;
-			hi--;
-		} else {
-			x++;
-		}
-	}
-	return 0;
-}
-
-bool uhmm__ivset_covers(const struct ivset *s, unsigned long start,
-			unsigned long end)
-{
-	unsigned long cur = start;
-
-	for (size_t i = iv_first(s, start); i < s->n && cur < end; i++) {
-		if (s->v[i].start > cur)
-			return false;
-		cur = s->v[i].end;
-	}
-	return cur >= end;
-}
-
-static unsigned int iv_value_at(const struct ivset *s, unsigned long addr)
-{
-	size_t i = iv_first(s, addr);
-
-	return i < s->n && s->v[i].start <= addr ? s->v[i].prot : 0;
-}
-
-void uhmm__ivset_free(struct ivset *s)
-{
-	uhmm_free(s->v);
-	s->v = NULL;
-	s->n = s->cap = 0;
-}
+#include "mirror.h"
 
 /* ---- tracking what range_fault reports ---- */
 
@@ -165,7 +69,7 @@ int uhmm__track_vma(struct uhmm_rt *rt, const struct os_procmap_query *q,
 	pthread_mutex_lock(&rt->tlock);
 	if (rt->uffd >= 0 && !uhmm__ivset_covers(&rt->regs, vs, ve) &&
 	    !(uhmm__ivset_covers(&rt->noreg, vs, ve) &&
-	      iv_value_at(&rt->noreg, vs) == vma_stamp(q))) {
+	      uhmm__ivset_value_at(&rt->noreg, vs) == vma_stamp(q))) {
 		r = uhmm__rt_start_threads(rt);
 		if (r == 0)
 			r = uhmm__os_uffd_register(rt->uffd, vs, ve - vs,
@@ -178,7 +82,7 @@ int uhmm__track_vma(struct uhmm_rt *rt, const struct os_procmap_query *q,
 	}
 	/* Write access granted before and gone now (mprotect). */
 	if (!(prot & TRACK_W)) {
-		for (size_t i = iv_first(&rt->grants, start);
+		for (size_t i = uhmm__ivset_first(&rt->grants, start);
 		     i < rt->grants.n && rt->grants.v[i].start < end &&
 		     n < NCHANGES; i++) {
 			const struct ival *g = &rt->grants.v[i];
@@ -200,7 +104,7 @@ int uhmm__track_vma(struct uhmm_rt *rt, const struct os_procmap_query *q,
 
 /*
  * On the reader, right after read() returned the event (with the device
- * pages, uhmm__device_event()): what is registered follows the mapping
+ * pages, uhmm__pst_event()): what is registered follows the mapping
  * before anything that runs after the munmap or mremap returned (a
  * migration of a new mapping at the same address must register it).
  */
@@ -248,12 +152,10 @@ void uhmm__track_event(struct uhmm_rt *rt, const struct uffd_msg *m)
 		s = m->arg.remove.start;
 		e = m->arg.remove.end;
 		uhmm__invalidate(rt, s, e, UHMM_NOTIFY_UNMAP, NULL);
-		uhmm__device_release(rt, s, e);
 		break;
 	case UFFD_EVENT_REMOVE:
 		uhmm__invalidate(rt, m->arg.remove.start, m->arg.remove.end,
 				 UHMM_NOTIFY_CLEAR, NULL);
-		uhmm__device_release(rt, m->arg.remove.start, m->arg.remove.end);
 		break;
 	case UFFD_EVENT_REMAP:
 		s = m->arg.remap.from;
@@ -323,7 +225,7 @@ int uhmm__revalidate(struct uhmm_rt *rt, unsigned long start,
 	do {
 		n = 0;
 		pthread_mutex_lock(&rt->tlock);
-		for (size_t i = iv_first(&rt->grants, start);
+		for (size_t i = uhmm__ivset_first(&rt->grants, start);
 		     i < rt->grants.n && rt->grants.v[i].start < end &&
 		     n < NCHANGES; i++) {
 			const struct ival *g = &rt->grants.v[i];
@@ -336,7 +238,7 @@ int uhmm__revalidate(struct uhmm_rt *rt, unsigned long start,
 			unsigned int keep = 0;
 
 			if (c[i].event == UHMM_NOTIFY_PROTECTION_VMA)
-				keep = iv_value_at(&rt->grants, c[i].start);
+				keep = uhmm__ivset_value_at(&rt->grants, c[i].start);
 			/* Keep read access if the mapping is still readable. */
 			if (keep) {
 				struct os_procmap_query q;
@@ -376,7 +278,7 @@ int uhmm_range_revalidate(unsigned long start, unsigned long end)
 
 /* ---- fork ---- */
 
-void uhmm__fork_prepare(struct uhmm_rt *rt)
+void uhmm__track_fork_prepare(struct uhmm_rt *rt)
 {
 	struct uhmm_notifier_range r = {
 		.event = UHMM_NOTIFY_PROTECTION_PAGE,
@@ -386,8 +288,6 @@ void uhmm__fork_prepare(struct uhmm_rt *rt)
 	struct ival *v = NULL;
 	size_t n = 0;
 
-	/* Device pages come home first: the child must see their data. */
-	uhmm__device_fork(rt);
 	pthread_mutex_lock(&rt->tlock);
 	rt->forked = true;
 	if (rt->grants.n) {
@@ -418,10 +318,47 @@ void uhmm__fork_prepare(struct uhmm_rt *rt)
 		uhmm_free(v);
 }
 
-void uhmm__fork_parent(struct uhmm_rt *rt)
+void uhmm__track_fork_parent(struct uhmm_rt *rt)
 {
 	while (rt->fork_inv) {
 		rt->fork_inv--;
 		uhmm__inv_end(rt);
 	}
+}
+
+/* Register [start, end) MISSING|WP once, so device pages fault to us. */
+int uhmm__track_missing(struct uhmm_rt *rt, unsigned long start,
+			unsigned long end)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&rt->tlock);
+	if (!uhmm__ivset_covers(&rt->missing, start, end)) {
+		r = uhmm__rt_start_threads(rt);
+		if (r == 0)
+			r = uhmm__os_uffd_register(rt->uffd, start, end - start,
+						   UFFDIO_REGISTER_MODE_MISSING |
+						   UFFDIO_REGISTER_MODE_WP, NULL);
+		if (r == 0) {
+			uhmm__ivset_set(&rt->missing, start, end, 1);
+			uhmm__ivset_set(&rt->regs, start, end, 1);
+		}
+	}
+	pthread_mutex_unlock(&rt->tlock);
+	return r;
+}
+
+int uhmm__track_init(struct uhmm_rt *rt)
+{
+	pthread_mutex_init(&rt->tlock, NULL);
+	return 0;
+}
+
+void uhmm__track_destroy(struct uhmm_rt *rt)
+{
+	uhmm__ivset_free(&rt->grants);
+	uhmm__ivset_free(&rt->regs);
+	uhmm__ivset_free(&rt->noreg);
+	uhmm__ivset_free(&rt->missing);
+	pthread_mutex_destroy(&rt->tlock);
 }

@@ -9,7 +9,7 @@
  */
 #include <errno.h>
 
-#include "internal.h"
+#include "rt.h"
 
 enum uffd_op { OP_COPY, OP_ZEROPAGE, OP_MOVE };
 

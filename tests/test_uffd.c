@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "harness.h"
-#include "internal.h"
+#include "mm.h"
 
 static unsigned long ps;
 

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Exclusive device access (the counterpart of make_device_exclusive()):
+ * a page leaves the CPU's page tables for a device's atomic access, and a
+ * CPU touch takes it back (the device-exclusive entry's fault path). The
+ * page waits in a staging slot, which the device addresses. Layer 4.
+ */
+#include <errno.h>
+#include <sys/mman.h>
+
+#include "mm.h"
+
+int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
+			       void **dev_addr)
+{
+	struct os_procmap_query q;
+	struct uhmm_rt *rt;
+	_Atomic uintptr_t *e;
+	struct stripe *s;
+	unsigned long vpn;
+	long slot;
+	int err = 0, r;
+
+	if (!dev_addr)
+		return -EINVAL;
+	rt = uhmm__rt_get(&err);
+	if (!rt)
+		return err;
+	if (!addr || !uhmm__aligned(rt, addr))
+		return -EINVAL;
+	if (rt->uffd < 0)
+		return -ENOSYS;
+	r = uhmm__vma_query(rt, addr, &q);
+	if (r < 0 && r != -ENOENT)
+		return r;	/* -ENOMEM: not the caller's fault */
+	if (r < 0 || q.vma_start > addr || q.inode || q.dev_major || q.dev_minor ||
+	    uhmm__alloc_owns(addr, addr + rt->page_size) ||
+	    (q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED) ||
+	    !(q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE) ||
+	    q.vma_page_size > rt->page_size)
+		return -EINVAL;
+	err = uhmm__stage_setup(rt);
+	if (err)
+		return err;
+	/* Writable and present first, as make_device_exclusive faults it
+	 * (before the page is claimed: the fault may come to uhmm). */
+	if (uhmm__os_madvise((void *)addr, rt->page_size, MADV_POPULATE_WRITE))
+		return -EFAULT;
+	err = uhmm__track_missing(rt, addr, addr + rt->page_size);
+	if (err)
+		return err;
+	vpn = addr >> rt->page_shift;
+	e = uhmm__pst_entry(rt, vpn, true);
+	if (!e)
+		return -ENOMEM;
+	s = pst_stripe(rt, vpn);
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(e)) {
+		uintptr_t v = atomic_load(e);
+
+		pthread_mutex_unlock(&s->lock);
+		if (ent_exclusive(v) && !ent_busy(v)) {
+			/* Already exclusive: same page. */
+			*dev_addr = (void *)stage_addr(rt, ent_excl_slot(v));
+			uhmm__invalidate(rt, addr, addr + rt->page_size,
+					 UHMM_NOTIFY_EXCLUSIVE, owner);
+			return 0;
+		}
+		return -EBUSY;
+	}
+	atomic_store(e, ENT_BUSY);
+	pthread_mutex_unlock(&s->lock);
+	uhmm__pst_note_device(rt);
+
+	/* Open until the page is out: see uhmm_migrate_setup(). */
+	struct uhmm_notifier_range inv = {
+		.start = addr, .end = addr + rt->page_size,
+		.event = UHMM_NOTIFY_EXCLUSIVE,
+		.flags = UHMM_NOTIFIER_RANGE_BLOCKABLE, .owner = owner,
+	};
+
+	uhmm__inv_begin(rt, &inv);
+	slot = uhmm__stage_alloc(rt, 1, SLOT_EMPTY);
+	r = slot < 0 ? (int)slot :
+	    uhmm__uffd_move(rt, stage_addr(rt, (unsigned long)slot), addr,
+			    rt->page_size, 0);
+	uhmm__inv_end(rt);
+	if (r && slot >= 0)
+		uhmm__stage_free(rt, (unsigned long)slot, false);
+	uhmm__pst_set(rt, vpn, e, r == 0 ? ent_mk_excl((unsigned long)slot) : 0);
+	/* A CPU access that came meanwhile faults again (and revokes). */
+	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+	if (r)
+		return r == -EBUSY || r == -ENOMEM ? r : -EBUSY;
+	*dev_addr = (void *)stage_addr(rt, (unsigned long)slot);
+	return 0;
+}
+
+
+/*
+ * A CPU access to an exclusive entry @v: the device's access is revoked
+ * (its notifiers see EXCLUSIVE) and the page goes back to @addr.
+ */
+void uhmm__exclusive_revoke(struct uhmm_rt *rt, unsigned long addr,
+			    _Atomic uintptr_t *e, uintptr_t v)
+{
+	unsigned long vpn = addr >> rt->page_shift;
+	unsigned long slot = ent_excl_slot(v);
+	bool emptied = false;
+	int r;
+
+	atomic_store(e, v | ENT_BUSY);
+	pthread_mutex_unlock(&pst_stripe(rt, vpn)->lock);
+	uhmm__invalidate(rt, addr, addr + rt->page_size,
+			 UHMM_NOTIFY_EXCLUSIVE, NULL);
+	uhmm__stat_inc(UHMM__STAT_faults_exclusive_revoke);
+	r = uhmm__stage_install(rt, addr, slot, &emptied);
+	uhmm__pst_set(rt, vpn, e, r == 0 ? 0 : v);
+	if (r == 0)
+		uhmm__stage_free(rt, slot, !emptied);
+	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+}

@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A CPU fault on a registered page (the counterpart of do_swap_page's
+ * device branches in mm/memory.c): a MISSING fault, read by a monitor
+ * thread, is decoded from the page's entry (pstate.c) and served by one
+ * function per entry kind: a hole gets the zero page as a first touch
+ * would, an exclusive entry is revoked (exclusive.c), a device-private
+ * page comes back through its owner's migrate_to_ram (retried, then
+ * poisoned), a claimed page is left to its claimer. Read-ahead widens
+ * migrate_to_ram's window on sequential faults. Layer 4.
+ */
+#include <errno.h>
+#include <time.h>
+
+#include "mm.h"
+
+/* migrate_to_ram attempts for one CPU fault before it gets SIGBUS. */
+#define FAULT_BACK_TRIES 4
+
+enum fault_ret { FAULT_DONE, FAULT_AGAIN };
+
+/*
+ * A hole: the zero page, as a first touch would. Called with the stripe
+ * lock held, so that no migration claims the page in between: a stale
+ * message (its page came back, then went again) would else map the zero
+ * page where the migration just took the data out. One attempt: a retry
+ * on EAGAIN waits for the reader, which takes stripe locks.
+ */
+static enum fault_ret fault_hole(struct uhmm_rt *rt, unsigned long addr,
+				 struct stripe *s, int *counted)
+{
+	int64_t done;
+	int r;
+
+	/* Counted before the zero page wakes the thread. */
+	if (!(*counted)++)
+		uhmm__stat_fault_missing(addr);
+	r = uhmm__os_uffd_zeropage(rt->uffd, addr, rt->page_size, 0, &done);
+	pthread_mutex_unlock(&s->lock);
+	if (r == -EINTR)
+		return FAULT_AGAIN;
+	if (r == -EAGAIN) {
+		/* An unread event (this reader is the one to read it): the
+		 * thread faults again later. */
+		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+		return FAULT_DONE;
+	}
+	if (r == 0 || r == -ENOENT)
+		return FAULT_DONE;
+	/* EEXIST: the page is there; wake whoever waits. */
+	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+	return FAULT_DONE;
+}
+
+/*
+ * Sequential faults widen the window, up to 2 MiB, in the direction of
+ * the access (memcpy may copy backwards). The window stays inside the
+ * fault's 2 MiB block.
+ */
+static void fault_window(struct uhmm_rt *rt, unsigned long addr,
+			 struct uhmm_fault *vmf)
+{
+	unsigned long vpn = addr >> rt->page_shift;
+	unsigned long last = atomic_load_explicit(&rt->last_fault_vpn, memory_order_relaxed);
+	unsigned long ra = atomic_load_explicit(&rt->ra_pages, memory_order_relaxed);
+	unsigned long blk_lo = addr & ~((512ul << rt->page_shift) - 1);
+	unsigned long blk_hi = blk_lo + (512ul << rt->page_shift);
+	bool down = vpn + 1 == last || vpn + ra == last;
+
+	if (vpn == last + 1 || vpn == last + ra || down)
+		ra = ra < 512 ? ra * 2 : 512;
+	else
+		ra = 1;
+	atomic_store_explicit(&rt->ra_pages, ra, memory_order_relaxed);
+	atomic_store_explicit(&rt->last_fault_vpn, vpn, memory_order_relaxed);
+	if (down) {
+		vmf->ra_end = addr + rt->page_size;
+		vmf->ra_start = addr - ((ra - 1) << rt->page_shift);
+		if (vmf->ra_start < blk_lo || vmf->ra_start > addr)
+			vmf->ra_start = blk_lo;
+	} else {
+		vmf->ra_start = addr;
+		vmf->ra_end = addr + (ra << rt->page_shift);
+		if (vmf->ra_end > blk_hi || vmf->ra_end < addr)
+			vmf->ra_end = blk_hi;
+	}
+}
+
+/* Wait for a retry of a failed migrate_to_ram: 2, 4, 8 ms, or a wake. */
+static void fault_backoff(struct stripe *s, int failures)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 1000 * 1000L << failures;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&s->lock);
+	pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/*
+ * A device-private page: claimed for this fault (BUSY, fault_claim) and
+ * brought back by its owner's migrate_to_ram, whose setup collects it.
+ * Called with the stripe lock held; returns with it released.
+ */
+static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
+				   _Atomic uintptr_t *e, struct uhmm_page *p,
+				   bool write, unsigned long read_seq,
+				   int *failures)
+{
+	struct stripe *s = pst_stripe(rt, addr >> rt->page_shift);
+	struct uhmm_fault vmf;
+	uintptr_t v;
+	int r;
+
+	atomic_store(e, ent_mk_page(p) | ENT_BUSY);
+	p->fault_claim = read_seq;
+	pthread_mutex_unlock(&s->lock);
+
+	fault_window(rt, addr, &vmf);
+	vmf.address = addr;
+	vmf.page = p;
+	vmf.flags = write ? UHMM_FAULT_WRITE : 0;
+	uhmm__take_eagain();
+	uhmm__stat_fault_back_begin(addr);
+	r = p->pgmap->ops->migrate_to_ram(&vmf);
+	uhmm__stat_fault_back_end(addr, r);
+
+	/*
+	 * Not collected: the claim is still this fault's, give it up.
+	 * Collected: the migration's finalize settled the entry, and a BUSY
+	 * there now is another claim's.
+	 */
+	pthread_mutex_lock(&s->lock);
+	v = atomic_load(e);
+	if (v == (ent_mk_page(p) | ENT_BUSY) && p->fault_claim == read_seq) {
+		p->fault_claim = 0;
+		atomic_store(e, ent_mk_page(p));
+	}
+	v = atomic_load(e);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	if (v && uhmm__take_eagain()) {
+		/*
+		 * The install met an unread event (a munmap, an mremap): the
+		 * page stays on the device, and this reader goes back to
+		 * reading; the thread is woken and faults again, after the
+		 * event.
+		 */
+		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+		return FAULT_DONE;
+	}
+	if (r < 0 && v && ++*failures < FAULT_BACK_TRIES) {
+		/* A transient failure (memory, a racing mapping change): the
+		 * kernel would retry at the next access; the access is still
+		 * waiting here, so retry now. */
+		fault_backoff(s, *failures);
+		return FAULT_AGAIN;
+	}
+	if (r < 0 && v) {
+		/*
+		 * VM_FAULT_SIGBUS: a poisoned page makes the access fail.
+		 * Unlike the kernel's one-shot SIGBUS, the marker stays
+		 * (semantics M13).
+		 */
+		uhmm__os_uffd_poison(rt->uffd, addr, rt->page_size);
+		return FAULT_DONE;
+	}
+	/* Installed (the MOVE woke the faulting threads), or migrate_to_ram
+	 * declined and the page is still there: ask again. */
+	return v ? FAULT_AGAIN : FAULT_DONE;
+}
+
+/*
+ * A MISSING fault at @addr, on a monitor thread. Device page: its owner's
+ * migrate_to_ram. Page being migrated: wait for the migration. Nothing:
+ * a hole of a registered range; map the zero page, as a first touch
+ * would.
+ */
+void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
+			unsigned long read_seq)
+{
+	unsigned long vpn = addr >> rt->page_shift;
+	struct stripe *s = pst_stripe(rt, vpn);
+	int failures = 0, counted = 0;
+
+	addr &= ~(rt->page_size - 1);
+	uhmm__wait_readers(rt);
+	for (int tries = 0; tries < 1000; tries++) {
+		_Atomic uintptr_t *e = uhmm__pst_entry(rt, vpn, false);
+		struct uhmm_page *p;
+		uintptr_t v;
+
+		pthread_mutex_lock(&s->lock);
+		v = e ? atomic_load(e) : 0;
+		if (ent_released(v))
+			v = 0;		/* released: a fresh page */
+		if (ent_exclusive(v) && !ent_busy(v)) {
+			uhmm__exclusive_revoke(rt, addr, e, v);
+			return;
+		}
+		if (ent_busy(v)) {
+			/*
+			 * Being migrated (or faulted back by another reader).
+			 * Not waited for here: a reader that sleeps on it
+			 * stops reading events, and the migration may need one
+			 * read (its UFFDIO_MOVE meets an unread munmap). Whoever
+			 * holds the claim wakes the range when it lets go, and
+			 * the thread faults again then.
+			 */
+			pthread_mutex_unlock(&s->lock);
+			return;
+		}
+		if (!v) {
+			if (fault_hole(rt, addr, s, &counted) == FAULT_AGAIN)
+				continue;
+			return;
+		}
+		p = ent_page(v);
+		if (is_coherent(p)) {
+			/* The CPU addresses it: mapped, or a page of zeros
+			 * (an empty pool slot), never a migration. */
+			pthread_mutex_unlock(&s->lock);
+			uhmm__uffd_zeropage(rt, addr, rt->page_size, 0);
+			return;
+		}
+		if (atomic_load(&p->mig_seq) >= read_seq) {
+			/*
+			 * The page went to the device after this message was
+			 * read: the thread that faulted got its page before
+			 * (a stale message). Wake only; a thread that really
+			 * waits faults again and is served then.
+			 */
+			pthread_mutex_unlock(&s->lock);
+			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+			return;
+		}
+		if (fault_device(rt, addr, e, p, write, read_seq,
+				 &failures) == FAULT_DONE)
+			return;
+	}
+}
+
+int uhmm__fault_init(struct uhmm_rt *rt)
+{
+	rt->ra_pages = 1;
+	return 0;
+}

@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Layer 4 of src/ (docs/design.md): the operations on the address space
+ * built on device memory and the per-page state: range_fault (range.c),
+ * the device side of fork (fork.c), migrate_vma (migrate.c), eviction
+ * (evict.c), exclusive access (exclusive.c), the CPU fault-back
+ * (fault.c). What one of them needs of another, in the order of
+ * src/LAYERS. Includes only devmem.h (layer 3) and below. Never installed.
+ */
+#ifndef UHMM_MM_H
+#define UHMM_MM_H
+
+#include "devmem.h"
+
+/* ---- fork.c ---- */
+
+UHMM_INTERNAL int uhmm__fork_init(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__fork_destroy(struct uhmm_rt *rt);
+/* A migration started by a thread: waits while a fork is prepared. */
+UHMM_INTERNAL void uhmm__gate_enter(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__gate_exit(struct uhmm_rt *rt);
+/* Before fork: close the gate, wait for migrations, bring pages home. */
+UHMM_INTERNAL void uhmm__fork_device_pages(struct uhmm_rt *rt);
+/* After fork (parent): migrations may start again. */
+UHMM_INTERNAL void uhmm__fork_done(struct uhmm_rt *rt);
+
+/* ---- migrate.c ---- */
+
+/*
+ * The one finalize of a device page collected at @addr (entry @e): to
+ * system memory in staging slot @slot when @migrate, else it stays on
+ * the device; a dropped entry gives the page back. @slot (-1: none) is
+ * given back either way. Waiters on the entry are woken; the faulting
+ * threads are the caller's to wake.
+ */
+UHMM_INTERNAL void uhmm__finalize_device_page(struct uhmm_rt *rt,
+					      struct uhmm_page *p,
+					      unsigned long addr,
+					      _Atomic uintptr_t *e, long slot,
+					      bool migrate);
+
+/* ---- exclusive.c ---- */
+
+/* A CPU access to an exclusive entry @v at @addr: the page comes back.
+ * Called with the stripe lock held; returns with it released. */
+UHMM_INTERNAL void uhmm__exclusive_revoke(struct uhmm_rt *rt,
+					  unsigned long addr,
+					  _Atomic uintptr_t *e, uintptr_t v);
+
+/* ---- fault.c ---- */
+
+UHMM_INTERNAL int uhmm__fault_init(struct uhmm_rt *rt);
+/* A MISSING fault at @addr, on the reader that read it. */
+UHMM_INTERNAL void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr,
+				      bool write, unsigned long read_seq);
+
+#endif /* UHMM_MM_H */
