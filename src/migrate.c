@@ -715,14 +715,10 @@ static unsigned long install_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	for (unsigned long k = i; k < j; k++) {
 		unsigned long vpn = (m->start >> shift) + k;
 		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(m->src[k]);
-		_Atomic uintptr_t *e = uhmm__pst_entry(rt, vpn, false);
-		struct stripe *s = pst_stripe(rt, vpn);
 
 		uhmm__stage_free(rt, (unsigned long)first + (k - i), false);
 		atomic_store(&sp->vpn, 0);
-		pthread_mutex_lock(&s->lock);
-		atomic_store(e, 0);
-		pthread_mutex_unlock(&s->lock);
+		uhmm__pst_set(rt, vpn, uhmm__pst_entry(rt, vpn, false), 0);
 		uhmm_page_put(sp);
 	}
 	return j - i;

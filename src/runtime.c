@@ -205,8 +205,10 @@ static void rt_close_fds(struct uhmm_rt *rt)
 
 void uhmm__rt_free(struct uhmm_rt *rt)
 {
-	rt->hooks->destroy(rt);
+	/* The userfaultfd first: unmapping a region registered on it would
+	 * wait for a reader to read the event, and the readers are gone. */
 	rt_close_fds(rt);
+	rt->hooks->destroy(rt);
 	uhmm_free(rt);
 }
 

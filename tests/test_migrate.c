@@ -249,7 +249,7 @@ TEST(migrate_to_device_and_fault_back)
 {
 	unsigned long n = 64;
 	char *p = map_anon(n * ps(), RW);
-	uint64_t pfns[64];
+	uint64_t pfns[64] = { 0 };	/* DMA_MAPPED, P2PDMA* are sticky inputs */
 	struct uhmm_interval_notifier *sub;
 
 	toy_init();
