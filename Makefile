@@ -57,7 +57,11 @@ endif
 # optimisation/debug part.
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(CFLAGS) $(WARNINGS) -fPIC -pthread \
 	$(SAN_FLAGS) -Iinclude -Isrc $(CPPFLAGS) -MMD -MP
-LIB_CFLAGS = $(ALL_CFLAGS) -fvisibility=hidden
+# Initial-exec TLS: uhmm's thread-locals are reached from the thread
+# pointer, never through the DTV, which glibc allocates in the
+# application's heap (memory a migration may take while a monitor thread
+# needs it: docs/design.md, "Memory uhmm's threads touch").
+LIB_CFLAGS = $(ALL_CFLAGS) -fvisibility=hidden -ftls-model=initial-exec
 ALL_LDFLAGS = $(LDFLAGS) $(SAN_FLAGS) -pthread
 ALL_LDLIBS = $(LDLIBS) -pthread
 
@@ -170,7 +174,7 @@ $(STATIC): $(LIB_OBJS)
 
 $(SHARED): $(LIB_OBJS) src/uhmm.map
 	@mkdir -p $(@D)
-	$(CC) -shared -o $@ $(LIB_OBJS) -Wl,-soname,$(SONAME) \
+	$(CC) -shared -o $@ $(LIB_OBJS) -Wl,-soname,$(SONAME) -Wl,-z,now \
 		-Wl,--version-script=src/uhmm.map $(SO_ZDEFS) $(ALL_LDFLAGS) \
 		$(ALL_LDLIBS)
 

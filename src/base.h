@@ -20,6 +20,16 @@
 
 #define UHMM_INTERNAL __attribute__((visibility("hidden")))
 
+/* Built with AddressSanitizer or ThreadSanitizer, whose runtimes own
+ * sigaction() (their interceptors). */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UHMM_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define UHMM_SANITIZED 1
+#endif
+#endif
+
 /* ---- ivset.c: a sorted set of disjoint intervals, each with a value ---- */
 
 struct ival {

@@ -10,26 +10,16 @@
 
 #include "mm.h"
 
-int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
-			       void **dev_addr)
+static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
+			  const void *owner, void **dev_addr)
 {
 	struct os_procmap_query q;
-	struct uhmm_rt *rt;
 	_Atomic uintptr_t *e;
 	struct stripe *s;
 	unsigned long vpn;
 	long slot;
 	int err = 0, r;
 
-	if (!dev_addr)
-		return -EINVAL;
-	rt = uhmm__rt_get(&err);
-	if (!rt)
-		return err;
-	if (!addr || !uhmm__aligned(rt, addr))
-		return -EINVAL;
-	if (rt->uffd < 0)
-		return -ENOSYS;
 	r = uhmm__vma_query(rt, addr, &q);
 	if (r < 0 && r != -ENOENT)
 		return r;	/* -ENOMEM: not the caller's fault */
@@ -96,6 +86,37 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 	return 0;
 }
 
+
+int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
+			       void **dev_addr)
+{
+	struct uhmm_rt *rt;
+	int err = 0;
+	bool gated;
+
+	if (!dev_addr)
+		return -EINVAL;
+	rt = uhmm__rt_get(&err);
+	if (!rt)
+		return err;
+	if (!addr || !uhmm__aligned(rt, addr))
+		return -EINVAL;
+	if (rt->uffd < 0)
+		return -ENOSYS;
+	/*
+	 * The page leaves the address space: a fork must not copy the page
+	 * tables meanwhile (the child would read a hole), as for a
+	 * migration (fork.c). A monitor thread passes: the fork's own
+	 * preparation needs it.
+	 */
+	gated = !uhmm__on_monitor();
+	if (gated)
+		uhmm__gate_enter(rt);
+	err = make_exclusive(rt, addr, owner, dev_addr);
+	if (gated)
+		uhmm__gate_exit(rt);
+	return err;
+}
 
 /*
  * A CPU access to an exclusive entry @v: the device's access is revoked

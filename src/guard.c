@@ -3,7 +3,10 @@
  * uhmm_copy_nofault(): a memcpy whose faults become -EFAULT, the user-space
  * counterpart of the kernel's exception-table fixups for copy_from_user.
  * SIGSEGV/SIGBUS handlers check a per-thread landing pad; a fault outside
- * a guarded copy goes to whatever handler was installed before uhmm.
+ * a guarded copy goes to the program's own handler (signal chaining, as
+ * a JVM's libjsig does it): the one installed before uhmm's, or one the
+ * program installs afterwards through sigaction() or signal(), which
+ * this file defines in front of the C library's.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -23,15 +26,26 @@ static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void chain(int sig, siginfo_t *si, void *uc)
 {
-	const struct sigaction *prev = sig == SIGSEGV ? &prev_segv : &prev_bus;
+	struct sigaction *prev = sig == SIGSEGV ? &prev_segv : &prev_bus;
+	struct sigaction h = *prev;
 
-	if (prev->sa_flags & SA_SIGINFO) {
-		prev->sa_sigaction(sig, si, uc);
-		return;
-	}
-	if (prev->sa_handler != SIG_DFL && prev->sa_handler != SIG_IGN) {
-		prev->sa_handler(sig);
-		return;
+	if (h.sa_handler != SIG_DFL && h.sa_handler != SIG_IGN) {
+		sigset_t mask = h.sa_mask;
+
+		/* As the kernel delivers it: the handler's mask, the signal
+		 * itself unless SA_NODEFER, a one-shot handler reset. */
+		if (!(h.sa_flags & SA_NODEFER))
+			sigaddset(&mask, sig);
+		pthread_sigmask(SIG_BLOCK, &mask, NULL);
+		if (h.sa_flags & SA_RESETHAND) {
+			prev->sa_handler = SIG_DFL;
+			prev->sa_flags &= ~SA_SIGINFO;
+		}
+		if (h.sa_flags & SA_SIGINFO)
+			h.sa_sigaction(sig, si, uc);
+		else
+			h.sa_handler(sig);
+		return;		/* the return restores the interrupted mask */
 	}
 	/*
 	 * Default action: restore it and let the access fault again (or,
@@ -85,6 +99,62 @@ out:
 	pthread_mutex_unlock(&install_lock);
 	return r;
 }
+
+#ifndef UHMM_SANITIZED
+/*
+ * Signal chaining. Once uhmm's handler is in, a program's disposition for
+ * SIGSEGV or SIGBUS is recorded as the one to chain to (faults outside a
+ * guarded copy go there), and reading it back gives the program's own:
+ * uhmm's deliberate faults never reach a handler the program installed
+ * after uhmm's (GNU diff's, through gnulib's c-stack). Under a sanitizer
+ * its runtime's interceptors own sigaction(): not defined there.
+ */
+__attribute__((visibility("default")))
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+{
+	int r;
+
+	if ((sig == SIGSEGV || sig == SIGBUS) &&
+	    __atomic_load_n(&installed, __ATOMIC_ACQUIRE)) {
+		struct sigaction *prev = sig == SIGSEGV ? &prev_segv : &prev_bus;
+
+		pthread_mutex_lock(&install_lock);
+		if (old)
+			*old = *prev;
+		if (act)
+			*prev = *act;
+		pthread_mutex_unlock(&install_lock);
+		return 0;
+	}
+	r = uhmm__os_sigaction(sig, act, old);
+	if (r < 0) {
+		errno = -r;
+		return -1;
+	}
+	return 0;
+}
+
+/* The C library's signal() calls its own sigaction() directly: signal()
+ * too, with its BSD semantics (SA_RESTART, the signal blocked). */
+__attribute__((visibility("default")))
+void (*signal(int sig, void (*handler)(int)))(int)
+{
+	struct sigaction sa, old;
+
+	if (sig <= 0 || sig >= NSIG || handler == SIG_ERR) {
+		errno = EINVAL;
+		return SIG_ERR;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = handler;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sigaddset(&sa.sa_mask, sig);
+	if (sigaction(sig, &sa, &old) < 0)
+		return SIG_ERR;
+	return old.sa_handler;
+}
+#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #define GUARD_ASAN 1

@@ -470,9 +470,19 @@ int uhmm__os_procmap_query(int fd, struct os_procmap_query *q)
 	return r;
 }
 
+#ifndef UHMM_SANITIZED
+/* The C library's sigaction() under its other name: guard.c defines
+ * sigaction() itself (signal chaining), and a call by that name from
+ * here would come back there. */
+extern int __sigaction(int sig, const struct sigaction *sa, struct sigaction *old);
+#define libc_sigaction __sigaction
+#else
+#define libc_sigaction sigaction
+#endif
+
 int uhmm__os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old)
 {
-	return ret_err(sigaction(sig, sa, old));
+	return ret_err(libc_sigaction(sig, sa, old));
 }
 
 int uhmm__os_raise(int sig)

@@ -1,0 +1,164 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Transparency for real programs (issue "Nothing lost, ever"): what a
+ * program that knows nothing of uhmm does must work while another thread
+ * moves its memory. Each test is the small program a real program's
+ * failure was narrowed down to.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <uhmm/dmirror.h>
+#include <uhmm/migrate.h>
+#include <uhmm/uhmm.h>
+
+#include "harness.h"
+#include "util.h"
+
+/* ---- fork() racing exclusive access: the child reads its data ---- */
+
+struct excl_churn {
+	char *buf;
+	unsigned long n;
+	_Atomic bool stop;
+	unsigned long taken;
+};
+
+static void *excl_churner(void *arg)
+{
+	struct excl_churn *c = arg;
+	unsigned int seed = 12345;
+
+	while (!atomic_load(&c->stop)) {
+		unsigned long i = (unsigned long)rand_r(&seed) % c->n;
+		void *dev;
+
+		if (uhmm_make_device_exclusive((unsigned long)c->buf + i * ps(),
+					       c, &dev) == 0)
+			c->taken++;
+	}
+	return NULL;
+}
+
+TEST_TIMEOUT(fork_racing_exclusive_child_reads_data, 120)
+{
+	struct excl_churn c = { .n = 256 };
+	int bad = 0, forks = UNDER_ASAN ? 30 : 100;
+	pthread_t t;
+
+	require_uffd(true);
+	c.buf = map_anon(c.n * ps(), RW);
+	ASSERT_NOT_NULL(c.buf);
+	fill(c.buf, c.n, 7);
+	ASSERT_EQ(pthread_create(&t, NULL, excl_churner, &c), 0);
+	for (int k = 0; k < forks; k++) {
+		pid_t pid = fork();
+
+		if (pid == 0)
+			_exit(check(c.buf, c.n, 7) ? 0 : 1);
+		ASSERT_GE(pid, 0);
+		int st = 0;
+
+		ASSERT_EQ(waitpid(pid, &st, 0), pid);
+		if (!WIFEXITED(st) || WEXITSTATUS(st))
+			bad++;
+	}
+	atomic_store(&c.stop, true);
+	pthread_join(t, NULL);
+	printf("# %d forks, %lu exclusive takings, %d children read wrong data\n",
+	       forks, c.taken, bad);
+	ASSERT_EQ(bad, 0);
+	ASSERT_TRUE(check(c.buf, c.n, 7));
+	munmap(c.buf, c.n * ps());
+}
+
+/* ---- a program's own SIGSEGV handler, installed after uhmm's ---- */
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifdef SANITIZED
+#define REQUIRE_CHAINING() \
+	SKIP("under a sanitizer its runtime owns sigaction(): uhmm chains no handler (docs/semantics.md)")
+#else
+#define REQUIRE_CHAINING() do { } while (0)
+#endif
+
+static sigjmp_buf own_pad;
+static volatile sig_atomic_t own_calls;
+
+static void own_handler(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)si;
+	(void)uc;
+	own_calls++;
+	siglongjmp(own_pad, 1);
+}
+
+TEST(program_handler_installed_after_uhmm_gets_only_its_faults)
+{
+	struct sigaction sa = { .sa_sigaction = own_handler,
+				.sa_flags = SA_SIGINFO | SA_NODEFER };
+	struct sigaction back, old;
+	char buf[64];
+	unsigned long at = 0;
+	void *hole;
+
+	REQUIRE_CHAINING();
+	/* uhmm's handler goes in at runtime start (or the first copy);
+	 * its arena is mapped then too. */
+	ASSERT_EQ(uhmm_init(), 0);
+	hole = unmapped_page();
+	ASSERT_NOT_NULL(hole);
+	ASSERT_EQ(uhmm_copy_nofault(buf, buf + 32, 8, NULL), 0);
+	/* The program installs its own afterwards, as gnulib's c-stack. */
+	sigemptyset(&sa.sa_mask);
+	ASSERT_EQ(sigaction(SIGSEGV, &sa, &old), 0);
+	/* uhmm's deliberate faults stay uhmm's: -EFAULT, no signal seen. */
+	ASSERT_EQ(uhmm_copy_nofault(buf, hole, 8, &at), -EFAULT);
+	ASSERT_EQ(at, (unsigned long)hole);
+	ASSERT_EQ(uhmm_copy_nofault(hole, buf, 8, NULL), -EFAULT);
+	ASSERT_EQ(own_calls, 0);
+	/* The program's own faults reach its handler. */
+	if (!sigsetjmp(own_pad, 1))
+		*(volatile char *)hole = 1;
+	ASSERT_EQ(own_calls, 1);
+	/* And it reads back the handler it installed. */
+	ASSERT_EQ(sigaction(SIGSEGV, NULL, &back), 0);
+	ASSERT_TRUE(back.sa_sigaction == own_handler);
+	ASSERT_EQ(sigaction(SIGSEGV, &old, NULL), 0);
+	ASSERT_EQ(uhmm_copy_nofault(buf, hole, 8, NULL), -EFAULT);
+}
+
+TEST(program_signal_call_after_uhmm_keeps_copies_fault_free)
+{
+	char buf[8];
+	void *hole;
+
+	REQUIRE_CHAINING();
+	ASSERT_EQ(uhmm_init(), 0);
+	hole = unmapped_page();
+	ASSERT_NOT_NULL(hole);
+	ASSERT_EQ(uhmm_copy_nofault(buf, buf, 1, NULL), 0);
+	/* signal() with SIG_DFL: a deliberate fault would kill the test. */
+	ASSERT_TRUE(signal(SIGSEGV, SIG_DFL) != SIG_ERR);
+	ASSERT_TRUE(signal(SIGBUS, SIG_DFL) != SIG_ERR);
+	ASSERT_EQ(uhmm_copy_nofault(buf, hole, 8, NULL), -EFAULT);
+	ASSERT_EQ(uhmm_copy_nofault(hole, buf, 8, NULL), -EFAULT);
+}
