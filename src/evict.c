@@ -37,6 +37,7 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 		unsigned long vpn = atomic_load(&p->vpn);
 		_Atomic uintptr_t *e;
 		struct stripe *s;
+		int r;
 
 		if (!vpn || !atomic_load(&p->refs))
 			continue;
@@ -52,6 +53,7 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 		};
 
 		uhmm__inv_begin(rt, &inv);
+		uhmm__mover_begin(rt);
 		pthread_mutex_lock(&s->lock);
 		if (e && atomic_load(e) == (uintptr_t)p) {
 			atomic_store(e, (uintptr_t)p | ENT_BUSY);
@@ -59,9 +61,14 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 			uhmm_page_get(p);	/* until device_finalize */
 		}
 		pthread_mutex_unlock(&s->lock);
+		r = 0;
+		while (src[i] && is_coherent(p) && !ent_dropped(atomic_load(e)) &&
+		       (r = uhmm__coherent_isolate(rt, p, vpn << rt->page_shift)) &&
+		       (r == -EINTR || (r == -EAGAIN && uhmm__mover_yield(rt))))
+			;
+		uhmm__mover_end(rt);
 		uhmm__inv_end(rt);
-		if (src[i] && is_coherent(p) &&
-		    uhmm__coherent_isolate(rt, p, vpn << rt->page_shift)) {
+		if (r) {
 			/*
 			 * The frame cannot leave the address (shared
 			 * copy-on-write with a child): it stops being device
@@ -87,15 +94,20 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 	uhmm__stat_migrate_end(0, src, dst, npages, rt->page_size);
 	for (unsigned long i = 0; i < npages; i++) {
 		struct uhmm_page *p = uhmm_migrate_pfn_to_page(src[i]);
+		struct uhmm_page *put;
 		unsigned long addr;
 
 		if (!p || !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
 			continue;
 		addr = atomic_load(&p->vpn) << rt->page_shift;
+		uhmm__mover_begin(rt);
 		uhmm__finalize_device_page(rt, p, addr,
 			uhmm__pst_entry(rt, addr >> rt->page_shift, false),
 			stage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(dst[i])),
-			true);
+			true, &put);
+		uhmm__mover_end(rt);
+		if (put)
+			uhmm_page_put(put);
 		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 	}
 	/* The references the collection took. */

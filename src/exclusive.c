@@ -36,33 +36,22 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 	 * (before the page is claimed: the fault may come to uhmm). */
 	if (uhmm__os_madvise((void *)addr, rt->page_size, MADV_POPULATE_WRITE))
 		return -EFAULT;
-	err = uhmm__track_missing(rt, addr, addr + rt->page_size);
-	if (err)
-		return err;
 	vpn = addr >> rt->page_shift;
 	e = uhmm__pst_entry(rt, vpn, true);
 	if (!e)
 		return -ENOMEM;
-	s = pst_stripe(rt, vpn);
-	pthread_mutex_lock(&s->lock);
-	if (atomic_load(e)) {
-		uintptr_t v = atomic_load(e);
+	/* The staging slot first: allocating may wait for a reader. */
+	slot = uhmm__stage_alloc(rt, 1, SLOT_EMPTY);
+	if (slot < 0)
+		return (int)slot;
 
-		pthread_mutex_unlock(&s->lock);
-		if (ent_exclusive(v) && !ent_busy(v)) {
-			/* Already exclusive: same page. */
-			*dev_addr = (void *)stage_addr(rt, ent_excl_slot(v));
-			uhmm__invalidate(rt, addr, addr + rt->page_size,
-					 UHMM_NOTIFY_EXCLUSIVE, owner);
-			return 0;
-		}
-		return -EBUSY;
-	}
-	atomic_store(e, ENT_BUSY);
-	pthread_mutex_unlock(&s->lock);
-	uhmm__pst_note_device(rt);
-
-	/* Open until the page is out: see uhmm_migrate_setup(). */
+	/*
+	 * As the kernel's: the EXCLUSIVE invalidation is open around the
+	 * taking, until the page is out (see uhmm_migrate_setup()), and the
+	 * claim and the move hold the readers off (the mover hold): a
+	 * mapping change in between makes the move fail with EAGAIN, never
+	 * take a page of a new mapping.
+	 */
 	struct uhmm_notifier_range inv = {
 		.start = addr, .end = addr + rt->page_size,
 		.event = UHMM_NOTIFY_EXCLUSIVE,
@@ -70,14 +59,50 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 	};
 
 	uhmm__inv_begin(rt, &inv);
-	slot = uhmm__stage_alloc(rt, 1, SLOT_EMPTY);
-	r = slot < 0 ? (int)slot :
-	    uhmm__uffd_move(rt, stage_addr(rt, (unsigned long)slot), addr,
-			    rt->page_size, 0);
-	uhmm__inv_end(rt);
-	if (r && slot >= 0)
+	uhmm__mover_begin(rt);
+	/* Registered under the hold: see uhmm_migrate_setup(). */
+	err = uhmm__track_missing(rt, addr, addr + rt->page_size);
+	if (err) {
+		uhmm__mover_end(rt);
+		uhmm__inv_end(rt);
+		uhmm__stage_free(rt, (unsigned long)slot, false);
+		return err;
+	}
+	s = pst_stripe(rt, vpn);
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(e)) {
+		uintptr_t v = atomic_load(e);
+
+		pthread_mutex_unlock(&s->lock);
+		uhmm__mover_end(rt);
+		uhmm__inv_end(rt);
+		uhmm__stage_free(rt, (unsigned long)slot, false);
+		if (ent_exclusive(v) && !ent_busy(v)) {
+			/* Already exclusive (the invalidation above said
+			 * so to its owner again): same page. */
+			*dev_addr = (void *)stage_addr(rt, ent_excl_slot(v));
+			return 0;
+		}
+		return -EBUSY;
+	}
+	atomic_store(e, ENT_BUSY);
+	pthread_mutex_unlock(&s->lock);
+	uhmm__pst_note_device(rt);
+	for (;;) {
+		r = uhmm__uffd_move(rt, stage_addr(rt, (unsigned long)slot), addr,
+				    rt->page_size, 0);
+		if (r != -EAGAIN || !uhmm__mover_yield(rt))
+			break;
+		if (ent_dropped(atomic_load(e))) {
+			r = -EBUSY;	/* its mapping went away meanwhile */
+			break;
+		}
+	}
+	if (r)
 		uhmm__stage_free(rt, (unsigned long)slot, false);
 	uhmm__pst_set(rt, vpn, e, r == 0 ? ent_mk_excl((unsigned long)slot) : 0);
+	uhmm__mover_end(rt);
+	uhmm__inv_end(rt);
 	/* A CPU access that came meanwhile faults again (and revokes). */
 	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 	if (r)
@@ -85,7 +110,6 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 	*dev_addr = (void *)stage_addr(rt, (unsigned long)slot);
 	return 0;
 }
-
 
 int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 			       void **dev_addr)
@@ -135,8 +159,18 @@ void uhmm__exclusive_revoke(struct uhmm_rt *rt, unsigned long addr,
 	uhmm__invalidate(rt, addr, addr + rt->page_size,
 			 UHMM_NOTIFY_EXCLUSIVE, NULL);
 	uhmm__stat_inc(UHMM__STAT_faults_exclusive_revoke);
+	uhmm__mover_begin(rt);
+	if (ent_dropped(atomic_load(e))) {
+		/* Its mapping went away meanwhile: the page with it. */
+		uhmm__stage_free(rt, slot, true);
+		uhmm__pst_set(rt, vpn, e, 0);
+		uhmm__mover_end(rt);
+		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+		return;
+	}
 	r = uhmm__stage_install(rt, addr, slot, &emptied);
 	uhmm__pst_set(rt, vpn, e, r == 0 ? 0 : v);
+	uhmm__mover_end(rt);
 	if (r == 0)
 		uhmm__stage_free(rt, slot, !emptied);
 	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);

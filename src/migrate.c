@@ -23,6 +23,7 @@
 #define E_SLOT_NONE (~0UL)
 #define E_SLOT_CLAIMED (~0UL - 1)	/* a system page to isolate */
 #define E_SLOT_COH (~0UL - 2)	/* a coherent page to isolate */
+#define E_SLOT_RESV (1UL << 40)	/* | slot: set aside, not moved yet */
 
 /* What finalize does with a 2 MiB slot the migration used. */
 enum { HS_DONTNEED, HS_EMPTY, HS_FULL };
@@ -40,6 +41,10 @@ struct mstate {
 	 */
 	struct uhmm_page **held;
 	unsigned long nheld;
+	unsigned long ndropped;	/* released entries, at the end of held[] */
+	long *hres;		/* 2 MiB slot set aside per aligned block, or -1 */
+	struct uhmm_page **puts;	/* references to drop after the hold */
+	unsigned long nputs;
 	bool gated;		/* counted in rt->mig_inflight */
 };
 
@@ -49,6 +54,8 @@ static void mstate_free(struct uhmm_rt *rt, struct mstate *ms)
 	if (ms->gated)
 		uhmm__gate_exit(rt);
 	uhmm_free(ms->held);
+	uhmm_free(ms->hres);
+	uhmm_free(ms->puts);
 	uhmm_free(ms->slot);
 	uhmm_free(ms->hs);
 	uhmm_free(ms->hs_fate);
@@ -72,80 +79,57 @@ static struct mstate *mstate_of(struct uhmm_migrate *m)
 	return (struct mstate *)(uintptr_t)m->_private[0];
 }
 
-/* Move system pages [a, a + n pages) out into slots [slot, slot + n). */
-static void isolate_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
-			unsigned long a, unsigned long n, unsigned long slot,
-			bool writable)
+/*
+ * During setup, an entry's ms->slot[] is E_SLOT_NONE (not collected, or
+ * let go), E_SLOT_CLAIMED (a system page claimed), E_SLOT_COH (a
+ * coherent page claimed), E_SLOT_RESV | s (staging slot s set aside for
+ * it, not moved yet) or s (moved into slot s).
+ */
+static inline bool is_resv(unsigned long x)
+{
+	return x < E_SLOT_COH && (x & E_SLOT_RESV);
+}
+
+static inline unsigned long resv_slot(unsigned long x)
+{
+	return x & ~E_SLOT_RESV;
+}
+
+/* Let a claimed system page go: it stays where it is. */
+static void let_go(struct uhmm_rt *rt, struct uhmm_migrate *m, unsigned long i)
 {
 	struct mstate *ms = mstate_of(m);
-	unsigned int shift = rt->page_shift;
-	unsigned long ps = rt->page_size;
-	unsigned long done = 0;
+	unsigned long vpn = (m->start >> rt->page_shift) + i;
+	_Atomic uintptr_t *e = uhmm__pst_entry(rt, vpn, false);
 
-	while (done < n) {
-		unsigned long src = a + (done << shift);
-		unsigned long dst = stage_addr(rt, slot + done);
-		int r = uhmm__uffd_move(rt, dst, src, (n - done) << shift,
-					UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
-		unsigned long moved;
+	if (is_resv(ms->slot[i]))
+		uhmm__stage_free(rt, resv_slot(ms->slot[i]), false);
+	ms->slot[i] = E_SLOT_NONE;
+	m->src[i] = 0;
+	if (e)
+		uhmm__pst_set(rt, vpn, e, 0);
+}
 
-		if (r == 0) {
-			moved = n - done;
-		} else {
-			/* Find how far it got: the first page still at src. */
-			moved = 0;
-			while (moved < n - done) {
-				unsigned char vec;
-				unsigned long p = src + (moved << shift);
+/*
+ * Under the mover hold: a claimed page whose mapping went away since the
+ * claim (its entry DROP: the event was read and applied) is let go; what
+ * is at its address now belongs to a new mapping.
+ */
+static void revalidate(struct uhmm_rt *rt, struct uhmm_migrate *m,
+		       unsigned long from, unsigned long to)
+{
+	struct mstate *ms = mstate_of(m);
 
-				if (uhmm__os_mincore((void *)p, ps, &vec) == 0 && (vec & 1))
-					break;
-				moved++;
-			}
-		}
-		for (unsigned long k = 0; k < moved; k++) {
-			unsigned long i = ((src - m->start) >> shift) + k;
+	for (unsigned long i = from; i < to; i++) {
+		unsigned long vpn = (m->start >> rt->page_shift) + i;
+		_Atomic uintptr_t *e;
 
-			ms->slot[i] = slot + done + k;
-		}
-		done += moved;
-		if (done < n && r != 0) {
-			/* This page cannot move (shared, pinned): it stays. */
-			unsigned long i = ((a - m->start) >> shift) + done;
-			_Atomic uintptr_t *e = uhmm__pst_entry(rt, (a >> shift) + done, false);
-
-			m->src[i] = 0;
-			if (e)
-				atomic_store(e, 0);
-			uhmm__stage_free(rt, slot + done, false);
-			done++;
-		}
-	}
-	/* Which slots got a page? One mincore for the run of slots. */
-	unsigned char vbuf[512], *vec = n <= sizeof(vbuf) ? vbuf : uhmm_alloc(n);
-
-	if (!vec || uhmm__os_mincore((void *)stage_addr(rt, slot), n << shift, vec))
-		vec = NULL;
-	for (unsigned long k = 0; k < n; k++) {
-		unsigned long i = ((a - m->start) >> shift) + k;
-		unsigned long s = ms->slot[i];
-		unsigned char v1 = 0;
-
-		if (s == E_SLOT_NONE)
+		if (!is_resv(ms->slot[i]) && ms->slot[i] != E_SLOT_CLAIMED)
 			continue;
-		if (vec && s == slot + k)
-			v1 = vec[k];
-		else
-			uhmm__os_mincore((void *)stage_addr(rt, s), ps, &v1);
-		m->src[i] = UHMM_MIGRATE_PFN_MIGRATE;
-		if (v1 & 1)
-			m->src[i] |= ((stage_addr(rt, s) >> shift) << UHMM_MIGRATE_PFN_SHIFT) |
-				     UHMM_MIGRATE_PFN_VALID |
-				     (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
-		m->cpages++;
+		e = uhmm__pst_entry(rt, vpn, false);
+		if (!e || ent_dropped(atomic_load(e)))
+			let_go(rt, m, i);
 	}
-	if (vec && vec != vbuf)
-		uhmm_free(vec);
 }
 
 /* Whether the 2 MiB block at @b can move whole: one PMD maps it (a THP,
@@ -168,10 +152,153 @@ static bool block_whole(struct uhmm_rt *rt, unsigned long b)
 }
 
 /*
- * SELECT_COMPOUND, system memory: every 2 MiB-aligned block of the range
- * whose pages were all claimed and that one PMD maps (or nothing) moves
- * whole into a 2 MiB slot, one UFFDIO_MOVE: src[head] = frame | COMPOUND
- * (VALID unless it was empty), the tail entries 0, as the kernel has it.
+ * Staging for the system pages collect claimed, set aside before the
+ * unmap: allocating may empty warm slots with MADV_DONTNEED, which waits
+ * for a reader to read its event, so never under the mover hold. A 4 KiB
+ * slot for every page claimed, and for SELECT_COMPOUND a 2 MiB slot for
+ * each aligned block all claimed that one PMD maps (or nothing). Without
+ * room, pages stay.
+ */
+static void prepare(struct uhmm_rt *rt, struct uhmm_migrate *m)
+{
+	struct mstate *ms = mstate_of(m);
+	unsigned int shift = rt->page_shift;
+	unsigned long first = (m->start + PMD_BYTES - 1) & ~(PMD_BYTES - 1);
+	unsigned long n = m->npages;
+
+	if ((m->flags & UHMM_MIGRATE_SELECT_COMPOUND) &&
+	    (m->flags & UHMM_MIGRATE_SELECT_SYSTEM) && rt->hstage) {
+		for (unsigned long b = first; b >= first && b + PMD_BYTES <= m->end;
+		     b += PMD_BYTES) {
+			unsigned long i = (b - m->start) >> shift, k;
+
+			for (k = 0; k < PMD_PAGES && ms->slot[i + k] == E_SLOT_CLAIMED; k++)
+				;
+			if (k == PMD_PAGES && block_whole(rt, b))
+				ms->hres[(b - first) / PMD_BYTES] =
+					uhmm__hstage_alloc(rt, SLOT_EMPTY);
+		}
+	}
+	for (unsigned long i = 0; i < n;) {
+		unsigned long j = i;
+		long slot;
+
+		if (ms->slot[i] != E_SLOT_CLAIMED) {
+			i++;
+			continue;
+		}
+		while (j < n && ms->slot[j] == E_SLOT_CLAIMED)
+			j++;
+		slot = uhmm__stage_alloc(rt, j - i, SLOT_EMPTY);
+		for (unsigned long k = i; k < j; k++) {
+			if (slot < 0)
+				let_go(rt, m, k);	/* no staging room */
+			else
+				ms->slot[k] = E_SLOT_RESV | ((unsigned long)slot + k - i);
+		}
+		i = j;
+	}
+}
+
+/* src[] of entries [from, to) moved into 4 KiB slots: a page, or a hole. */
+static void note_moved(struct uhmm_rt *rt, struct uhmm_migrate *m,
+		       unsigned long from, unsigned long to, bool writable)
+{
+	struct mstate *ms = mstate_of(m);
+	unsigned int shift = rt->page_shift;
+
+	for (unsigned long i = from; i < to;) {
+		unsigned long s0 = ms->slot[i], j = i + 1;
+		unsigned char vbuf[512];
+
+		if (s0 == E_SLOT_NONE || is_resv(s0) || s0 >= E_SLOT_COH) {
+			i++;
+			continue;
+		}
+		while (j < to && j - i < sizeof(vbuf) && ms->slot[j] == s0 + (j - i))
+			j++;
+		/* Which slots got a page? One mincore for the run. */
+		if (uhmm__os_mincore((void *)stage_addr(rt, s0), (j - i) << shift, vbuf))
+			memset(vbuf, 1, j - i);
+		for (unsigned long k = i; k < j; k++) {
+			m->src[k] = UHMM_MIGRATE_PFN_MIGRATE;
+			if (vbuf[k - i] & 1)
+				m->src[k] |= ((stage_addr(rt, ms->slot[k]) >> shift)
+					      << UHMM_MIGRATE_PFN_SHIFT) |
+					     UHMM_MIGRATE_PFN_VALID |
+					     (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
+			m->cpages++;
+		}
+		i = j;
+	}
+}
+
+/* After a move that failed part-way: how many pages from @a left. */
+static unsigned long count_moved(struct uhmm_rt *rt, unsigned long a,
+				 unsigned long n)
+{
+	unsigned long moved = 0;
+
+	while (moved < n) {
+		unsigned char vec;
+
+		if (uhmm__os_mincore((void *)(a + (moved << rt->page_shift)),
+				     rt->page_size, &vec) == 0 && (vec & 1))
+			break;
+		moved++;
+	}
+	return moved;
+}
+
+/*
+ * Under the mover hold: the claimed system pages of [from, to) with
+ * slots set aside move out, one UFFDIO_MOVE per run of consecutive
+ * slots. A page that cannot move (shared, pinned) stays. EAGAIN (an
+ * event is pending: the address space is changing): the readers read it,
+ * the claims are checked again, and the rest moves.
+ */
+static void isolate_runs(struct uhmm_rt *rt, struct uhmm_migrate *m,
+			 unsigned long from, unsigned long to, bool writable)
+{
+	struct mstate *ms = mstate_of(m);
+	unsigned int shift = rt->page_shift;
+
+	for (unsigned long i = from; i < to;) {
+		unsigned long s0, j, moved;
+		int r;
+
+		if (!is_resv(ms->slot[i])) {
+			i++;
+			continue;
+		}
+		s0 = resv_slot(ms->slot[i]);
+		for (j = i + 1; j < to && is_resv(ms->slot[j]) &&
+		     resv_slot(ms->slot[j]) == s0 + (j - i); j++)
+			;
+		r = uhmm__uffd_move(rt, stage_addr(rt, s0), m->start + (i << shift),
+				    (j - i) << shift, UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+		moved = r == 0 ? j - i : count_moved(rt, m->start + (i << shift), j - i);
+		for (unsigned long k = i; k < i + moved; k++)
+			ms->slot[k] = resv_slot(ms->slot[k]);
+		note_moved(rt, m, i, i + moved, writable);
+		i += moved;
+		if (i == j)
+			continue;
+		if (r == -EAGAIN && uhmm__mover_yield(rt)) {
+			revalidate(rt, m, i, to);
+			continue;
+		}
+		let_go(rt, m, i++);
+	}
+}
+
+/*
+ * Under the mover hold, SELECT_COMPOUND, system memory: each block with a
+ * 2 MiB slot set aside moves whole, one UFFDIO_MOVE of the PMD: src[head]
+ * = frame | COMPOUND (VALID unless it was empty), the tail entries 0, as
+ * the kernel has it. A move that fails part-way leaves what moved in the
+ * 2 MiB slot, page by page (its 4 KiB slot numbers), and the rest goes
+ * with the base pages.
  */
 static void isolate_blocks(struct uhmm_rt *rt, struct uhmm_migrate *m,
 			   bool writable)
@@ -182,37 +309,50 @@ static void isolate_blocks(struct uhmm_rt *rt, struct uhmm_migrate *m,
 
 	for (unsigned long b = first; b >= first && b + PMD_BYTES <= m->end;
 	     b += PMD_BYTES) {
+		unsigned long bi = (b - first) / PMD_BYTES;
 		unsigned long i = (b - m->start) >> shift, k;
-		unsigned long ha;
+		long h = ms->hres[bi];
 		unsigned char vec[PMD_PAGES];
+		unsigned long ha;
 		bool any = false;
-		long h;
+		int r = 0;
 
-		for (k = 0; k < PMD_PAGES && ms->slot[i + k] == E_SLOT_CLAIMED; k++)
-			;
-		if (k < PMD_PAGES || !block_whole(rt, b))
-			continue;
-		h = uhmm__hstage_alloc(rt, SLOT_EMPTY);
 		if (h < 0)
-			return;
+			continue;
+		ms->hres[bi] = -1;
 		ha = hstage_addr(rt, (unsigned long)h);
-		if (uhmm__uffd_move(rt, ha, b, PMD_BYTES,
-				    UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES)) {
-			/* Put back what moved; the block goes page by page. */
-			uhmm__uffd_move(rt, b, ha, PMD_BYTES,
-					UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES |
-					UFFDIO_MOVE_MODE_DONTWAKE);
-			uhmm__os_madvise((void *)ha, PMD_BYTES, MADV_DONTNEED);
-			uhmm__hstage_free(rt, (unsigned long)h, false);
+		do {
+			for (k = 0; k < PMD_PAGES && is_resv(ms->slot[i + k]); k++)
+				;
+			if (k < PMD_PAGES) {
+				/* Part of it was let go: page by page. */
+				uhmm__hstage_free(rt, (unsigned long)h, false);
+				break;
+			}
+			r = uhmm__uffd_move(rt, ha, b, PMD_BYTES,
+					    UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+		} while (r == -EAGAIN && uhmm__mover_yield(rt) &&
+			 (revalidate(rt, m, i, i + PMD_PAGES), true));
+		if (k < PMD_PAGES)
+			continue;
+		if (uhmm__os_mincore((void *)ha, PMD_BYTES, vec))
+			memset(vec, 1, sizeof(vec));
+		for (k = 0; k < PMD_PAGES && !any; k++)
+			any = vec[k] & 1;
+		if (r) {
+			/* What moved stays in the 2 MiB slot, per page. */
+			for (k = 0; k < PMD_PAGES; k++) {
+				if (!(vec[k] & 1))
+					continue;
+				uhmm__stage_free(rt, resv_slot(ms->slot[i + k]), false);
+				ms->slot[i + k] = STAGE_PAGES + (unsigned long)h * PMD_PAGES + k;
+			}
+			hs_note(ms, h, any ? HS_DONTNEED : HS_EMPTY);
+			note_moved(rt, m, i, i + PMD_PAGES, writable);
 			continue;
 		}
-		if (uhmm__os_mincore((void *)ha, PMD_BYTES, vec) == 0) {
-			for (k = 0; k < PMD_PAGES && !any; k++)
-				any = vec[k] & 1;
-		} else {
-			any = true;
-		}
-		for (k = 1; k < PMD_PAGES; k++) {
+		for (k = 0; k < PMD_PAGES; k++) {
+			uhmm__stage_free(rt, resv_slot(ms->slot[i + k]), false);
 			ms->slot[i + k] = E_SLOT_NONE;
 			m->src[i + k] = 0;
 		}
@@ -375,7 +515,10 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	ms->hs = uhmm_alloc((n / 512 + 2) * sizeof(*ms->hs));
 	ms->hs_fate = uhmm_alloc(n / 512 + 2);
 	ms->held = uhmm_alloc(n * sizeof(*ms->held));
-	if (!ms->slot || !ms->hs || !ms->hs_fate || !ms->held) {
+	ms->hres = uhmm_alloc((n / 512 + 2) * sizeof(*ms->hres));
+	ms->puts = uhmm_alloc(n * sizeof(*ms->puts));
+	if (!ms->slot || !ms->hs || !ms->hs_fate || !ms->held || !ms->hres ||
+	    !ms->puts) {
 		mstate_free(rt, ms);
 		return NULL;
 	}
@@ -385,6 +528,8 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	}
 	for (unsigned long i = 0; i < n; i++)
 		ms->slot[i] = E_SLOT_NONE;
+	for (unsigned long k = 0; k < n / 512 + 2; k++)
+		ms->hres[k] = -1;
 	memset(m->src, 0, n * sizeof(*m->src));
 	m->cpages = 0;
 	m->npages = n;
@@ -469,16 +614,28 @@ static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 		pthread_mutex_unlock(&s->lock);
 	if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
 		uhmm__pst_note_device(rt);
-	for (unsigned long k = 0; k < ndropped; k++) {
+	ms->ndropped = ndropped;
+	return 0;
+}
+
+/* The released entries collect met, given back after the hold. */
+static void release_dropped(struct uhmm_rt *rt, struct mstate *ms,
+			    unsigned long n)
+{
+	for (unsigned long k = 0; k < ms->ndropped; k++) {
 		uintptr_t dv = (uintptr_t)ms->held[n - 1 - k];
 
 		ms->held[n - 1 - k] = NULL;
 		uhmm__pst_release(rt, dv);
 	}
-	return 0;
+	ms->ndropped = 0;
 }
 
-/* Coherent pages claimed: their frames go home to the pool. */
+/*
+ * Under the mover hold: coherent pages claimed have their frames go home
+ * to the pool. A frame whose mapping went away went with it: the page
+ * goes back to its driver (after the hold).
+ */
 static void unmap_coherent(struct uhmm_rt *rt, struct uhmm_migrate *m)
 {
 	struct mstate *ms = mstate_of(m);
@@ -490,65 +647,59 @@ static void unmap_coherent(struct uhmm_rt *rt, struct uhmm_migrate *m)
 		unsigned long vpn = (m->start >> shift) + i;
 		_Atomic uintptr_t *ce = uhmm__pst_entry(rt, vpn, false);
 		struct uhmm_page *p = ent_page(atomic_load(ce));
+		int r;
 
 		ms->slot[i] = E_SLOT_NONE;
-		if (uhmm__coherent_isolate(rt, p, vpn << shift) == 0) {
-			m->src[i] = uhmm_migrate_pfn_device(p) |
-				    UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
-			m->cpages++;
-			continue;
+		for (;;) {
+			if (ent_dropped(atomic_load(ce))) {
+				atomic_store(&p->vpn, 0);
+				uhmm__pst_set(rt, vpn, ce, 0);
+				ms->puts[ms->nputs++] = p;
+				break;
+			}
+			r = uhmm__coherent_isolate(rt, p, vpn << shift);
+			if (r == -EINTR || (r == -EAGAIN && uhmm__mover_yield(rt)))
+				continue;	/* the hold was let go: again */
+			if (r == 0) {
+				m->src[i] = uhmm_migrate_pfn_device(p) |
+					    UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_WRITE;
+				m->cpages++;
+			} else {
+				/* Shared copy-on-write with a child, pinned: it
+				 * stays. */
+				uhmm__pst_set(rt, vpn, ce, ent_mk_page(p));
+			}
+			break;
 		}
-		/* Shared copy-on-write with a child, pinned: it stays. */
-		uhmm__pst_set(rt, vpn, ce, ent_mk_page(p));
-	}
-}
-
-/* Runs of claimed system pages move out, one ioctl each. */
-static void unmap_runs(struct uhmm_rt *rt, struct uhmm_migrate *m,
-		       bool writable)
-{
-	struct mstate *ms = mstate_of(m);
-	unsigned int shift = rt->page_shift;
-	unsigned long n = m->npages;
-
-	for (unsigned long i = 0; i < n;) {
-		unsigned long j = i;
-		long slot;
-
-		if (ms->slot[i] != E_SLOT_CLAIMED) {
-			i++;
-			continue;
-		}
-		while (j < n && ms->slot[j] == E_SLOT_CLAIMED)
-			j++;
-		for (unsigned long k = i; k < j; k++)
-			ms->slot[k] = E_SLOT_NONE;
-		slot = uhmm__stage_alloc(rt, j - i, SLOT_EMPTY);
-		if (slot < 0) {
-			/* No staging room: these pages stay. */
-			for (unsigned long k = i; k < j; k++)
-				atomic_store(uhmm__pst_entry(rt, (m->start >> shift) + k,
-							     false), 0);
-			i = j;
-			continue;
-		}
-		isolate_run(rt, m, m->start + (i << shift), j - i,
-			    (unsigned long)slot, writable);
-		i = j;
 	}
 }
 
 /*
- * Unmap (migrate_vma_unmap): every page claimed leaves the address space
- * (coherent frames to their pool, system pages to staging slots, whole
- * THPs to 2 MiB slots), and the device pages collected are referenced
- * until the end of finalize (the kernel's folio_get on collection).
+ * Unmap (migrate_vma_unmap), under the mover hold: every page claimed
+ * leaves the address space (coherent frames to their pool, system pages
+ * to the staging slots set aside, whole THPs to 2 MiB slots). Claims
+ * whose mapping went away since collect are let go first.
  */
 static void unmap(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 {
+	revalidate(rt, m, 0, m->npages);
+	unmap_coherent(rt, m);
+	if ((m->flags & UHMM_MIGRATE_SELECT_COMPOUND) && rt->hstage &&
+	    (m->flags & UHMM_MIGRATE_SELECT_SYSTEM))
+		isolate_blocks(rt, m, writable);
+	isolate_runs(rt, m, 0, m->npages, writable);
+}
+
+/*
+ * The device pages collected are referenced until the end of finalize
+ * (the kernel's folio_get on collection), so that their pagemap cannot
+ * go while the driver copies them; a device THP collected whole is
+ * reported as one COMPOUND entry.
+ */
+static void hold_pages(struct uhmm_rt *rt, struct uhmm_migrate *m)
+{
 	struct mstate *ms = mstate_of(m);
 
-	unmap_coherent(rt, m);
 	for (unsigned long i = 0; i < m->npages; i++) {
 		struct uhmm_page *p = uhmm_migrate_pfn_to_page(m->src[i]);
 
@@ -557,13 +708,18 @@ static void unmap(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 			ms->held[ms->nheld++] = p;
 		}
 	}
-	if ((m->flags & UHMM_MIGRATE_SELECT_COMPOUND) && rt->hstage) {
-		if (m->flags & UHMM_MIGRATE_SELECT_SYSTEM)
-			isolate_blocks(rt, m, writable);
-		if (m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE)
-			collect_device_blocks(rt, m);
-	}
-	unmap_runs(rt, m, writable);
+	if ((m->flags & UHMM_MIGRATE_SELECT_COMPOUND) && rt->hstage &&
+	    (m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE))
+		collect_device_blocks(rt, m);
+}
+
+/* The page references dropped under the mover hold, given back after
+ * it: a driver's page_free never runs with the readers held off. */
+static void flush_puts(struct mstate *ms)
+{
+	for (unsigned long k = 0; k < ms->nputs; k++)
+		uhmm_page_put(ms->puts[k]);
+	ms->nputs = 0;
 }
 
 int uhmm_migrate_setup(struct uhmm_migrate *m)
@@ -593,11 +749,8 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	if (!anon)
 		return 0;
 	err = uhmm__stage_setup(rt);
-	if (!err)
-		err = uhmm__track_missing(rt, m->start, m->end);
 	if (err)
 		goto fail;
-	ms->registered = true;
 
 	/*
 	 * Mirrors drop the range before anything moves, and the invalidation
@@ -609,6 +762,11 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	 * map a claimed page still present, and the move then took it from
 	 * under the device's entry: its copy through that entry faulted,
 	 * with the driver lock held that the fault needed.
+	 *
+	 * The claims and the moves hold the readers off (the mover hold):
+	 * no mapping change is applied in the middle of either, and one
+	 * that happens makes the moves fail with EAGAIN. In between, the
+	 * staging is set aside, which may have to wait for a reader.
 	 */
 	struct uhmm_notifier_range inv = {
 		.start = m->start, .end = m->end, .event = UHMM_NOTIFY_MIGRATE,
@@ -616,12 +774,35 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	};
 
 	uhmm__inv_begin(rt, &inv);
-	err = collect(rt, m, writable);
-	if (!err)
+	uhmm__mover_begin(rt);
+	/*
+	 * Registered MISSING under the hold: a registration found in place
+	 * before it could be of a mapping unmapped since (its event not read
+	 * yet), and a move out of a mapping uhmm does not watch would leave
+	 * a hole a CPU touch fills with zeros.
+	 */
+	err = uhmm__track_missing(rt, m->start, m->end);
+	if (!err) {
+		ms->registered = true;
+		err = collect(rt, m, writable);
+	}
+	uhmm__mover_end(rt);
+	release_dropped(rt, ms, m->npages);
+	if (!err) {
+		prepare(rt, m);
+		uhmm__mover_begin(rt);
 		unmap(rt, m, writable);
+		uhmm__mover_end(rt);
+		flush_puts(ms);
+		hold_pages(rt, m);
+	}
 	uhmm__inv_end(rt);
 	if (err)
 		goto fail;
+	/* 2 MiB slots set aside and not used (a block let go). */
+	for (unsigned long k = 0; k < m->npages / PMD_PAGES + 2; k++)
+		if (ms->hres[k] >= 0)
+			uhmm__hstage_free(rt, (unsigned long)ms->hres[k], false);
 	/* The faulting page is this migration's now, no longer a claim its
 	 * handler has to give up. */
 	if (m->fault_page) {
@@ -719,7 +900,7 @@ static unsigned long install_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 		uhmm__stage_free(rt, (unsigned long)first + (k - i), false);
 		atomic_store(&sp->vpn, 0);
 		uhmm__pst_set(rt, vpn, uhmm__pst_entry(rt, vpn, false), 0);
-		uhmm_page_put(sp);
+		mstate_of(m)->puts[mstate_of(m)->nputs++] = sp;
 	}
 	return j - i;
 }
@@ -741,8 +922,9 @@ static bool finalize_whole(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	struct stripe *s = pst_stripe(rt, vpn0);
 	struct uhmm_page *sp = uhmm_migrate_pfn_to_page(m->src[i]);
 	struct uhmm_page *dp = uhmm_migrate_pfn_to_page(m->dst[i]);
-	bool drop = !e;
-
+	bool drop;
+again:
+	drop = !e;
 	for (unsigned long k = 0; e && k < PMD_PAGES && !drop; k++)
 		drop = ent_dropped(atomic_load(&e[k]));
 	if (drop || !moves_whole(m, i)) {
@@ -772,6 +954,8 @@ static bool finalize_whole(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	uint8_t fate = HS_EMPTY;
 	int r = uhmm__uffd_move(rt, addr, da, PMD_BYTES, UFFDIO_MOVE_MODE_DONTWAKE);
 
+	if (r == -EAGAIN && uhmm__mover_yield(rt))
+		goto again;	/* a mapping change pending: applied, check */
 	if (r) {
 		/* A mapping made read-only meanwhile: a copy. */
 		r = uhmm__uffd_copy(rt, addr, da, PMD_BYTES, UFFDIO_COPY_MODE_DONTWAKE);
@@ -792,41 +976,51 @@ static bool finalize_whole(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	pthread_mutex_unlock(&s->lock);
 	if (!r)
 		for (unsigned long k = 0; k < PMD_PAGES; k++)
-			uhmm_page_put(&sp[k]);
+			ms->puts[ms->nputs++] = &sp[k];
 	return true;
 }
 
 void uhmm__finalize_device_page(struct uhmm_rt *rt, struct uhmm_page *p,
 				unsigned long addr, _Atomic uintptr_t *e,
-				long slot, bool migrate)
+				long slot, bool migrate, struct uhmm_page **put)
 {
 	unsigned long vpn = addr >> rt->page_shift;
 	bool emptied = false;
+	int r;
 
-	if (!e || ent_dropped(atomic_load(e))) {
-		/* The mapping went away during the migration. */
-		if (slot >= 0)
-			uhmm__stage_free(rt, (unsigned long)slot, true);
-		atomic_store(&p->vpn, 0);
-		if (e)
+	*put = NULL;
+	for (;;) {
+		if (!e || ent_dropped(atomic_load(e))) {
+			/* The mapping went away during the migration. */
+			if (slot >= 0)
+				uhmm__stage_free(rt, (unsigned long)slot, true);
+			atomic_store(&p->vpn, 0);
+			if (e)
+				uhmm__pst_set(rt, vpn, e, 0);
+			*put = p;
+			return;
+		}
+		if (!migrate || slot < 0)
+			break;
+		r = uhmm__stage_install(rt, addr, (unsigned long)slot, &emptied);
+		if (r == 0) {
+			uhmm__stage_free(rt, (unsigned long)slot, !emptied);
+			atomic_store(&p->vpn, 0);
 			uhmm__pst_set(rt, vpn, e, 0);
-		uhmm_page_put(p);
-		return;
-	}
-	if (migrate && slot >= 0 &&
-	    uhmm__stage_install(rt, addr, (unsigned long)slot, &emptied) == 0) {
-		uhmm__stage_free(rt, (unsigned long)slot, !emptied);
-		atomic_store(&p->vpn, 0);
-		uhmm__pst_set(rt, vpn, e, 0);
-		uhmm_page_put(p);
-		return;
+			*put = p;
+			return;
+		}
+		/* A mapping change pending: applied, then checked again. */
+		if (r != -EAGAIN || !uhmm__mover_yield(rt))
+			break;
 	}
 	if (slot >= 0)
 		uhmm__stage_free(rt, (unsigned long)slot, true);
 	/* It stays on the device: a coherent frame goes back to the
 	 * address. */
-	if (is_coherent(p))
-		uhmm__coherent_install(rt, p, addr);
+	while (is_coherent(p) && uhmm__coherent_install(rt, p, addr) == -EAGAIN &&
+	       uhmm__mover_yield(rt) && !ent_dropped(atomic_load(e)))
+		;
 	uhmm__pst_set(rt, vpn, e, ent_mk_page(p));
 }
 
@@ -843,20 +1037,25 @@ static void finalize_system_page(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	uint64_t src = m->src[i];
 	bool migrate = src & UHMM_MIGRATE_PFN_MIGRATE;
 	bool full = src & UHMM_MIGRATE_PFN_VALID;
+	bool emptied = false;
+	int r = 0;
 
+again:
 	if (e && ent_dropped(atomic_load(e))) {
 		/* The mapping went away during the migration. */
 		if (slot != E_SLOT_NONE)
 			uhmm__stage_free(rt, slot, full);
 		uhmm__pst_set(rt, vpn, e, 0);
 		if (migrate && dp)
-			uhmm_page_put(dp);
+			ms->puts[ms->nputs++] = dp;
 		return;
 	}
 	/* Coherent: the device's frame, with the data the driver copied, is
 	 * mapped at the address. */
 	if (migrate && dp && is_coherent(dp) &&
-	    uhmm__coherent_install(rt, dp, addr)) {
+	    (r = uhmm__coherent_install(rt, dp, addr))) {
+		if (r == -EAGAIN && uhmm__mover_yield(rt))
+			goto again;
 		/* Not migrated: the driver puts dp. */
 		m->src[i] &= ~UHMM_MIGRATE_PFN_MIGRATE;
 		migrate = false;
@@ -869,14 +1068,16 @@ static void finalize_system_page(struct uhmm_rt *rt, struct uhmm_migrate *m,
 			uhmm__stage_free(rt, slot, full);
 		return;
 	}
-	if (slot != E_SLOT_NONE) {
+	if (slot != E_SLOT_NONE && full) {
 		/* Put the page back where it was. */
-		bool emptied = false;
-
-		if (full && uhmm__stage_install(rt, addr, slot, &emptied) == 0)
+		r = uhmm__stage_install(rt, addr, slot, &emptied);
+		if (r == -EAGAIN && uhmm__mover_yield(rt))
+			goto again;
+		if (r == 0)
 			full = !emptied;
-		uhmm__stage_free(rt, slot, full);
 	}
+	if (slot != E_SLOT_NONE)
+		uhmm__stage_free(rt, slot, full);
 	if (e)
 		uhmm__pst_set(rt, vpn, e, 0);
 }
@@ -890,6 +1091,8 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 		return;
 	uhmm__stat_migrate_end(m->start, m->src, m->dst, m->npages,
 			       rt->page_size);
+	/* Pages go in with the readers held off (setup's unmap). */
+	uhmm__mover_begin(rt);
 	for (unsigned long i = 0; i < m->npages; i++) {
 		if ((m->src[i] & UHMM_MIGRATE_PFN_COMPOUND) && finalize_whole(rt, m, i)) {
 			i += PMD_PAGES - 1;
@@ -913,13 +1116,19 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 		 */
 		if (!sp && ms->slot[i] == E_SLOT_NONE)
 			continue;
-		if (sp)
+		if (sp) {
+			struct uhmm_page *put;
+
 			uhmm__finalize_device_page(rt, sp, addr, e,
 				stage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(m->dst[i])),
-				m->src[i] & UHMM_MIGRATE_PFN_MIGRATE);
-		else
+				m->src[i] & UHMM_MIGRATE_PFN_MIGRATE, &put);
+			if (put)
+				ms->puts[ms->nputs++] = put;
+		} else
 			finalize_system_page(rt, m, i, e);
 	}
+	uhmm__mover_end(rt);
+	flush_puts(ms);
 	/* The 2 MiB slots: warm huge pages stay, others are emptied. */
 	for (unsigned long k = 0; k < ms->nhs; k++) {
 		if (ms->hs_fate[k] == HS_DONTNEED)

@@ -31,13 +31,15 @@ UHMM_INTERNAL void uhmm__fork_done(struct uhmm_rt *rt);
  * system memory in staging slot @slot when @migrate, else it stays on
  * the device; a dropped entry gives the page back. @slot (-1: none) is
  * given back either way. Waiters on the entry are woken; the faulting
- * threads are the caller's to wake.
+ * threads are the caller's to wake. Under the mover hold; *put is a page
+ * reference for the caller to drop after it (or NULL).
  */
 UHMM_INTERNAL void uhmm__finalize_device_page(struct uhmm_rt *rt,
 					      struct uhmm_page *p,
 					      unsigned long addr,
 					      _Atomic uintptr_t *e, long slot,
-					      bool migrate);
+					      bool migrate,
+					      struct uhmm_page **put);
 
 /* ---- exclusive.c ---- */
 

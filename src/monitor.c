@@ -89,6 +89,8 @@ static void *reader_main(void *arg)
 		 * would be dropped, then moved).
 		 */
 		pthread_mutex_lock(&rt->rlock);
+		/* No mover between read() and the event's early part. */
+		pthread_rwlock_wrlock(&rt->movelock);
 		pthread_mutex_lock(&rt->qlock);
 		rt->in_read++;
 		pthread_mutex_unlock(&rt->qlock);
@@ -106,6 +108,7 @@ static void *reader_main(void *arg)
 		if (n < 0) {
 			pthread_cond_broadcast(&rt->qread);
 			pthread_mutex_unlock(&rt->qlock);
+			pthread_rwlock_unlock(&rt->movelock);
 			pthread_mutex_unlock(&rt->rlock);
 			if (n == -EAGAIN || n == -EINTR)
 				continue;
@@ -124,6 +127,7 @@ static void *reader_main(void *arg)
 		pthread_cond_broadcast(&rt->qcond);
 		pthread_cond_broadcast(&rt->qread);
 		pthread_mutex_unlock(&rt->qlock);
+		pthread_rwlock_unlock(&rt->movelock);
 		pthread_mutex_unlock(&rt->rlock);
 		/*
 		 * CPU faults on device pages, served here: one wake-up, no
@@ -372,8 +376,71 @@ static void cond_init_mono(pthread_cond_t *c)
 	pthread_condattr_destroy(&a);
 }
 
+/*
+ * Movers (migrate.c, evict.c, exclusive.c, fault-back installs) take
+ * pages into or out of the application's address space. While one holds
+ * the lock, no reader reads: a munmap, mremap or madvise that happens
+ * meanwhile leaves its event unread, the kernel's mmap_changing stays
+ * set, and every UFFDIO_MOVE, COPY and ZEROPAGE fails with EAGAIN. So a
+ * mover never takes a page of a new mapping for one of the old (after
+ * munmap and mmap at the same address), and never installs into one:
+ * an event read before the hold was taken has been applied (entries
+ * DROP), one not read yet makes the move fail. The readers' side (the
+ * rwlock's writer) is preferred: a stream of migrations cannot starve
+ * them.
+ */
+static _Thread_local unsigned int mover_depth;
+
+bool uhmm__in_mover(void)
+{
+	return mover_depth != 0;
+}
+
+void uhmm__mover_begin(struct uhmm_rt *rt)
+{
+	if (mover_depth++ == 0)
+		pthread_rwlock_rdlock(&rt->movelock);
+}
+
+void uhmm__mover_end(struct uhmm_rt *rt)
+{
+	if (--mover_depth == 0)
+		pthread_rwlock_unlock(&rt->movelock);
+}
+
+bool uhmm__mover_yield(struct uhmm_rt *rt)
+{
+	if (mover_depth != 1 || uhmm__on_monitor())
+		return false;
+	pthread_rwlock_unlock(&rt->movelock);
+	uhmm__wait_events_read(rt);
+	pthread_rwlock_rdlock(&rt->movelock);
+	return true;
+}
+
+bool uhmm__mover_pause(struct uhmm_rt *rt)
+{
+	if (mover_depth != 1)
+		return false;
+	pthread_rwlock_unlock(&rt->movelock);
+	mover_depth = 0;
+	return true;
+}
+
+void uhmm__mover_resume(struct uhmm_rt *rt)
+{
+	pthread_rwlock_rdlock(&rt->movelock);
+	mover_depth = 1;
+}
+
 int uhmm__monitor_init(struct uhmm_rt *rt)
 {
+	pthread_rwlockattr_t ra;
+
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&rt->movelock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	pthread_mutex_init(&rt->qlock, NULL);
 	pthread_mutex_init(&rt->rlock, NULL);
 	/* uhmm__wait_events_read() waits with a deadline on this clock. */
@@ -384,6 +451,7 @@ int uhmm__monitor_init(struct uhmm_rt *rt)
 
 void uhmm__monitor_destroy(struct uhmm_rt *rt)
 {
+	pthread_rwlock_destroy(&rt->movelock);
 	pthread_mutex_destroy(&rt->qlock);
 	pthread_mutex_destroy(&rt->rlock);
 	pthread_cond_destroy(&rt->qcond);

@@ -277,7 +277,9 @@ void *uhmm_migrate_pfn_to_addr(uint64_t mpfn)
  * A coherent page's frame from @addr to its pool slot (isolation): the
  * address becomes pte_none, so CPU accesses fault to uhmm and wait. A
  * slot that still holds a frame (its page was installed by copy) is
- * emptied first. A hole at @addr leaves the slot empty: zeros.
+ * emptied first. A hole at @addr leaves the slot empty: zeros. In a
+ * mover, -EINTR: the slot was emptied with the hold let go; check the
+ * entry, then call again.
  */
 int uhmm__coherent_isolate(struct uhmm_rt *rt, struct uhmm_page *p,
 			   unsigned long addr)
@@ -285,12 +287,23 @@ int uhmm__coherent_isolate(struct uhmm_rt *rt, struct uhmm_page *p,
 	int r = uhmm__uffd_move(rt, (uintptr_t)p->mem, addr, rt->page_size,
 				UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 
-	if (r == -EEXIST) {
+	if (r != -EEXIST)
+		return r;
+	/*
+	 * MADV_DONTNEED of the pool (registered) waits for a reader to read
+	 * its event: in a mover, with the hold let go, and -EINTR tells the
+	 * caller to check its entry again.
+	 */
+	if (uhmm__in_mover()) {
+		if (!uhmm__mover_pause(rt))
+			return -EBUSY;
 		uhmm__os_madvise(p->mem, rt->page_size, MADV_DONTNEED);
-		r = uhmm__uffd_move(rt, (uintptr_t)p->mem, addr, rt->page_size,
-				    UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
+		uhmm__mover_resume(rt);
+		return -EINTR;
 	}
-	return r;
+	uhmm__os_madvise(p->mem, rt->page_size, MADV_DONTNEED);
+	return uhmm__uffd_move(rt, (uintptr_t)p->mem, addr, rt->page_size,
+			       UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 }
 
 /*

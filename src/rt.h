@@ -100,6 +100,7 @@ struct uhmm_rt {
 	int running;		/* monitor threads that have started */
 	uint64_t nread;		/* batches read, under qlock */
 	pthread_mutex_t rlock;	/* readers: read() to queueing, in turn */
+	pthread_rwlock_t movelock;	/* readers (exclusive) vs movers */
 
 	/* notifier.c: the mmu_notifier_subscriptions counterpart. subs is
 	 * sorted by start and changes only while no invalidation runs
@@ -189,6 +190,24 @@ UHMM_INTERNAL void uhmm__wait_readers(struct uhmm_rt *rt);
 UHMM_INTERNAL void uhmm__wait_events_read(struct uhmm_rt *rt);
 /* Until every event read so far has run its invalidations. */
 UHMM_INTERNAL void uhmm__sync_events(struct uhmm_rt *rt);
+/*
+ * A mover takes pages into or out of the application's address space;
+ * while it holds this no reader reads, so a mapping change meanwhile
+ * makes its userfaultfd calls fail with EAGAIN rather than act on a new
+ * mapping (monitor.c). Nests. No driver callback, no madvise or munmap
+ * of a registered range, no wait for a reader inside.
+ */
+UHMM_INTERNAL void uhmm__mover_begin(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__mover_end(struct uhmm_rt *rt);
+UHMM_INTERNAL bool uhmm__in_mover(void);
+/* After EAGAIN, outermost mover on an application thread: let the
+ * readers read and apply what is pending, then hold again (the caller
+ * re-checks its entries). False elsewhere: the caller gives up. */
+UHMM_INTERNAL bool uhmm__mover_yield(struct uhmm_rt *rt);
+/* Let the hold go for something that may wait for a reader (false when
+ * nested: the caller does without), then take it again. */
+UHMM_INTERNAL bool uhmm__mover_pause(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__mover_resume(struct uhmm_rt *rt);
 
 /* ---- uffd.c: the userfaultfd error model (EAGAIN, EEXIST, ENOENT) ---- */
 

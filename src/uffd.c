@@ -53,7 +53,9 @@ static int uffd_do(struct uhmm_rt *rt, enum uffd_op op, unsigned long dst,
 			/* Bounded: a reader that never reads is a bug. */
 			if (++spins > 100000)
 				return -EAGAIN;
-			if (uhmm__on_monitor()) {
+			/* A mover must not wait for a read (the readers wait
+			 * for it): the caller yields and re-checks. */
+			if (uhmm__on_monitor() || uhmm__in_mover()) {
 				uhmm__note_eagain();
 				return -EAGAIN;
 			}

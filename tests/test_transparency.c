@@ -162,3 +162,78 @@ TEST(program_signal_call_after_uhmm_keeps_copies_fault_free)
 	ASSERT_EQ(uhmm_copy_nofault(buf, hole, 8, NULL), -EFAULT);
 	ASSERT_EQ(uhmm_copy_nofault(hole, buf, 8, NULL), -EFAULT);
 }
+/* ---- munmap and mmap at the same address while migrations run ---- */
+
+#define REMAP_PAGES 64
+
+struct remap_churn {
+	_Atomic(char *) where;	/* the mapping of the moment, or NULL */
+	_Atomic bool stop;
+	struct uhmm_dmirror *dm;
+	unsigned long ops;
+};
+
+/* Moves random ranges of whatever is mapped there to the device and
+ * back; never writes the memory (its read-back buffer is uhmm's). */
+static void *remap_churner(void *arg)
+{
+	struct remap_churn *c = arg;
+	char *back = uhmm_alloc(REMAP_PAGES * ps());
+	unsigned int seed = 99;
+
+	while (back && !atomic_load(&c->stop)) {
+		char *p = atomic_load(&c->where);
+		unsigned long i = (unsigned long)rand_r(&seed) % REMAP_PAGES;
+		unsigned long n = 1 + (unsigned long)rand_r(&seed) % (REMAP_PAGES - i);
+		struct uhmm_dmirror_cmd cmd;
+
+		if (!p)
+			continue;
+		dcmd(c->dm, (rand_r(&seed) & 1) ? UHMM_DMIRROR_MIGRATE_TO_DEV :
+			     UHMM_DMIRROR_MIGRATE_TO_SYS, p + i * ps(), back, n, &cmd);
+		c->ops++;
+	}
+	uhmm_free(back);
+	return NULL;
+}
+
+static bool all_zero(const char *p, unsigned long len)
+{
+	for (unsigned long i = 0; i < len; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+TEST_TIMEOUT(remap_same_address_while_migrating_keeps_data, 180)
+{
+	struct remap_churn c = { 0 };
+	int iters = UNDER_ASAN ? 300 : 2000, bad_zero = 0, bad_data = 0;
+	pthread_t t;
+
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(0, &c.dm), 0);
+	ASSERT_EQ(pthread_create(&t, NULL, remap_churner, &c), 0);
+	for (int k = 0; k < iters; k++) {
+		char *p = mmap(NULL, REMAP_PAGES * ps(), RW,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		ASSERT_TRUE(p != MAP_FAILED);
+		atomic_store(&c.where, p);
+		if (!all_zero(p, REMAP_PAGES * ps()))
+			bad_zero++;
+		fill(p, REMAP_PAGES, (uint32_t)k + 1);
+		usleep(200);
+		if (!check(p, REMAP_PAGES, (uint32_t)k + 1))
+			bad_data++;
+		atomic_store(&c.where, NULL);
+		ASSERT_EQ(munmap(p, REMAP_PAGES * ps()), 0);
+	}
+	atomic_store(&c.stop, true);
+	pthread_join(t, NULL);
+	printf("# %d iterations, %lu migrations: %d fresh mappings not zero, %d lost data\n",
+	       iters, c.ops, bad_zero, bad_data);
+	ASSERT_EQ(uhmm_dmirror_close(c.dm), 0);
+	ASSERT_EQ(bad_zero, 0);
+	ASSERT_EQ(bad_data, 0);
+}
