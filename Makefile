@@ -88,6 +88,7 @@ SHARED   := $(BUILD)/$(SOREAL)
 SHARED_LINKS := $(BUILD)/$(SONAME) $(BUILD)/libuhmm.so
 CLI      := $(BUILD)/uhmm
 TESTS    := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
+SHARED_TEST := $(BUILD)/tests/test_shared_heap
 BENCHES  := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 EXAMPLES := $(EX_SRCS:examples/%.c=$(BUILD)/examples/%)
 
@@ -134,7 +135,7 @@ endif
 all: libs cli tests benches examples
 libs: $(LIBS)
 cli: $(CLI)
-tests: $(TESTS)
+tests: $(TESTS) $(SHARED_TEST)
 benches: $(BENCHES)
 examples: $(EXAMPLES)
 
@@ -203,6 +204,13 @@ $(CLI): $(CLI_OBJS) $(CLI_BENCH_OBJS) $(STATIC)
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(STATIC)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
+
+# The one test linked against libuhmm.so (tests/shared_heap.c): a shared
+# library's thread-locals, unlike the archive's, are the DTV's.
+$(SHARED_TEST): $(BUILD)/obj/tests/shared_heap.o $(SHARED) $(SHARED_LINKS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< -L$(BUILD) -luhmm \
+		-Wl,-rpath,'$$ORIGIN/..' $(ALL_LDLIBS)
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(STATIC)
 	@mkdir -p $(@D)
