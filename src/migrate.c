@@ -46,6 +46,7 @@ struct mstate {
 	struct uhmm_page **puts;	/* references to drop after the hold */
 	unsigned long nputs;
 	bool gated;		/* counted in rt->mig_inflight */
+	unsigned long vma_start, vma_end;	/* the range's VMA */
 };
 
 
@@ -473,7 +474,7 @@ static void unclaim(struct uhmm_rt *rt, struct uhmm_migrate *m, unsigned long up
  * anonymous, not uhmm's arena) and whether the mapping is writable.
  */
 static int setup_check(struct uhmm_rt *rt, const struct uhmm_migrate *m,
-		       bool *anon, bool *writable)
+		       bool *anon, bool *writable, struct os_procmap_query *qp)
 {
 	struct os_procmap_query q;
 	int r;
@@ -500,6 +501,7 @@ static int setup_check(struct uhmm_rt *rt, const struct uhmm_migrate *m,
 		!(q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED) &&
 		!uhmm__alloc_owns(m->start, m->end);
 	*writable = q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE;
+	*qp = q;
 	return 0;
 }
 
@@ -544,6 +546,51 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
  * lock per block. Entries dropped since (their mapping went away) are
  * given back here: what is at their address now is new.
  */
+/*
+ * What the migrating thread itself touches until finalize returns: its
+ * stack from below the call (uhmm's frames and the driver's callbacks
+ * go deeper) to the top (the callers' frames), the struct uhmm_migrate
+ * and the src and dst arrays. Taken away,
+ * such a page would fault while the thread's own claim holds it (the
+ * kernel's thread runs in the kernel meanwhile, not on these pages).
+ * They are not collected, like pinned pages.
+ */
+#define SELF_STACK (256UL << 10)
+
+struct self_ranges {
+	unsigned long lo[4], hi[4];
+};
+
+static void self_ranges(const struct uhmm_migrate *m, struct self_ranges *r)
+{
+	const struct mstate *ms = (const struct mstate *)(uintptr_t)m->_private[0];
+	unsigned long sp = (uintptr_t)__builtin_frame_address(0);
+	unsigned long n = m->npages * sizeof(uint64_t);
+
+	/* In the VMA of this thread's stack, everything from below the
+	 * stack pointer to the top: every frame until finalize returns. */
+	r->lo[0] = r->hi[0] = 0;
+	if (sp >= ms->vma_start && sp < ms->vma_end) {
+		r->lo[0] = sp > SELF_STACK ? sp - SELF_STACK : 0;
+		r->hi[0] = ms->vma_end;
+	}
+	r->lo[1] = (uintptr_t)m;
+	r->hi[1] = (uintptr_t)m + sizeof(*m);
+	r->lo[2] = (uintptr_t)m->src;
+	r->hi[2] = (uintptr_t)m->src + n;
+	r->lo[3] = (uintptr_t)m->dst;
+	r->hi[3] = (uintptr_t)m->dst + n;
+}
+
+static bool is_self(const struct self_ranges *r, unsigned long a,
+		    unsigned long ps)
+{
+	for (int k = 0; k < 4; k++)
+		if (a < r->hi[k] && a + ps > r->lo[k])
+			return true;
+	return false;
+}
+
 static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 {
 	struct mstate *ms = mstate_of(m);
@@ -551,7 +598,9 @@ static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 	unsigned long n = m->npages, ndropped = 0;
 	struct stripe *s = NULL;
 	_Atomic uintptr_t *e = NULL;
+	struct self_ranges self;
 
+	self_ranges(m, &self);
 	for (unsigned long i = 0; i < n; i++) {
 		unsigned long vpn = (m->start >> shift) + i;
 		struct uhmm_page *p;
@@ -571,6 +620,8 @@ static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 		} else {
 			e++;
 		}
+		if (is_self(&self, vpn << shift, rt->page_size))
+			continue;
 		v = atomic_load(e);
 		if (ent_released(v)) {
 			/* Kept at the end of held[] until the locks are off. */
@@ -724,6 +775,7 @@ static void flush_puts(struct mstate *ms)
 
 int uhmm_migrate_setup(struct uhmm_migrate *m)
 {
+	struct os_procmap_query q;
 	struct uhmm_rt *rt;
 	struct mstate *ms;
 	bool anon, writable;
@@ -734,12 +786,14 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	rt = uhmm__rt_get(&err);
 	if (!rt)
 		return err;
-	err = setup_check(rt, m, &anon, &writable);
+	err = setup_check(rt, m, &anon, &writable, &q);
 	if (err)
 		return err;
 	ms = mstate_new(rt, m, (m->end - m->start) >> rt->page_shift);
 	if (!ms)
 		return -ENOMEM;
+	ms->vma_start = q.vma_start;
+	ms->vma_end = q.vma_end;
 	/*
 	 * Shared or file-backed VMAs: nothing moves (device migration needs
 	 * anonymous memory in the kernel too). Read-only ones: device-private

@@ -237,3 +237,42 @@ TEST_TIMEOUT(remap_same_address_while_migrating_keeps_data, 180)
 	ASSERT_EQ(bad_zero, 0);
 	ASSERT_EQ(bad_data, 0);
 }
+
+/* ---- a thread that migrates its own stack ---- */
+
+static __attribute__((noinline)) int migrate_own_stack(struct uhmm_dmirror *dm,
+						       char *back)
+{
+	char mine[3 * 4096];
+	unsigned long a = ((uintptr_t)mine & ~(ps() - 1)) - 16 * ps();
+	struct uhmm_dmirror_cmd c;
+	int r;
+
+	memset(mine, 0x5c, sizeof(mine));
+	/* 64 KiB below this array (the frames uhmm and dmirror push) and
+	 * the array's first pages. */
+	r = dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, (void *)a, back, 18, &c);
+	for (size_t i = 0; i < sizeof(mine); i++)
+		if (mine[i] != 0x5c)
+			return -1000;
+	return r;
+}
+
+TEST_TIMEOUT(thread_migrates_its_own_stack, 60)
+{
+	struct uhmm_dmirror *dm;
+	char *back;
+	int r;
+
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	back = uhmm_alloc(32 * ps());
+	ASSERT_NOT_NULL(back);
+	/* Whatever moves or stays (-ENOENT for pages that stayed), the
+	 * thread goes on and its stack holds its data. */
+	r = migrate_own_stack(dm, back);
+	printf("# MIGRATE_TO_DEV around the stack pointer: %d\n", r);
+	ASSERT_NE(r, -1000);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	uhmm_free(back);
+}
