@@ -23,6 +23,12 @@
 #include "harness.h"
 #include "util.h"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define ROUNDS 5	/* a sanitizer's run is 5 to 20 times slower */
+#else
+#define ROUNDS 20
+#endif
+
 #define SMALL 512	/* heap objects of the test, checked at the end */
 
 struct heapx {
@@ -80,7 +86,7 @@ TEST_TIMEOUT(whole_heap_migrated_while_faults_are_served, 120)
 	pthread_t t[4];
 	struct uhmm_dmirror *dm;
 	unsigned long moved = 0, s, e;
-	int rounds = UNDER_ASAN ? 5 : 20;
+	int rounds = ROUNDS;
 	char *back;
 
 	require_uffd(true);

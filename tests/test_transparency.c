@@ -26,6 +26,19 @@
 #include "harness.h"
 #include "util.h"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+#ifdef SANITIZED
+#define SHORTER 1	/* a sanitizer's run is 5 to 20 times slower */
+#else
+#define SHORTER 0
+#endif
+
 /* ---- fork() racing exclusive access: the child reads its data ---- */
 
 struct excl_churn {
@@ -54,7 +67,7 @@ static void *excl_churner(void *arg)
 TEST_TIMEOUT(fork_racing_exclusive_child_reads_data, 120)
 {
 	struct excl_churn c = { .n = 256 };
-	int bad = 0, forks = UNDER_ASAN ? 30 : 100;
+	int bad = 0, forks = SHORTER ? 30 : 100;
 	pthread_t t;
 
 	require_uffd(true);
@@ -85,13 +98,6 @@ TEST_TIMEOUT(fork_racing_exclusive_child_reads_data, 120)
 
 /* ---- a program's own SIGSEGV handler, installed after uhmm's ---- */
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
 #ifdef SANITIZED
 #define REQUIRE_CHAINING() \
 	SKIP("under a sanitizer its runtime owns sigaction(): uhmm chains no handler (docs/semantics.md)")
@@ -208,7 +214,7 @@ static bool all_zero(const char *p, unsigned long len)
 TEST_TIMEOUT(remap_same_address_while_migrating_keeps_data, 180)
 {
 	struct remap_churn c = { 0 };
-	int iters = UNDER_ASAN ? 300 : 2000, bad_zero = 0, bad_data = 0;
+	int iters = SHORTER ? 300 : 2000, bad_zero = 0, bad_data = 0;
 	pthread_t t;
 
 	require_uffd(true);
