@@ -462,7 +462,13 @@ static int dmirror_devmem_fault(struct uhmm_fault *vmf)
 	ret = uhmm__dmirror_migrate_setup(&m, start, end, src, dst, dev, flags,
 					  vmf->page);
 	if (ret == 0 && (vmf->address < m.start || vmf->address >= m.end)) {
-		/* Halving lost the faulting page: that page alone. */
+		/*
+		 * Halving lost the faulting page: that page alone. Nothing of
+		 * this setup migrates: no destination (dst[] is still the last
+		 * migration's, whose slots finalize would install and free).
+		 */
+		memset(dst, 0, sizeof(dst));
+		uhmm_migrate_pages(&m);
 		uhmm_migrate_finalize(&m);
 		ret = -EINVAL;
 	}
