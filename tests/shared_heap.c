@@ -23,11 +23,8 @@
 #include "harness.h"
 #include "util.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define ROUNDS 5	/* a sanitizer's run is 5 to 20 times slower */
-#else
-#define ROUNDS 20
-#endif
+/* A sanitizer's run is 5 to 20 times slower. */
+#define ROUNDS (UTIL_ASAN || UTIL_TSAN ? 5 : 20)
 
 #define SMALL 512	/* heap objects of the test, checked at the end */
 

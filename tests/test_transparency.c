@@ -26,18 +26,8 @@
 #include "harness.h"
 #include "util.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
-#ifdef SANITIZED
-#define SHORTER 1	/* a sanitizer's run is 5 to 20 times slower */
-#else
-#define SHORTER 0
-#endif
+/* A sanitizer's run is 5 to 20 times slower. */
+#define SHORTER (UTIL_ASAN || UTIL_TSAN)
 
 /* ---- fork() racing exclusive access: the child reads its data ---- */
 
@@ -98,7 +88,7 @@ TEST_TIMEOUT(fork_racing_exclusive_child_reads_data, 120)
 
 /* ---- a program's own SIGSEGV handler, installed after uhmm's ---- */
 
-#ifdef SANITIZED
+#if UTIL_ASAN || UTIL_TSAN
 #define REQUIRE_CHAINING() \
 	SKIP("under a sanitizer its runtime owns sigaction(): uhmm chains no handler (docs/semantics.md)")
 #else
