@@ -668,9 +668,17 @@ static void *touch_thread(void *a)
 TEST(migrate_concurrent_cpu_and_device)
 {
 	unsigned long n = 64;
-	char *p = map_anon(n * ps(), RW), *mirror = map_anon(n * ps(), RW);
-	struct uhmm_dmirror *dm = dopen(0);
+	char *p, *mirror;
+	struct uhmm_dmirror *dm;
 	struct uhmm_dmirror_cmd c;
+
+	/* The device READ faults device pages back from the kernel: with
+	 * UFFD_USER_MODE_ONLY it gets -EFAULT unless the CPU thread was
+	 * first (it passed or failed by the race). */
+	require_kernel_faults();
+	p = map_anon(n * ps(), RW);
+	mirror = map_anon(n * ps(), RW);
+	dm = dopen(0);
 
 	for (int r = 0; r < 20; r++) {
 		struct toucher t = { .p = p, .n = n, .base = r };
