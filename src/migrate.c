@@ -400,6 +400,20 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	ms->vma_start = q.vma_start;
 	ms->vma_end = q.vma_end;
 	/*
+	 * The live part of this thread's stack is never collected (see
+	 * self_ranges()), nor registered: a registration would split the
+	 * stack's VMA, and the kernel's own faults on its fresh pages would
+	 * go to uhmm (or fail, with UFFD_USER_MODE_ONLY).
+	 */
+	unsigned long sp = (uintptr_t)__builtin_frame_address(0);
+	unsigned long reg_end = m->end;
+
+	if (sp >= q.vma_start && sp < q.vma_end && sp > SELF_STACK &&
+	    reg_end > sp - SELF_STACK)
+		reg_end = (sp - SELF_STACK) & ~(rt->page_size - 1);
+	if (reg_end < m->start)
+		reg_end = m->start;
+	/*
 	 * Shared or file-backed VMAs: nothing moves (device migration needs
 	 * anonymous memory in the kernel too). Read-only ones: device-private
 	 * pages come back (installed by copy), but system and coherent pages
@@ -440,7 +454,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	 * yet), and a move out of a mapping uhmm does not watch would leave
 	 * a hole a CPU touch fills with zeros.
 	 */
-	err = uhmm__track_missing(rt, m->start, m->end);
+	err = reg_end > m->start ? uhmm__track_missing(rt, m->start, reg_end) : 0;
 	if (!err) {
 		ms->registered = true;
 		err = collect(rt, m, writable);
