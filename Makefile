@@ -12,6 +12,8 @@
 #   make check-valgrind                 the suite under valgrind memcheck
 #   make check-layers                   calls and includes of src/ go down
 #                                       src/LAYERS, dmirror/ and cli/ use the API
+#   make chaos SEEDS=3 MODE=migrate     real programs with and without their
+#                                       memory moving (tests/chaos/run.sh)
 #   make install PREFIX=/usr/local DESTDIR=/staging
 #   make uninstall / make clean
 #
@@ -89,6 +91,7 @@ SHARED_LINKS := $(BUILD)/$(SONAME) $(BUILD)/libuhmm.so
 CLI      := $(BUILD)/uhmm
 TESTS    := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 SHARED_TEST := $(BUILD)/tests/test_shared_heap
+CHAOS_LIB := $(BUILD)/libuhmm-chaos.so
 BENCHES  := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 EXAMPLES := $(EX_SRCS:examples/%.c=$(BUILD)/examples/%)
 
@@ -135,7 +138,7 @@ endif
 all: libs cli tests benches examples
 libs: $(LIBS)
 cli: $(CLI)
-tests: $(TESTS) $(SHARED_TEST)
+tests: $(TESTS) $(SHARED_TEST) $(CHAOS_LIB)
 benches: $(BENCHES)
 examples: $(EXAMPLES)
 
@@ -212,6 +215,14 @@ $(SHARED_TEST): $(BUILD)/obj/tests/shared_heap.o $(SHARED) $(SHARED_LINKS)
 	$(CC) $(ALL_LDFLAGS) -o $@ $< -L$(BUILD) -luhmm \
 		-Wl,-rpath,'$$ORIGIN/..' $(ALL_LDLIBS)
 
+# The chaos runner's LD_PRELOAD library (tests/chaos/chaos.c), linked
+# against libuhmm.so, which it finds beside itself. It exports mmap()
+# (it notes what libuhmm.so maps for itself) and nothing else that a
+# program would see.
+$(CHAOS_LIB): $(BUILD)/obj/tests/chaos/chaos.o $(SHARED) $(SHARED_LINKS)
+	$(CC) -shared -o $@ $< -L$(BUILD) -luhmm -Wl,-rpath,'$$ORIGIN' \
+		-Wl,-z,now $(ALL_LDFLAGS) $(ALL_LDLIBS)
+
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(STATIC)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
@@ -251,6 +262,21 @@ check-layers: libs
 
 run: all
 	$(CLI) demo
+
+# Real programs from Debian run twice, plainly and under libuhmm-chaos.so,
+# their outputs compared byte for byte (tests/chaos/run.sh, which prints
+# the kernel stacks of a run that hangs). MODE=off and MODE=read are the
+# controls. scripts/deps.sh --chaos installs the programs. Not part of
+# `make check`.
+SEEDS ?= 3
+MODE ?= migrate
+CHAOS_TIMEOUT ?= 120
+CHAOS_PROGRAMS ?=
+.PHONY: chaos
+chaos: $(CHAOS_LIB)
+	@sh scripts/deps.sh --chaos
+	bash tests/chaos/run.sh --lib $(CHAOS_LIB) --seeds $(SEEDS) \
+		--mode $(MODE) --timeout $(CHAOS_TIMEOUT) $(CHAOS_PROGRAMS)
 
 # The soak test alone for DURATION seconds (tests/soak.c; a short run of
 # it is tests/test_soak.c in `make check`).
@@ -361,7 +387,8 @@ clean:
 
 ALL_OBJS := $(LIB_OBJS) $(CLI_OBJS) \
 	$(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o) \
-	$(EX_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/soak.o
+	$(EX_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/soak.o \
+	$(BUILD)/obj/tests/chaos/chaos.o
 
 # The Debian packages the build uses (scripts/deps.sh: installs them as
 # root, else says what to install; never fails), once per build directory.

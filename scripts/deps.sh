@@ -6,10 +6,13 @@
 #   required: make, a C compiler, pkg-config (the install test)
 #   optional: systemtap-sdt-dev (<sys/sdt.h>: USDT probes; without it the
 #             probes compile to nothing)
+#   --chaos:  the programs tests/chaos/run.sh runs (make chaos), and gdb
+#             for the backtraces of a run that hangs
 #
 # As root on Debian/Ubuntu it runs apt-get install -y for what is missing;
 # otherwise it prints the command. It never fails the build: a package it
 # cannot install only costs the feature that needs it.
+# usage: scripts/deps.sh [--chaos]
 # env: UHMM_NO_DEPS=1 skips it.
 
 set -u
@@ -18,6 +21,10 @@ set -u
 command -v dpkg >/dev/null 2>&1 || exit 0
 
 pkgs="pkg-config systemtap-sdt-dev"
+if [ "${1:-}" = --chaos ]; then
+	pkgs="bash bc bzip2 coreutils diffutils gawk gdb git gzip jq make perl
+	      python3 sqlite3 xz-utils zstd"
+fi
 missing=""
 for p in $pkgs; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
