@@ -20,12 +20,14 @@
  * are malloc and free, so that the tools see every allocation.
  */
 #include <errno.h>
+#include <link.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <uhmm/uhmm.h>
 #include "base.h"
@@ -99,6 +101,93 @@ bool uhmm__alloc_owns(unsigned long start, unsigned long end)
 {
 	pthread_once(&A.once, arena_init);
 	return !A.libc && start < (uintptr_t)A.end && end > (uintptr_t)A.base;
+}
+
+/*
+ * The writable data (.data, .bss) of the C library, the dynamic loader
+ * and libuhmm itself: every thread reads it, uhmm's monitor threads and a
+ * migrating thread included (glibc's pthread_mutex_lock() reads
+ * __libc_single_threaded; libuhmm's globals are its state). A page of it
+ * on a device would be a fault the thread that serves it waits on. Never
+ * collected by a migration, as a pinned page is not (docs/semantics.md,
+ * M15). With libuhmm.a linked in, libuhmm's data is the program's.
+ */
+#define LIBDATA_MAX 8
+static struct {
+	pthread_once_t once;
+	int n;
+	unsigned long lo[LIBDATA_MAX], hi[LIBDATA_MAX];
+	unsigned long tls;	/* the modules' TLS blocks, loaded at start */
+} L = { .once = PTHREAD_ONCE_INIT };
+
+static bool libdata_wanted(const struct dl_phdr_info *info)
+{
+	const char *name = info->dlpi_name, *base = strrchr(name, '/');
+	unsigned long self = (uintptr_t)&libdata_wanted;
+
+	base = base ? base + 1 : name;
+	if (!strncmp(base, "libc.so", 7) || !strncmp(base, "ld-linux", 8) ||
+	    !strncmp(base, "ld64.so", 7) || !strncmp(base, "ld-musl", 7))
+		return true;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		unsigned long a = info->dlpi_addr + ph->p_vaddr;
+
+		if (ph->p_type == PT_LOAD && self >= a && self < a + ph->p_memsz)
+			return true;
+	}
+	return false;
+}
+
+static int libdata_one(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	unsigned long ps = (unsigned long)sysconf(_SC_PAGESIZE);
+
+	(void)size;
+	(void)arg;
+	for (int i = 0; i < info->dlpi_phnum; i++)
+		if (info->dlpi_phdr[i].p_type == PT_TLS)
+			L.tls += info->dlpi_phdr[i].p_memsz + info->dlpi_phdr[i].p_align;
+	if (!libdata_wanted(info))
+		return 0;
+	for (int i = 0; i < info->dlpi_phnum && L.n < LIBDATA_MAX; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		unsigned long a = info->dlpi_addr + ph->p_vaddr;
+
+		if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_W))
+			continue;
+		L.lo[L.n] = a & ~(ps - 1);
+		L.hi[L.n] = (a + ph->p_memsz + ps - 1) & ~(ps - 1);
+		L.n++;
+	}
+	return 0;
+}
+
+static void libdata_init(void)
+{
+	dl_iterate_phdr(libdata_one, NULL);
+}
+
+void uhmm__alloc_thread_area(unsigned long *lo, unsigned long *hi)
+{
+	unsigned long tp = (uintptr_t)__builtin_thread_pointer(), span;
+
+	pthread_once(&L.once, libdata_init);
+	/* Static TLS below the thread pointer and the thread's descriptor
+	 * above it (x86-64; the other way round on arm64), the C library's
+	 * surplus for later modules and its rseq area included. */
+	span = L.tls + 16384;
+	*lo = tp > span ? tp - span : 0;
+	*hi = tp + span;
+}
+
+bool uhmm__alloc_libdata(unsigned long start, unsigned long end)
+{
+	pthread_once(&L.once, libdata_init);
+	for (int i = 0; i < L.n; i++)
+		if (start < L.hi[i] && end > L.lo[i])
+			return true;
+	return false;
 }
 
 static void *carve(size_t len)

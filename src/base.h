@@ -62,6 +62,12 @@ UHMM_INTERNAL void uhmm__ivset_free(struct ivset *s);
 
 /* Whether [start, end) overlaps uhmm_alloc()'s arena (never migrated). */
 UHMM_INTERNAL bool uhmm__alloc_owns(unsigned long start, unsigned long end);
+/* [start, end) overlaps the writable data of the C library, the loader
+ * or libuhmm, which is never migrated either. */
+UHMM_INTERNAL bool uhmm__alloc_libdata(unsigned long start, unsigned long end);
+/* Around the calling thread's pointer: its descriptor (struct pthread,
+ * with the stack-protector canary and the robust list) and static TLS. */
+UHMM_INTERNAL void uhmm__alloc_thread_area(unsigned long *lo, unsigned long *hi);
 
 /* ---- guard.c ---- */
 

@@ -102,6 +102,8 @@ const struct uhmm_hooks uhmm__dispatch_hooks = {
 	.fault = fault,
 	.fork_prepare = fork_prepare,
 	.fork_parent = fork_parent,
+	.exec_prepare = uhmm__exec_prepare,
+	.exec_failed = uhmm__exec_failed,
 };
 
 int uhmm_shutdown(void)

@@ -13,6 +13,9 @@
 
 #include "mm.h"
 
+/* How far above the stack pointer the caller's frames may be. */
+#define SELF_STACK_EVICT (1UL << 20)
+
 /*
  * Collect the mapped pages [first, first + npages) of @pg, wherever they
  * are mapped (migrate_device_range): BUSY at their address, so a CPU
@@ -32,6 +35,10 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 	/* A munmap or madvise that returned has dropped its device pages
 	 * (as in uhmm_migrate_setup()): those are not collected. */
 	uhmm__wait_readers(rt);
+	/* This thread's stack and descriptor: it runs on them meanwhile. */
+	unsigned long sp = (uintptr_t)__builtin_frame_address(0), tlo, thi;
+
+	uhmm__alloc_thread_area(&tlo, &thi);
 	for (unsigned long i = 0; i < npages; i++) {
 		struct uhmm_page *p = uhmm_pagemap_page(pg, first + i);
 		unsigned long vpn = atomic_load(&p->vpn);
@@ -62,7 +69,22 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 		}
 		pthread_mutex_unlock(&s->lock);
 		r = 0;
-		while (src[i] && is_coherent(p) && !ent_dropped(atomic_load(e)) &&
+		/*
+		 * A coherent page of this thread's own stack or descriptor
+		 * (a private one would have come home when it ran): out of
+		 * the address while the driver copies it, the thread would
+		 * fault on it with its own claim held. Kept in place, as a
+		 * frame that cannot leave (below).
+		 */
+		if (src[i] && is_coherent(p)) {
+			unsigned long a = vpn << rt->page_shift;
+
+			if ((a < thi && a + rt->page_size > tlo) ||
+			    (a + rt->page_size + (256UL << 10) > sp &&
+			     a < sp + SELF_STACK_EVICT))
+				r = -EBUSY;
+		}
+		while (!r && src[i] && is_coherent(p) && !ent_dropped(atomic_load(e)) &&
 		       (r = uhmm__coherent_isolate(rt, p, vpn << rt->page_shift)) &&
 		       (r == -EINTR || (r == -EAGAIN && uhmm__mover_yield(rt))))
 			;

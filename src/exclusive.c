@@ -29,11 +29,15 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 	    !(q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE) ||
 	    q.vma_page_size > rt->page_size)
 		return -EINVAL;
-	/* A page of this thread's live stack (see migrate.c's self_ranges):
-	 * taken away, the thread would fault on it with its claim held. */
-	unsigned long sp = (uintptr_t)__builtin_frame_address(0);
+	/* A page of this thread's live stack, descriptor or static TLS, or
+	 * of the libraries' data (see migrate.c's self_ranges): taken away,
+	 * the thread would fault on it with its claim held. */
+	unsigned long sp = (uintptr_t)__builtin_frame_address(0), tlo, thi;
 
-	if (sp >= q.vma_start && sp < q.vma_end && addr + rt->page_size > sp - (256UL << 10))
+	uhmm__alloc_thread_area(&tlo, &thi);
+	if ((sp >= q.vma_start && sp < q.vma_end && addr + rt->page_size > sp - (256UL << 10)) ||
+	    (addr < thi && addr + rt->page_size > tlo) ||
+	    uhmm__alloc_libdata(addr, addr + rt->page_size))
 		return -EBUSY;
 	err = uhmm__stage_setup(rt);
 	if (err)

@@ -2,12 +2,21 @@
 /*
  * The device side of fork (the counterpart of dup_mmap's device-page
  * handling): the gate that keeps migrations and fork apart, and the
- * device pages brought home before the page tables are copied. The order
- * of a fork's steps is dispatch.c's. Layer 4.
+ * device pages brought home before the page tables are copied; and of
+ * exec (exec_mm_release): the pages the kernel reads during an exec.
+ * The order of a fork's steps is dispatch.c's. Layer 4.
  */
 #include <errno.h>
+#include <linux/futex.h>
+#include <stdint.h>
+#include <string.h>
 
 #include "mm.h"
+
+/* What execve reads of its arguments, at most (MAX_ARG_STRLEN; the
+ * strings of argv and envp together fit in ARG_MAX). */
+#define EXEC_MAX_STRLEN (32UL * 4096)
+#define EXEC_MAX_STRINGS (1UL << 20)
 
 /*
  * fork must not copy the page tables while a migration has pages out of
@@ -34,11 +43,22 @@ void uhmm__gate_exit(struct uhmm_rt *rt)
 	pthread_mutex_unlock(&rt->gate_lock);
 }
 
+/* Migrations held off, and those in flight waited for (fork and exec). */
+static void gate_close(struct uhmm_rt *rt)
+{
+	pthread_mutex_lock(&rt->gate_lock);
+	rt->fork_pending++;
+	while (rt->mig_inflight)
+		pthread_cond_wait(&rt->gate_cond, &rt->gate_lock);
+	pthread_mutex_unlock(&rt->gate_lock);
+}
+
 /* After fork (parent): migrations may start again. */
 void uhmm__fork_done(struct uhmm_rt *rt)
 {
 	pthread_mutex_lock(&rt->gate_lock);
-	rt->fork_pending = false;
+	if (rt->fork_pending)
+		rt->fork_pending--;
 	pthread_cond_broadcast(&rt->gate_cond);
 	pthread_mutex_unlock(&rt->gate_lock);
 }
@@ -71,13 +91,128 @@ static void fault_in(struct uhmm_rt *rt, unsigned long vpn,
  */
 void uhmm__fork_device_pages(struct uhmm_rt *rt)
 {
-	pthread_mutex_lock(&rt->gate_lock);
-	rt->fork_pending = true;
-	while (rt->mig_inflight)
-		pthread_cond_wait(&rt->gate_cond, &rt->gate_lock);
-	pthread_mutex_unlock(&rt->gate_lock);
+	gate_close(rt);
 	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
 		uhmm__pst_walk(rt, 0, 1ul << (4 * ST_BITS), fault_in, NULL);
+}
+
+/* ---- exec ---- */
+
+/* A CPU touch of @len bytes at @p, page by page (a fault-back where a
+ * page is on a device); false where the memory cannot be read. */
+static bool touch(struct uhmm_rt *rt, const void *p, size_t len)
+{
+	unsigned long a = (uintptr_t)p, end = a + len;
+	char c;
+
+	if (!len || end < a)
+		return len == 0;
+	for (a &= ~(rt->page_size - 1); a < end; a += rt->page_size) {
+		int r = -EFAULT;
+
+		for (int i = 0; i < 3 && r; i++)
+			r = uhmm_copy_nofault(&c, (void *)a, 1, NULL);
+		if (r)
+			return false;
+	}
+	return true;
+}
+
+/* A NUL-terminated string, at most @max bytes, in page-sized reads. */
+static void touch_str(struct uhmm_rt *rt, const char *s, size_t max)
+{
+	char buf[256];
+
+	while (s && max) {
+		unsigned long room = rt->page_size - ((uintptr_t)s & (rt->page_size - 1));
+		size_t n = room < sizeof(buf) ? room : sizeof(buf);
+
+		if (n > max)
+			n = max;
+		if (uhmm_copy_nofault(buf, s, n, NULL) &&
+		    (!touch(rt, s, 1) || uhmm_copy_nofault(buf, s, n, NULL)))
+			return;
+		if (memchr(buf, 0, n))
+			return;
+		s += n;
+		max -= n;
+	}
+}
+
+/* A NULL-terminated array of strings (argv, envp), as execve reads it. */
+static void touch_strv(struct uhmm_rt *rt, char *const v[])
+{
+	for (unsigned long i = 0; v && i < EXEC_MAX_STRINGS; i++) {
+		char *s;
+
+		if (!touch(rt, &v[i], sizeof(v[i])) ||
+		    uhmm_copy_nofault(&s, &v[i], sizeof(s), NULL) || !s)
+			return;
+		touch_str(rt, s, EXEC_MAX_STRLEN);
+	}
+}
+
+/* The calling thread's robust-futex list: its head, the entry being
+ * changed, and each entry with its futex word, as exit_robust_list()
+ * walks them (at most ROBUST_LIST_LIMIT entries). */
+static void touch_robust_list(struct uhmm_rt *rt)
+{
+	struct robust_list_head h, *head;
+	struct robust_list *e;
+	size_t len;
+
+	if (uhmm__os_robust_list((void **)&head, &len) || !head ||
+	    len < sizeof(h) || !touch(rt, head, sizeof(h)) ||
+	    uhmm_copy_nofault(&h, head, sizeof(h), NULL))
+		return;
+	if (h.list_op_pending)
+		touch(rt, (char *)h.list_op_pending + h.futex_offset, sizeof(uint32_t));
+	e = h.list.next;
+	for (int i = 0; e && e != &head->list && i < 2048; i++) {
+		touch(rt, (char *)e + h.futex_offset, sizeof(uint32_t));
+		if (!touch(rt, e, sizeof(*e)) ||
+		    uhmm_copy_nofault(&e, &e->next, sizeof(e), NULL))
+			return;
+	}
+}
+
+static _Thread_local bool exec_gated;
+
+/*
+ * Before execve and its kin (runtime.c's trampolines). The kernel reads
+ * the caller's arguments and environment before it kills the other
+ * threads (from kernel mode: with UFFD_USER_MODE_ONLY a page of them on a
+ * device fails the exec with EFAULT), and the caller's robust-futex list
+ * after (exec_mm_release): by then uhmm's monitor threads are gone, and a
+ * page of it on a device is a fault nobody serves (the exec hangs:
+ * tests/test_transparency.c, exec_with_tcb_on_device). Migrations are
+ * held off as for fork, so nothing leaves again before the exec, and
+ * those pages are brought home. The rest stays: the exec discards it.
+ */
+void uhmm__exec_prepare(struct uhmm_rt *rt, const char *path,
+			char *const argv[], char *const envp[])
+{
+	void *tid;
+
+	if (!atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		return;
+	gate_close(rt);
+	exec_gated = true;
+	touch_robust_list(rt);
+	if (!uhmm__os_tid_address(&tid) && tid)
+		touch(rt, tid, sizeof(int));
+	touch_str(rt, path, EXEC_MAX_STRLEN);
+	touch_strv(rt, argv);
+	touch_strv(rt, envp);
+}
+
+/* The exec failed: migrations may start again. */
+void uhmm__exec_failed(struct uhmm_rt *rt)
+{
+	if (!exec_gated)
+		return;
+	exec_gated = false;
+	uhmm__fork_done(rt);
 }
 
 int uhmm__fork_init(struct uhmm_rt *rt)

@@ -213,16 +213,19 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
 /*
  * What the migrating thread itself touches until finalize returns: its
  * stack from below the call (uhmm's frames and the driver's callbacks
- * go deeper) to the top (the callers' frames), the struct uhmm_migrate
- * and the src and dst arrays. Taken away,
- * such a page would fault while the thread's own claim holds it (the
- * kernel's thread runs in the kernel meanwhile, not on these pages).
- * They are not collected, like pinned pages.
+ * go deeper) to the top (the callers' frames), its descriptor and static
+ * TLS (the canary every call reads, errno), the struct uhmm_migrate and
+ * the src and dst arrays; and what every thread touches, the writable
+ * data of the C library, the loader and libuhmm. Taken away, such a page
+ * would fault while the thread's own claim (or the mover lock) holds it
+ * (the kernel's thread runs in the kernel meanwhile, not on these
+ * pages). They are not collected, like pinned pages (semantics M14, M15).
  */
 #define SELF_STACK (256UL << 10)
-
+#define SELF_N 5
 struct self_ranges {
-	unsigned long lo[4], hi[4];
+	unsigned long lo[SELF_N], hi[SELF_N];
+	bool libdata;		/* the range meets the libraries' data */
 };
 
 static void self_ranges(const struct uhmm_migrate *m, struct self_ranges *r)
@@ -244,15 +247,17 @@ static void self_ranges(const struct uhmm_migrate *m, struct self_ranges *r)
 	r->hi[2] = (uintptr_t)m->src + n;
 	r->lo[3] = (uintptr_t)m->dst;
 	r->hi[3] = (uintptr_t)m->dst + n;
+	uhmm__alloc_thread_area(&r->lo[4], &r->hi[4]);
+	r->libdata = uhmm__alloc_libdata(m->start, m->end);
 }
 
 static bool is_self(const struct self_ranges *r, unsigned long a,
 		    unsigned long ps)
 {
-	for (int k = 0; k < 4; k++)
+	for (int k = 0; k < SELF_N; k++)
 		if (a < r->hi[k] && a + ps > r->lo[k])
 			return true;
-	return false;
+	return r->libdata && uhmm__alloc_libdata(a, a + ps);
 }
 
 static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)

@@ -23,6 +23,9 @@ UHMM_INTERNAL void uhmm__gate_exit(struct uhmm_rt *rt);
 UHMM_INTERNAL void uhmm__fork_device_pages(struct uhmm_rt *rt);
 /* After fork (parent): migrations may start again. */
 UHMM_INTERNAL void uhmm__fork_done(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__exec_prepare(struct uhmm_rt *rt, const char *path,
+				      char *const argv[], char *const envp[]);
+UHMM_INTERNAL void uhmm__exec_failed(struct uhmm_rt *rt);
 
 /* ---- migrate.c ---- */
 

@@ -14,6 +14,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 
 #include "os.h"
@@ -498,5 +499,15 @@ int uhmm__os_yield(void)
 pid_t uhmm__os_getpid(void)
 {
 	return getpid();
+}
+
+int uhmm__os_robust_list(void **head, size_t *len)
+{
+	return ret_err((int)syscall(SYS_get_robust_list, 0, head, len));
+}
+
+int uhmm__os_tid_address(void **addr)
+{
+	return ret_err(prctl(PR_GET_TID_ADDRESS, addr, 0, 0, 0));
 }
 

@@ -172,6 +172,10 @@ int uhmm__os_procmap_query(int fd, struct os_procmap_query *q);
 /* signals and processes */
 int uhmm__os_sigaction(int sig, const struct sigaction *sa, struct sigaction *old);
 pid_t uhmm__os_getpid(void);
+/* The calling thread's robust-futex list head (get_robust_list), and the
+ * word the kernel clears at its exit (PR_GET_TID_ADDRESS); -errno. */
+int uhmm__os_robust_list(void **head, size_t *len);
+int uhmm__os_tid_address(void **addr);
 int uhmm__os_raise(int sig);
 int uhmm__os_yield(void);
 

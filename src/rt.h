@@ -47,6 +47,10 @@ struct uhmm_hooks {
 		      unsigned long read_seq);
 	void (*fork_prepare)(struct uhmm_rt *rt);
 	void (*fork_parent)(struct uhmm_rt *rt);
+	/* Before an exec system call, and after one that failed. */
+	void (*exec_prepare)(struct uhmm_rt *rt, const char *path,
+			     char *const argv[], char *const envp[]);
+	void (*exec_failed)(struct uhmm_rt *rt);
 };
 
 /* dispatch.c: the table rt_create stores (the one reference upward). */
@@ -144,7 +148,7 @@ struct uhmm_rt {
 	pthread_mutex_t gate_lock;
 	pthread_cond_t gate_cond;
 	unsigned long mig_inflight;
-	bool fork_pending;
+	unsigned int fork_pending;	/* forks and execs being prepared */
 
 	/* fault.c: read-ahead */
 	_Atomic unsigned long last_fault_vpn;

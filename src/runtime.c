@@ -6,9 +6,11 @@
  * a fork does, and each subsystem's state, are the hooks' (dispatch.c).
  * Layer 1.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -413,6 +415,136 @@ static void atfork_child(void)
 		rt->uffd = rt->evfd = rt->maps_fd = rt->pagemap_fd = -1;
 	}
 	atomic_store_explicit(&g_rt, NULL, memory_order_release);
+}
+
+/* ---- exec ---- */
+
+/*
+ * execve and its kin stand in front of the C library's (exported from
+ * libuhmm.so unversioned, as sigaction: src/uhmm.map): the device part of
+ * an exec (fork.c's uhmm__exec_prepare, through the hooks) runs first,
+ * and is undone when the call fails. The C library's own function does
+ * the work: its execvp searches PATH and falls back to /bin/sh as it
+ * always does. posix_spawn, system and popen exec from a child that
+ * shares nothing uhmm must bring home (its robust list is empty) and are
+ * left alone.
+ */
+#define UHMM_EXPORT __attribute__((visibility("default")))
+
+static void *libc_fn(const char *name)
+{
+	void *f = dlsym(RTLD_NEXT, name);
+
+	if (!f)
+		errno = ENOSYS;
+	return f;
+}
+
+static struct uhmm_rt *exec_begin(const char *path, char *const argv[],
+				  char *const envp[])
+{
+	struct uhmm_rt *rt = uhmm__rt_peek();
+
+	if (rt)
+		rt->hooks->exec_prepare(rt, path, argv, envp);
+	return rt;
+}
+
+static int exec_end(struct uhmm_rt *rt, int r)
+{
+	int e = errno;
+
+	if (rt)
+		rt->hooks->exec_failed(rt);
+	errno = e;
+	return r;
+}
+
+#define EXEC_CALL(name, type, path, argv, envp, ...)			\
+	do {								\
+		static type fn;						\
+		struct uhmm_rt *rt;					\
+									\
+		if (!fn && !(fn = (type)libc_fn(name)))			\
+			return -1;					\
+		rt = exec_begin(path, argv, envp);			\
+		return exec_end(rt, fn(__VA_ARGS__));			\
+	} while (0)
+
+typedef int (*execve_fn)(const char *, char *const[], char *const[]);
+typedef int (*execv_fn)(const char *, char *const[]);
+typedef int (*fexecve_fn)(int, char *const[], char *const[]);
+typedef int (*execveat_fn)(int, const char *, char *const[], char *const[], int);
+
+UHMM_EXPORT int execve(const char *path, char *const argv[], char *const envp[])
+{
+	EXEC_CALL("execve", execve_fn, path, argv, envp, path, argv, envp);
+}
+
+UHMM_EXPORT int execv(const char *path, char *const argv[])
+{
+	EXEC_CALL("execv", execv_fn, path, argv, environ, path, argv);
+}
+
+UHMM_EXPORT int execvp(const char *file, char *const argv[])
+{
+	EXEC_CALL("execvp", execv_fn, file, argv, environ, file, argv);
+}
+
+UHMM_EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+	EXEC_CALL("execvpe", execve_fn, file, argv, envp, file, argv, envp);
+}
+
+UHMM_EXPORT int fexecve(int fd, char *const argv[], char *const envp[])
+{
+	EXEC_CALL("fexecve", fexecve_fn, NULL, argv, envp, fd, argv, envp);
+}
+
+UHMM_EXPORT int execveat(int dirfd, const char *path, char *const argv[],
+			 char *const envp[], int flags)
+{
+	EXEC_CALL("execveat", execveat_fn, path, argv, envp, dirfd, path, argv,
+		  envp, flags);
+}
+
+/* The list forms: their arguments in an array, then the array forms. */
+#define EXEC_LIST(arg, ap, argv)					\
+	size_t n_ = 1;							\
+	va_start(ap, arg);						\
+	while (va_arg(ap, const char *))				\
+		n_++;							\
+	va_end(ap);							\
+	char *argv[n_ + 1];						\
+	argv[0] = (char *)arg;						\
+	va_start(ap, arg);						\
+	for (size_t i_ = 1; i_ <= n_; i_++)				\
+		argv[i_] = va_arg(ap, char *)
+
+UHMM_EXPORT int execl(const char *path, const char *arg, ...)
+{
+	va_list ap;
+	EXEC_LIST(arg, ap, argv);
+	va_end(ap);
+	return execv(path, argv);
+}
+
+UHMM_EXPORT int execlp(const char *file, const char *arg, ...)
+{
+	va_list ap;
+	EXEC_LIST(arg, ap, argv);
+	va_end(ap);
+	return execvp(file, argv);
+}
+
+UHMM_EXPORT int execle(const char *path, const char *arg, ...)
+{
+	va_list ap;
+	EXEC_LIST(arg, ap, argv);
+	char *const *envp = va_arg(ap, char *const *);
+
+	va_end(ap);
+	return execve(path, argv, envp);
 }
 
 /*

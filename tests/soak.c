@@ -130,6 +130,19 @@ struct soak_thread {
 	char *bounce;			/* SOAK_MAX_BOUNCE pages */
 	atomic_long op_start;		/* ms, 0 when between operations */
 	atomic_int kind;
+	struct soak_buf *cur;		/* the range of the operation under way */
+	unsigned long cur_first, cur_n;
+};
+
+/*
+ * The last operations of every thread, printed for a page found corrupt:
+ * which ones covered it, by whom, and when (a diagnosis starts there).
+ */
+#define SOAK_HIST 8192
+struct soak_hist {
+	long t0, t1;			/* ms since the start */
+	unsigned long first, n;
+	short kind, buf, thread;
 };
 
 struct soak_dev {
@@ -147,6 +160,8 @@ static struct {
 	atomic_int stop;
 	atomic_ulong ops[K_NKINDS];
 	atomic_ulong pages[K_NKINDS];
+	struct soak_hist hist[SOAK_HIST];
+	atomic_ulong nhist;
 	atomic_ulong fails;
 	/* Outcomes that are allowed but worth counting. */
 	atomic_ulong busy;		/* a device command gave up: -EBUSY */
@@ -245,9 +260,42 @@ static void soak_op_begin(struct soak_thread *t, enum soak_kind k)
 static void soak_op_end(struct soak_thread *t, enum soak_kind k,
 			unsigned long npages)
 {
+	unsigned long h = atomic_fetch_add_explicit(&soak.nhist, 1,
+						    memory_order_relaxed);
+	struct soak_hist *r = &soak.hist[h % SOAK_HIST];
+
+	if (t->cur) {
+		r->t0 = atomic_load(&t->op_start) - soak.t0;
+		r->t1 = soak_now_ms() - soak.t0;
+		r->first = t->cur_first;
+		r->n = k == K_MREMAP ? npages : t->cur_n;
+		r->kind = (short)k;
+		r->buf = (short)(t->cur - soak.buf);
+		r->thread = (short)(t - soak.threads);
+		t->cur = NULL;
+	} else {
+		r->n = 0;
+	}
 	atomic_fetch_add_explicit(&soak.ops[k], 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&soak.pages[k], npages, memory_order_relaxed);
 	atomic_store(&t->op_start, 0);
+}
+
+/* The recorded operations that covered page @pg of buffer @bi, oldest
+ * first (racy by design: printed after a failure, for a diagnosis). */
+static void soak_print_history(int bi, unsigned long pg)
+{
+	unsigned long end = atomic_load(&soak.nhist);
+	unsigned long h = end > SOAK_HIST ? end - SOAK_HIST : 0;
+
+	for (; h < end; h++) {
+		const struct soak_hist *r = &soak.hist[h % SOAK_HIST];
+
+		if (r->n && r->buf == bi && pg >= r->first && pg < r->first + r->n)
+			fprintf(stderr, "soak:   page history: %.3f-%.3f s %s (%s) pages %lu+%lu\n",
+				r->t0 / 1000.0, r->t1 / 1000.0, soak_kind_name[r->kind],
+				soak.threads[r->thread].name, r->first, r->n);
+	}
 }
 
 /* One command; *cpages (if not NULL) gets the pages it handled. */
@@ -360,6 +408,7 @@ static bool soak_verify(const void *p, int b, unsigned long pg, uint32_t v,
 		return true;
 	soak_describe(p, b, pg, v, d, sizeof(d));
 	soak_fail("%s: corruption: %s", who, d);
+	soak_print_history(b, pg);
 	return false;
 }
 
@@ -434,12 +483,15 @@ static void soak_pick(struct soak_thread *t, struct soak_buf *b,
 		*n = SOAK_THP_PAGES;
 		*first = (soak_rnd(t) % (b->npages / SOAK_THP_PAGES)) *
 			 SOAK_THP_PAGES;
-		return;
+	} else {
+		if (nn > b->npages)
+			nn = b->npages;
+		*n = nn;
+		*first = soak_rnd(t) % (b->npages - nn + 1);
 	}
-	if (nn > b->npages)
-		nn = b->npages;
-	*n = nn;
-	*first = soak_rnd(t) % (b->npages - nn + 1);
+	t->cur = b;
+	t->cur_first = *first;
+	t->cur_n = *n;
 }
 
 static char *soak_addr(struct soak_buf *b, unsigned long pg)

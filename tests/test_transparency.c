@@ -6,6 +6,7 @@
  * failure was narrowed down to.
  */
 #include <errno.h>
+#include <link.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -280,4 +282,223 @@ TEST_TIMEOUT(thread_migrates_its_own_stack, 60)
 	ASSERT_NE(r, -1000);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 	uhmm_free(back);
+}
+
+/* ---- exec with the caller's thread descriptor on a device ---- */
+
+static uintptr_t tcb_page;
+static _Atomic int tcb_moved;
+
+static void *move_tcb(void *arg)
+{
+	struct uhmm_dmirror *dm = arg;
+	struct uhmm_dmirror_cmd c;
+	char *back = uhmm_alloc(ps());
+
+	atomic_store(&tcb_moved, back ? dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV,
+					     (void *)tcb_page, back, 1, &c) == 0 &&
+					     c.cpages == 1 ? 1 : -1 : -1);
+	return NULL;
+}
+
+/* Waits for @pid at most @secs seconds: its status, or -1 (killed). */
+static int wait_deadline(pid_t pid, int secs)
+{
+	int st = 0;
+
+	for (int i = 0; i < secs * 100; i++) {
+		pid_t r = waitpid(pid, &st, WNOHANG);
+
+		if (r == pid)
+			return st;
+		usleep(10000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	return -1;
+}
+
+/*
+ * Another thread moves the page of the main thread's struct pthread (its
+ * robust-futex list head) to device-private memory; the main thread
+ * calls execve(). After killing the other threads, uhmm's among them,
+ * the kernel reads the robust list (exec_mm_release): with the page on
+ * the device, a fault nobody serves. Before uhmm's execve brought those
+ * pages home first, the exec hung 11 runs in 12 (found by the chaos
+ * runner: bash's exec of the last command of a script under jq).
+ */
+TEST_TIMEOUT(exec_with_tcb_on_device, 60)
+{
+	int st;
+	pid_t pid;
+
+	require_uffd(true);
+	/* The page of the robust list's head, in the thread's descriptor. */
+	void *head;
+	size_t len;
+
+	ASSERT_EQ(syscall(SYS_get_robust_list, 0, &head, &len), 0);
+	tcb_page = (uintptr_t)head & ~(ps() - 1);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		char *const argv[] = { "/bin/sh", "-c", "exit 7", NULL };
+		struct uhmm_dmirror *dm;
+		pthread_t t;
+
+		/* A first call binds the C library's execve lazily, which
+		 * would touch the descriptor's page (and bring it home). */
+		execve("/nonexistent/uhmm-test", argv, environ);
+		if (uhmm_dmirror_open(0, &dm))
+			_exit(2);
+		if (pthread_create(&t, NULL, move_tcb, dm))
+			_exit(3);
+		while (!atomic_load(&tcb_moved))
+			;
+		if (atomic_load(&tcb_moved) != 1)
+			_exit(4);
+		execve(argv[0], argv, environ);
+		_exit(5);
+	}
+	st = wait_deadline(pid, 20);
+	if (st == -1)
+		printf("# the exec hung (killed after 20 s)\n");
+	ASSERT_NE(st, -1);
+	ASSERT_TRUE(WIFEXITED(st));
+	/* 4: the page did not move, and the test tested nothing. */
+	ASSERT_EQ(WEXITSTATUS(st), 7);
+}
+
+/* ---- a thread that migrates its own descriptor, or libc's data ---- */
+
+struct libc_data {
+	unsigned long lo, hi;
+};
+
+static int find_libc_data(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	struct libc_data *d = arg;
+	const char *base = strrchr(info->dlpi_name, '/');
+
+	(void)size;
+	if (!strstr(base ? base : info->dlpi_name, "libc.so"))
+		return 0;
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+
+		if (ph->p_type == PT_LOAD && (ph->p_flags & PF_W)) {
+			d->lo = info->dlpi_addr + ph->p_vaddr;
+			d->hi = d->lo + ph->p_memsz;
+		}
+	}
+	return 1;
+}
+
+/*
+ * The calling thread moves the page that holds its own struct pthread
+ * (the stack-protector canary every call reads), then the pages of
+ * libc's .bss (pthread_mutex_lock() reads __libc_single_threaded) that
+ * lie in an anonymous mapping. Either would fault while the migration
+ * holds uhmm's readers off: both hung every time before. They are not
+ * collected (semantics M15): the commands return with nothing moved.
+ */
+TEST_TIMEOUT(thread_migrates_its_own_descriptor_and_libc_data, 60)
+{
+	struct libc_data d = { 0, 0 };
+	struct uhmm_dmirror_cmd c;
+	struct uhmm_dmirror *dm;
+	unsigned long a, first, last;
+	char *back;
+	int r;
+
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	back = uhmm_alloc(64 * ps());
+	ASSERT_NOT_NULL(back);
+	a = (uintptr_t)__builtin_thread_pointer() & ~(ps() - 1);
+	r = dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, (void *)a, back, 1, &c);
+	printf("# MIGRATE_TO_DEV of its own descriptor's page: %d, %llu moved\n",
+	       r, (unsigned long long)c.cpages);
+	ASSERT_TRUE(r == 0 || r == -ENOENT);
+	ASSERT_TRUE(r == -ENOENT || c.cpages == 0);
+
+	dl_iterate_phdr(find_libc_data, &d);
+	ASSERT_NE(d.hi, 0);
+	first = (d.lo + ps() - 1) & ~(ps() - 1);
+	last = (d.hi + ps() - 1) & ~(ps() - 1);
+	/* The whole pages past the file's end: an anonymous mapping (the
+	 * .bss pages in the file's mapping are not anonymous memory). */
+	for (a = first; a < last; a += ps()) {
+		r = dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, (void *)a, back, 1, &c);
+		ASSERT_TRUE(r == 0 || r == -ENOENT || r == -EINVAL);
+		ASSERT_TRUE(r != 0 || c.cpages == 0);
+	}
+	printf("# libc's writable data: %lu pages tried, none moved\n",
+	       (last - first) / ps());
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	uhmm_free(back);
+}
+
+/* ---- a program's signal(SIGSEGV) racing uhmm's first guarded copy ---- */
+
+static pthread_barrier_t race_go;
+static int race_delay;
+
+static void race_program_handler(int sig)
+{
+	(void)sig;
+	_exit(3);
+}
+
+static void *race_first_copy(void *arg)
+{
+	char src[64] = { 1 }, dst[64];
+
+	(void)arg;
+	pthread_barrier_wait(&race_go);
+	for (volatile int k = 0; k < race_delay; k++)
+		;
+	uhmm_copy_nofault(dst, src, sizeof(dst), NULL);
+	return NULL;
+}
+
+/*
+ * Each try, a fresh child: one thread's first uhmm_copy_nofault()
+ * installs uhmm's handler while the main thread calls signal(SIGSEGV).
+ * guard.c's sigaction() checked whether uhmm's handler was in without
+ * its lock: the program's handler could land in the kernel over uhmm's,
+ * and a guarded copy's fault went to it (1 to 2 tries in 10,000 before;
+ * tests/chaos/repro/sigaction_race.c).
+ */
+TEST_TIMEOUT(program_signal_racing_first_guarded_copy, 120)
+{
+	int lost = 0, tries = SHORTER ? 500 : 3000;
+
+	REQUIRE_CHAINING();
+	for (int i = 0; i < tries; i++) {
+		int st;
+		pid_t p;
+
+		race_delay = i % 150;
+		p = fork();
+		ASSERT_GE(p, 0);
+		if (p == 0) {
+			char buf[64];
+			pthread_t t;
+
+			pthread_barrier_init(&race_go, NULL, 2);
+			pthread_create(&t, NULL, race_first_copy, NULL);
+			pthread_barrier_wait(&race_go);
+			signal(SIGSEGV, race_program_handler);
+			pthread_join(t, NULL);
+			/* Unmapped: -EFAULT, or the program's handler (3). */
+			_exit(uhmm_copy_nofault(buf, (void *)8192, 64, NULL) == -EFAULT ? 0 : 4);
+		}
+		ASSERT_EQ(waitpid(p, &st, 0), p);
+		if (!WIFEXITED(st) || WEXITSTATUS(st))
+			lost++;
+	}
+	printf("# %d tries, %d guarded faults went to the program's handler\n",
+	       tries, lost);
+	ASSERT_EQ(lost, 0);
 }
