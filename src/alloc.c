@@ -174,9 +174,10 @@ void uhmm__alloc_thread_area(unsigned long *lo, unsigned long *hi)
 
 	pthread_once(&L.once, libdata_init);
 	/* Static TLS below the thread pointer and the thread's descriptor
-	 * above it (x86-64; the other way round on arm64), the C library's
-	 * surplus for later modules and its rseq area included. */
-	span = L.tls + 16384;
+	 * above it (x86-64; the other way round on arm64): the modules' TLS
+	 * and a page for the C library's surplus and alignment, a page for
+	 * the descriptor (about 2.3 KiB with its rseq area). */
+	span = L.tls + 4096;
 	*lo = tp > span ? tp - span : 0;
 	*hi = tp + span;
 }

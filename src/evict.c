@@ -38,7 +38,7 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 	/* This thread's stack and descriptor: it runs on them meanwhile. */
 	unsigned long sp = (uintptr_t)__builtin_frame_address(0), tlo, thi;
 
-	uhmm__alloc_thread_area(&tlo, &thi);
+	uhmm__thread_area(rt, &tlo, &thi);
 	for (unsigned long i = 0; i < npages; i++) {
 		struct uhmm_page *p = uhmm_pagemap_page(pg, first + i);
 		unsigned long vpn = atomic_load(&p->vpn);

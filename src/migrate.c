@@ -228,7 +228,34 @@ struct self_ranges {
 	bool libdata;		/* the range meets the libraries' data */
 };
 
-static void self_ranges(const struct uhmm_migrate *m, struct self_ranges *r)
+/*
+ * The calling thread's descriptor and static TLS: around its thread
+ * pointer (alloc.c's estimate), within the mapping that holds it (the
+ * main thread's is a small mapping of its own, which the application's
+ * next mmap may sit right against). Once per thread.
+ */
+void uhmm__thread_area(struct uhmm_rt *rt, unsigned long *lo, unsigned long *hi)
+{
+	static _Thread_local unsigned long t_lo, t_hi;
+	struct os_procmap_query q;
+
+	if (!t_hi) {
+		unsigned long tp = (uintptr_t)__builtin_thread_pointer();
+
+		uhmm__alloc_thread_area(&t_lo, &t_hi);
+		if (uhmm__vma_query(rt, tp, &q) == 0 && q.vma_start <= tp) {
+			if (t_lo < q.vma_start)
+				t_lo = q.vma_start;
+			if (t_hi > q.vma_end)
+				t_hi = q.vma_end;
+		}
+	}
+	*lo = t_lo;
+	*hi = t_hi;
+}
+
+static void self_ranges(struct uhmm_rt *rt, const struct uhmm_migrate *m,
+			struct self_ranges *r)
 {
 	const struct mstate *ms = (const struct mstate *)(uintptr_t)m->_private[0];
 	unsigned long sp = (uintptr_t)__builtin_frame_address(0);
@@ -247,7 +274,7 @@ static void self_ranges(const struct uhmm_migrate *m, struct self_ranges *r)
 	r->hi[2] = (uintptr_t)m->src + n;
 	r->lo[3] = (uintptr_t)m->dst;
 	r->hi[3] = (uintptr_t)m->dst + n;
-	uhmm__alloc_thread_area(&r->lo[4], &r->hi[4]);
+	uhmm__thread_area(rt, &r->lo[4], &r->hi[4]);
 	r->libdata = uhmm__alloc_libdata(m->start, m->end);
 }
 
@@ -269,7 +296,7 @@ static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 	_Atomic uintptr_t *e = NULL;
 	struct self_ranges self;
 
-	self_ranges(m, &self);
+	self_ranges(rt, m, &self);
 	for (unsigned long i = 0; i < n; i++) {
 		unsigned long vpn = (m->start >> shift) + i;
 		struct uhmm_page *p;

@@ -29,6 +29,11 @@ UHMM_INTERNAL void uhmm__exec_failed(struct uhmm_rt *rt);
 
 /* ---- migrate.c ---- */
 
+/* The calling thread's descriptor and static TLS (never collected by
+ * its own migrations): [*lo, *hi). */
+UHMM_INTERNAL void uhmm__thread_area(struct uhmm_rt *rt, unsigned long *lo,
+				   unsigned long *hi);
+
 /*
  * The one finalize of a device page collected at @addr (entry @e): to
  * system memory in staging slot @slot when @migrate, else it stays on

@@ -194,11 +194,14 @@ TEST_TIMEOUT(installed_files_and_symbols, 120)
 		     s.root), 0);
 	ASSERT_EQ(sh(&s, "readelf --dyn-syms -W '%s/usr/lib/libuhmm.so' | grep -q ' uhmm_range_fault@@UHMM_0\\.1$'",
 		     s.root), 0);
-	/* Only uhmm_* is exported (and the version node itself), and the
-	 * two definitions of signal chaining (src/guard.c, semantics.md). */
+	/* Only uhmm_* is exported (and the version node itself), the two
+	 * definitions of signal chaining (src/guard.c, semantics.md 17) and
+	 * the exec family (src/runtime.c, semantics.md M16). */
 	ASSERT_EQ(sh(&s, "nm -D --defined-only '%s/usr/lib/libuhmm.so' | "
 		     "awk '{print $3}' | grep -v -e '^uhmm_' -e '^UHMM_0\\.1$' "
-		     "-e '^sigaction$' -e '^signal$' | { ! grep .; }", s.root), 0);
+		     "-e '^sigaction$' -e '^signal$' "
+		     "-e '^exec[lv]p\\{0,1\\}e\\{0,1\\}$' -e '^execvpe$' "
+		     "-e '^fexecve$' -e '^execveat$' | { ! grep .; }", s.root), 0);
 	ASSERT_EQ(sh(&s, "%s pkg-config --modversion uhmm | grep -qx \"$(%s pkg-config --modversion uhmm)\" && "
 		     "%s pkg-config --exists 'uhmm >= 0.1'", s.pc, s.pc, s.pc), 0);
 	stage_remove(&s);
