@@ -281,8 +281,10 @@ static void soak_op_end(struct soak_thread *t, enum soak_kind k,
 	atomic_store(&t->op_start, 0);
 }
 
-/* The recorded operations that covered page @pg of buffer @bi, oldest
- * first (racy by design: printed after a failure, for a diagnosis). */
+/* The recorded operations near page @pg of buffer @bi (within 256
+ * pages; '*': they covered it), oldest first. Racy by design: printed
+ * after a failure, for a diagnosis. */
+__attribute__((no_sanitize_thread))
 static void soak_print_history(int bi, unsigned long pg)
 {
 	unsigned long end = atomic_load(&soak.nhist);
@@ -291,8 +293,10 @@ static void soak_print_history(int bi, unsigned long pg)
 	for (; h < end; h++) {
 		const struct soak_hist *r = &soak.hist[h % SOAK_HIST];
 
-		if (r->n && r->buf == bi && pg >= r->first && pg < r->first + r->n)
-			fprintf(stderr, "soak:   page history: %.3f-%.3f s %s (%s) pages %lu+%lu\n",
+		if (r->n && r->buf == bi && pg + 256 >= r->first &&
+		    pg < r->first + r->n + 256)
+			fprintf(stderr, "soak:   page history:%c%.3f-%.3f s %s (%s) pages %lu+%lu\n",
+				pg >= r->first && pg < r->first + r->n ? '*' : ' ',
 				r->t0 / 1000.0, r->t1 / 1000.0, soak_kind_name[r->kind],
 				soak.threads[r->thread].name, r->first, r->n);
 	}

@@ -11,7 +11,11 @@
  * are not, nor libc's .bss (__libc_single_threaded, which
  * pthread_mutex_lock() reads), nor the pages of an eviction
  * (uhmm_dmirror_close() of a coherent device that holds such a page).
- * Hangs every time at 3200d74.
+ * Hung every time at 3200d74. Fixed: a migration does not collect its
+ * caller's descriptor and static TLS, nor libc's, the loader's and
+ * libuhmm's data (semantics M14, M15): the command returns -ENOENT.
+ * Regression test: tests/test_transparency.c,
+ * thread_migrates_its_own_descriptor_and_libc_data.
  *
  *   cc -O2 -Iinclude tests/chaos/repro/migrate_own_tls.c -Lbuild -luhmm \
  *	-Wl,-rpath,$PWD/build -o /tmp/own_tls && timeout 10 /tmp/own_tls

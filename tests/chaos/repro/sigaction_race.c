@@ -7,7 +7,9 @@
  * fault goes to the program's handler. guard.c's sigaction() checks
  * `installed` without install_lock and then calls the real sigaction().
  * Each try is a fresh child; it exits 3 when the program's handler got
- * the fault. 1 or 2 in 10000 here, at 6ec5a8a and 3200d74. Apart from
+ * the fault. 1 or 2 in 10000 here, at 6ec5a8a and 3200d74; fixed
+ * (sigaction() decides under install_lock; regression test:
+ * tests/test_transparency.c, program_signal_racing_first_guarded_copy). Apart from
  * this race, a libuhmm.so that comes after the C library in the lookup
  * order (a preload or a dlopen'd driver that depends on it) interposes
  * nothing: bzip2's signal(SIGSEGV) then replaces uhmm's handler, and a
