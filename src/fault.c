@@ -5,8 +5,9 @@
  * thread, is decoded from the page's entry (pstate.c) and served by one
  * function per entry kind: a hole gets the zero page as a first touch
  * would, an exclusive entry is revoked (exclusive.c), a device-private
- * page comes back through its owner's migrate_to_ram (retried, then
- * poisoned), a claimed page is left to its claimer. Read-ahead widens
+ * page comes back through its owner's migrate_to_ram (a failure retried,
+ * then poisoned; a decline asked again, backing off, until it agrees),
+ * a claimed page is left to its claimer. Read-ahead widens
  * migrate_to_ram's window on sequential faults. Layer 4.
  */
 #include <errno.h>
@@ -16,8 +17,18 @@
 
 /* migrate_to_ram attempts for one CPU fault before it gets SIGBUS. */
 #define FAULT_BACK_TRIES 4
+/* Retries of one fault for other reasons (EINTR, a claim let go) before
+ * the thread is woken to fault again. Declines do not count. */
+#define FAULT_TRIES 1000
+/* The longest wait between two calls of a migrate_to_ram that declines. */
+#define FAULT_DECLINE_MAX_MS 32
 
-enum fault_ret { FAULT_DONE, FAULT_AGAIN };
+/*
+ * DONE: the fault is settled (the thread woken, or left to whoever will
+ * wake it). AGAIN: decode the entry again now. DECLINED: migrate_to_ram
+ * returned 0 and the page is still on the device, unclaimed.
+ */
+enum fault_ret { FAULT_DONE, FAULT_AGAIN, FAULT_DECLINED };
 
 /*
  * A hole: the zero page, as a first touch would. Called with the stripe
@@ -170,9 +181,54 @@ static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
 		uhmm__os_uffd_poison(rt->uffd, addr, rt->page_size);
 		return FAULT_DONE;
 	}
-	/* Installed (the MOVE woke the faulting threads), or migrate_to_ram
-	 * declined and the page is still there: ask again. */
-	return v ? FAULT_AGAIN : FAULT_DONE;
+	/* Installed: the MOVE woke the faulting threads. */
+	if (!v)
+		return FAULT_DONE;
+	/* migrate_to_ram declined (returned 0 and left the page where it
+	 * is): the kernel would retry the access; ask again, later. */
+	if (r == 0 && v == ent_mk_page(p))
+		return FAULT_DECLINED;
+	/* Claimed by another migration, or dropped: decode it again. */
+	return FAULT_AGAIN;
+}
+
+/*
+ * After migrate_to_ram declined for the @declines-th time in a row: wait
+ * 1, 2, 4, ... up to FAULT_DECLINE_MAX_MS ms, or until the entry changes
+ * (a migration took the page, a munmap dropped it), and until no reader
+ * is applying an event. The kernel re-executes the access at once and
+ * calls migrate_to_ram again, as often as the driver declines; here the
+ * faulting thread sleeps in the kernel, so the retries need not burn a
+ * CPU. Returns false when the runtime is stopping: the caller wakes the
+ * thread, which faults again (on a runtime that is going away).
+ */
+static bool fault_decline_wait(struct uhmm_rt *rt, struct stripe *s,
+			       _Atomic uintptr_t *e, uintptr_t v, int declines)
+{
+	long ms = declines < 16 ? 1L << (declines - 1) : FAULT_DECLINE_MAX_MS;
+	struct timespec ts;
+	bool stop;
+
+	if (ms > FAULT_DECLINE_MAX_MS)
+		ms = FAULT_DECLINE_MAX_MS;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += ms * 1000 * 1000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&s->lock);
+	while (atomic_load(e) == v &&
+	       pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
+		;
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&rt->qlock);
+	stop = rt->qstop;
+	pthread_mutex_unlock(&rt->qlock);
+	if (stop)
+		return false;
+	uhmm__wait_readers(rt);
+	return true;
 }
 
 /*
@@ -186,11 +242,11 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 {
 	unsigned long vpn = addr >> rt->page_shift;
 	struct stripe *s = pst_stripe(rt, vpn);
-	int failures = 0, counted = 0;
+	int failures = 0, counted = 0, declines = 0, tries = 0;
 
 	addr &= ~(rt->page_size - 1);
 	uhmm__wait_readers(rt);
-	for (int tries = 0; tries < 1000; tries++) {
+	while (tries++ < FAULT_TRIES) {
 		_Atomic uintptr_t *e = uhmm__pst_entry(rt, vpn, false);
 		struct uhmm_page *p;
 		uintptr_t v;
@@ -239,10 +295,27 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
-		if (fault_device(rt, addr, e, p, write, read_seq,
-				 &failures) == FAULT_DONE)
+		switch (fault_device(rt, addr, e, p, write, read_seq,
+				     &failures)) {
+		case FAULT_DONE:
 			return;
+		case FAULT_DECLINED:
+			/* For as long as the driver declines: the access
+			 * waits for it, as in the kernel. */
+			tries = 0;
+			if (!fault_decline_wait(rt, s, e, ent_mk_page(p),
+						++declines)) {
+				uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+				return;
+			}
+			break;
+		case FAULT_AGAIN:
+			break;
+		}
 	}
+	/* Never leave the thread asleep: it faults again, and a reader
+	 * serves the new message. */
+	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 }
 
 int uhmm__fault_init(struct uhmm_rt *rt)

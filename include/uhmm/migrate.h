@@ -45,7 +45,10 @@ struct uhmm_pagemap_ops {
 	 * back to system memory with uhmm_migrate_setup(SELECT_DEVICE_PRIVATE,
 	 * fault_page = vmf->page) / pages / finalize. Runs on a uhmm
 	 * monitor thread. Return 0, or -errno to make the access fail
-	 * (SIGBUS, as VM_FAULT_SIGBUS).
+	 * (SIGBUS, as VM_FAULT_SIGBUS). Returning 0 without migrating
+	 * (declining for now) is allowed: the access keeps waiting, and
+	 * uhmm calls it again after 1, 2, 4, ... ms (at most 32 ms apart)
+	 * until the page has left the device.
 	 */
 	int (*migrate_to_ram)(struct uhmm_fault *vmf);
 };

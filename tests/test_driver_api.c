@@ -1,0 +1,341 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * What a driver ported from the kernel relies on (issue 14): a
+ * migrate_to_ram that declines for a while, the order range_fault reports
+ * for a device THP once its mapping changed, the VMA lookup, the
+ * notifier accessors. A minimal driver of its own (the "toy") for the
+ * fault-back cases; dmirror for the THP ones.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <uhmm/migrate.h>
+#include "harness.h"
+#include "util.h"
+
+#define DEV_PAGES 256
+
+/* A toy device: pages of a pagemap, backed by a buffer of its own. */
+struct toy {
+	struct uhmm_pagemap *pg;
+	char *mem;			/* DEV_PAGES pages of device memory */
+	pthread_mutex_t lock;
+	unsigned long free[DEV_PAGES];
+	unsigned long nfree;
+	atomic_int to_ram_calls;
+	atomic_long decline_until_ms;	/* migrate_to_ram returns 0 until */
+};
+
+static struct toy toy;
+
+static void toy_page_free(struct uhmm_page *p)
+{
+	pthread_mutex_lock(&toy.lock);
+	toy.free[toy.nfree++] = uhmm_page_index(p);
+	pthread_mutex_unlock(&toy.lock);
+}
+
+static char *toy_mem(struct uhmm_page *p)
+{
+	return toy.mem + uhmm_page_index(p) * ps();
+}
+
+static struct uhmm_page *toy_alloc(void)
+{
+	struct uhmm_page *p = NULL;
+
+	pthread_mutex_lock(&toy.lock);
+	if (toy.nfree)
+		p = uhmm_pagemap_page(toy.pg, toy.free[--toy.nfree]);
+	pthread_mutex_unlock(&toy.lock);
+	if (p)
+		uhmm_page_init(p);
+	return p;
+}
+
+/* Device -> system for the faulting page. */
+static int toy_to_ram(unsigned long addr, struct uhmm_page *fault_page)
+{
+	uint64_t src = 0, dst = 0;
+	struct uhmm_migrate m = {
+		.start = addr, .end = addr + ps(), .src = &src, .dst = &dst,
+		.pgmap_owner = &toy,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+		.fault_page = fault_page,
+	};
+	int r = uhmm_migrate_setup(&m);
+
+	if (r)
+		return r;
+	if ((src & UHMM_MIGRATE_PFN_MIGRATE) && uhmm_migrate_pfn_to_page(src) &&
+	    uhmm_migrate_alloc_system(&dst) == 0)
+		memcpy(uhmm_migrate_pfn_to_addr(dst),
+		       toy_mem(uhmm_migrate_pfn_to_page(src)), ps());
+	uhmm_migrate_pages(&m);
+	uhmm_migrate_finalize(&m);
+	return 0;
+}
+
+/*
+ * Declines (returns 0 without migrating) until decline_until_ms, as xe's
+ * timeslice or one of amdkfd's early returns does; then migrates.
+ */
+static int toy_migrate_to_ram(struct uhmm_fault *vmf)
+{
+	atomic_fetch_add(&toy.to_ram_calls, 1);
+	if (now_ms() < atomic_load(&toy.decline_until_ms))
+		return 0;
+	return toy_to_ram(vmf->address, vmf->page);
+}
+
+static const struct uhmm_pagemap_ops toy_ops = {
+	.page_free = toy_page_free,
+	.migrate_to_ram = toy_migrate_to_ram,
+};
+
+static void toy_init(void)
+{
+	require_uffd(true);
+	memset(&toy, 0, sizeof(toy));
+	pthread_mutex_init(&toy.lock, NULL);
+	toy.mem = map_anon(DEV_PAGES * ps(), RW);
+	ASSERT_NOT_NULL(toy.mem);
+	ASSERT_EQ(uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &toy, &toy_ops,
+				      DEV_PAGES, &toy.pg), 0);
+	for (unsigned long i = 0; i < DEV_PAGES; i++)
+		toy.free[toy.nfree++] = DEV_PAGES - 1 - i;
+}
+
+/* System -> device for [p, p + n pages); returns pages migrated. */
+static long toy_to_dev(char *p, unsigned long n)
+{
+	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
+	struct uhmm_migrate m = {
+		.start = (unsigned long)p, .end = (unsigned long)p + n * ps(),
+		.src = src, .dst = dst, .pgmap_owner = &toy,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM,
+	};
+	long moved = 0;
+	int r = uhmm_migrate_setup(&m);
+
+	if (r) {
+		free(src);
+		free(dst);
+		return r;
+	}
+	for (unsigned long i = 0; i < n; i++) {
+		struct uhmm_page *dp;
+
+		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			continue;
+		dp = toy_alloc();
+		if (!dp)
+			continue;
+		if (src[i] & UHMM_MIGRATE_PFN_VALID)
+			memcpy(toy_mem(dp), uhmm_migrate_pfn_to_addr(src[i]), ps());
+		else
+			memset(toy_mem(dp), 0, ps());
+		dst[i] = uhmm_migrate_pfn_device(dp);
+	}
+	uhmm_migrate_pages(&m);
+	for (unsigned long i = 0; i < n; i++)
+		moved += !!(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	uhmm_migrate_finalize(&m);
+	for (unsigned long i = 0; i < n; i++)
+		if (dst[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			uhmm_page_put(uhmm_migrate_pfn_to_page(dst[i]));
+	free(src);
+	free(dst);
+	return moved;
+}
+
+static bool resident(const char *p)
+{
+	unsigned char v = 0;
+
+	mincore((void *)p, ps(), &v);
+	return v & 1;
+}
+
+/* ------------------------------------------- a migrate_to_ram that declines */
+
+struct access {
+	volatile uint64_t *addr;
+	bool write;
+	uint64_t value;		/* read, or written */
+	atomic_bool done;
+};
+
+static void *access_main(void *arg)
+{
+	struct access *a = arg;
+
+	if (a->write)
+		*a->addr = a->value;
+	else
+		a->value = *a->addr;
+	atomic_store(&a->done, true);
+	return NULL;
+}
+
+/* Waits up to @ms for the access; true if it completed. */
+static bool access_wait(struct access *a, long ms)
+{
+	long deadline = now_ms() + ms;
+
+	while (!atomic_load(&a->done) && now_ms() < deadline)
+		usleep(1000);
+	return atomic_load(&a->done);
+}
+
+/*
+ * The kernel retries the access after a migrate_to_ram that returned 0
+ * without migrating (do_swap_page returns, the access faults again) for
+ * as long as the driver declines. uhmm called it again in a tight loop,
+ * up to 1000 times, and then left the faulting thread asleep for good.
+ */
+static void decline_then_migrate(bool write, long decline_ms)
+{
+	char *p = map_anon(4 * ps(), RW);
+	struct access a = { .write = write };
+	pthread_t t;
+	int calls;
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	for (int i = 0; i < 4; i++)
+		((uint64_t *)(p + i * ps()))[1] = 0x5eed0000u + (uint64_t)i;
+	ASSERT_EQ(toy_to_dev(p, 4), 4);
+	ASSERT_FALSE(resident(p + ps()));
+
+	a.addr = (volatile uint64_t *)(p + ps()) + 1;
+	a.value = write ? 0xfeedfaceull : 0;
+	atomic_store(&toy.decline_until_ms, now_ms() + decline_ms);
+	ASSERT_EQ(pthread_create(&t, NULL, access_main, &a), 0);
+	/* Done once the driver agrees, well within a few seconds. */
+	if (!access_wait(&a, decline_ms + 5000)) {
+		calls = atomic_load(&toy.to_ram_calls);
+		TH_LOG("access not completed after %ld ms; migrate_to_ram called %d times",
+		       decline_ms + 5000, calls);
+		ASSERT_TRUE(atomic_load(&a.done));
+	}
+	pthread_join(t, NULL);
+	calls = atomic_load(&toy.to_ram_calls);
+	TH_LOG("migrate_to_ram called %d times over a %ld ms decline", calls,
+	       decline_ms);
+	/* Backed off: a few calls, not a tight loop. */
+	ASSERT_GE(calls, 2);
+	ASSERT_LT(calls, 50);
+	if (write) {
+		ASSERT_EQ(((uint64_t *)(p + ps()))[1], 0xfeedfaceull);
+	} else {
+		ASSERT_EQ(a.value, 0x5eed0001ull);
+	}
+	ASSERT_TRUE(resident(p + ps()));
+	/* The other pages are still on the device, with their data. */
+	ASSERT_FALSE(resident(p));
+	for (int i = 0; i < 4; i++) {
+		if (i == 1)
+			continue;
+		ASSERT_EQ(((uint64_t *)(p + i * ps()))[1], 0x5eed0000u + (uint64_t)i);
+	}
+	munmap(p, 4 * ps());
+}
+
+TEST_TIMEOUT(migrate_to_ram_declines_then_read_completes, 20)
+{
+	decline_then_migrate(false, 300);
+}
+
+TEST_TIMEOUT(migrate_to_ram_declines_then_write_completes, 20)
+{
+	decline_then_migrate(true, 300);
+}
+
+/* A short decline costs little: the first retries come within ms. */
+TEST_TIMEOUT(migrate_to_ram_declines_briefly_completes_soon, 20)
+{
+	char *p = map_anon(ps(), RW);
+	struct access a = { 0 };
+	pthread_t t;
+	long t0;
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	((uint64_t *)p)[0] = 42;
+	ASSERT_EQ(toy_to_dev(p, 1), 1);
+	a.addr = (volatile uint64_t *)p;
+	t0 = now_ms();
+	atomic_store(&toy.decline_until_ms, t0 + 2);
+	ASSERT_EQ(pthread_create(&t, NULL, access_main, &a), 0);
+	ASSERT_TRUE(access_wait(&a, 5000));
+	pthread_join(t, NULL);
+	TH_LOG("completed after %ld ms, %d calls", now_ms() - t0,
+	       atomic_load(&toy.to_ram_calls));
+	ASSERT_EQ(a.value, 42);
+	ASSERT_LT(now_ms() - t0, 1000);
+}
+
+/*
+ * munmap while the driver declines: the access cannot complete (the
+ * thread would read a fresh page, but it is not the one that touches it
+ * here), and the reader that keeps asking must notice the page is gone
+ * rather than keep calling migrate_to_ram for a page that no longer is.
+ */
+TEST_TIMEOUT(migrate_to_ram_declining_page_unmapped_stops_calls, 20)
+{
+	char *p = map_anon(2 * ps(), RW);
+	struct access a = { 0 };
+	pthread_t t;
+	int calls;
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	((uint64_t *)p)[0] = 7;
+	ASSERT_EQ(toy_to_dev(p, 2), 2);
+	a.addr = (volatile uint64_t *)p;
+	atomic_store(&toy.decline_until_ms, now_ms() + 3600 * 1000L);
+	ASSERT_EQ(pthread_create(&t, NULL, access_main, &a), 0);
+	while (atomic_load(&toy.to_ram_calls) < 2)
+		usleep(1000);
+	/* MADV_DONTNEED: the page is dropped; the access reads zeros. */
+	ASSERT_EQ(madvise(p, ps(), MADV_DONTNEED), 0);
+	ASSERT_TRUE(access_wait(&a, 5000));
+	pthread_join(t, NULL);
+	ASSERT_EQ(a.value, 0);
+	calls = atomic_load(&toy.to_ram_calls);
+	usleep(200 * 1000);
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), calls);
+	munmap(p, 2 * ps());
+}
+
+/* A driver that never agrees does not keep uhmm_shutdown() waiting. */
+TEST_TIMEOUT(migrate_to_ram_declining_forever_shutdown_returns, 20)
+{
+	char *p = map_anon(ps(), RW);
+	struct access a = { 0 };
+	pthread_t t;
+	long t0;
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	((uint64_t *)p)[0] = 7;
+	ASSERT_EQ(toy_to_dev(p, 1), 1);
+	a.addr = (volatile uint64_t *)p;
+	atomic_store(&toy.decline_until_ms, now_ms() + 3600 * 1000L);
+	ASSERT_EQ(pthread_create(&t, NULL, access_main, &a), 0);
+	while (atomic_load(&toy.to_ram_calls) < 2)
+		usleep(1000);
+	t0 = now_ms();
+	ASSERT_EQ(uhmm_shutdown(), 0);
+	ASSERT_LT(now_ms() - t0, 2000);
+	/* The access completes once the runtime is gone (its data went
+	 * with the device page: what is read is not checked). */
+	ASSERT_TRUE(access_wait(&a, 5000));
+	pthread_join(t, NULL);
+}
