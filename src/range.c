@@ -81,6 +81,11 @@ struct vma_ctx {
 	bool devices;		/* some pages live on devices */
 	bool coherent;		/* some pages are coherent device memory */
 	uint64_t order_bits;	/* for huge pages */
+	unsigned long vma_start, vma_end;
+	/* device_order()'s last 2 MiB block and its answer. */
+	unsigned long thp_blk;
+	uint64_t thp_order;
+	bool thp_valid;
 };
 
 #define PM_MMAP_EXCLUSIVE (1ULL << 56)
@@ -157,11 +162,42 @@ static uint64_t device_flags(const struct vma_ctx *v, unsigned long addr)
 	if (!p || uhmm_page_owner(p) != v->range->dev_private_owner ||
 	    !v->range->dev_private_owner)
 		return 0;
-	/* A device THP maps at PMD order, as the kernel reports it. */
 	return UHMM_PFN_VALID | UHMM_PFN_DEVICE_PRIVATE |
 	       (v->writable ? UHMM_PFN_WRITE : 0) |
-	       ((uint64_t)uhmm_page_order(p) << UHMM_PFN_ORDER_SHIFT) |
 	       (((uint64_t)(uintptr_t)p >> 3) & UHMM_PFN_FRAME_MASK);
+}
+
+/*
+ * The order bits of the device page @df names, at @addr. A device THP
+ * maps at PMD order, as the kernel reports it, only while its PMD would
+ * still be whole: the 2 MiB block around @addr lies inside this VMA (one
+ * protection) and holds the THP's 512 pages in order. A munmap,
+ * MADV_DONTNEED or mprotect of part of it, or an mremap of it (or of
+ * part) to an address that is not 2 MiB-aligned, splits the kernel's
+ * PMD: base pages. Checked once per block (512 entry lookups).
+ */
+static uint64_t device_order(struct vma_ctx *v, unsigned long addr, uint64_t df)
+{
+	struct uhmm_page *p = frame_page(df & UHMM_PFN_FRAME_MASK), *head;
+	unsigned long blk = addr & ~(PMD_BYTES - 1);
+	unsigned int shift = v->rt->page_shift;
+
+	if (!(df & UHMM_PFN_DEVICE_PRIVATE) || !uhmm_page_order(p))
+		return 0;
+	if (v->thp_valid && v->thp_blk == blk)
+		return v->thp_order;
+	v->thp_valid = true;
+	v->thp_blk = blk;
+	v->thp_order = 0;
+	head = p->head;
+	if (!head || blk < v->vma_start || blk + PMD_BYTES > v->vma_end ||
+	    (PMD_BYTES >> shift) != PMD_PAGES)
+		return 0;
+	for (unsigned long i = 0; i < PMD_PAGES; i++)
+		if (uhmm__device_page_at(v->rt, blk + (i << shift)) != head + i)
+			return 0;
+	v->thp_order = (uint64_t)uhmm_page_order(p) << UHMM_PFN_ORDER_SHIFT;
+	return v->thp_order;
 }
 
 static bool satisfied(uint64_t req, uint64_t out)
@@ -316,7 +352,7 @@ static int fault_regions(const struct vma_ctx *v, const struct os_page_region *r
 	return r ? r : run.faulted;
 }
 
-static int fill_regions(const struct vma_ctx *v, const struct os_page_region *reg,
+static int fill_regions(struct vma_ctx *v, const struct os_page_region *reg,
 			size_t nreg, unsigned long from, unsigned long to)
 {
 	struct uhmm_range *range = v->range;
@@ -363,6 +399,7 @@ static int fill_regions(const struct vma_ctx *v, const struct os_page_region *re
 				 */
 				if (!satisfied(request(range, i + x), df))
 					return -EBUSY;
+				df |= device_order(v, rs + (x << shift), df);
 				pfns[i + x] = (pfns[i + x] & UHMM_PFN_INOUT_FLAGS) | df;
 			}
 		} else {
@@ -385,6 +422,8 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 		.range = range,
 		.writable = q->vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE,
 		.shared = q->vma_flags & OS_PROCMAP_QUERY_VMA_SHARED,
+		.vma_start = q->vma_start,
+		.vma_end = q->vma_end,
 	};
 
 	v.cow_check = rt->forked && v.writable && !v.shared;
@@ -471,6 +510,7 @@ static int walk_vma(struct uhmm_rt *rt, struct uhmm_range *range,
 				return -EBUSY;
 			continue;	/* scan the same chunk again */
 		}
+		v.thp_valid = false;	/* a fault may have changed it */
 		r = fill_regions(&v, reg, (size_t)n, cur, to);
 		if (r)
 			return r;

@@ -339,3 +339,179 @@ TEST_TIMEOUT(migrate_to_ram_declining_forever_shutdown_returns, 20)
 	ASSERT_TRUE(access_wait(&a, 5000));
 	pthread_join(t, NULL);
 }
+
+/* ------------------------------------------- the order of a device THP */
+
+#define TWOMEG (2UL << 20)
+#define LOCAL_R UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL
+#define LOCAL_W (UHMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL | UHMM_DMIRROR_PROT_WRITE)
+
+static unsigned long npg(void)
+{
+	return TWOMEG / ps();
+}
+
+/*
+ * A device THP at a 2 MiB-aligned block in the middle of a 6 MiB
+ * mapping (so that the block has neighbours on both sides): an empty,
+ * THP-eligible block migrates whole (SELECT_COMPOUND), without needing a
+ * huge page from the kernel. *dmp: the open dmirror device.
+ */
+static char *device_thp(struct uhmm_dmirror **dmp)
+{
+	char *b, *p, *mirror;
+	struct uhmm_dmirror_cmd c;
+
+	require_uffd(true);
+	b = map_anon(3 * TWOMEG, RW);
+	ASSERT_NOT_NULL(b);
+	p = (char *)(((uintptr_t)b + TWOMEG - 1) & ~(TWOMEG - 1));
+	ASSERT_EQ(madvise(p, TWOMEG, MADV_HUGEPAGE), 0);
+	mirror = map_anon(TWOMEG, RW);
+	ASSERT_NOT_NULL(mirror);
+	ASSERT_EQ(uhmm_dmirror_open(0, dmp), 0);
+	ASSERT_EQ(dcmd(*dmp, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+	ASSERT_EQ(c.cpages, npg());
+	munmap(mirror, TWOMEG);
+	return p;
+}
+
+/* SNAPSHOT of @n pages at @p: every byte must be @want. */
+static void snap_all(struct uhmm_dmirror *dm, char *p, unsigned long n,
+		     unsigned char want)
+{
+	unsigned char *b = calloc(n, 1);
+	struct uhmm_dmirror_cmd c;
+
+	ASSERT_NOT_NULL(b);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_SNAPSHOT, p, b, n, &c), 0);
+	for (unsigned long i = 0; i < n; i++) {
+		if (b[i] != want)
+			TH_LOG("page %lu of %lu: 0x%02x, want 0x%02x", i, n,
+			       b[i], want);
+		ASSERT_EQ(b[i], want);
+	}
+	free(b);
+}
+
+/* Unchanged, the whole block reports PMD order (the control). */
+TEST(device_thp_order_whole_block)
+{
+	struct uhmm_dmirror *dm;
+	char *p = device_thp(&dm);
+
+	snap_all(dm, p, npg(), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* munmap of half the block: the kernel splits the PMD; the rest are base
+ * pages. */
+TEST(device_thp_order_after_partial_munmap)
+{
+	struct uhmm_dmirror *dm;
+	char *p = device_thp(&dm);
+
+	ASSERT_EQ(munmap(p + TWOMEG / 2, TWOMEG / 2), 0);
+	snap_all(dm, p, npg() / 2, LOCAL_W);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* MADV_DONTNEED of one page inside the block: the others are base pages. */
+TEST(device_thp_order_after_dontneed_of_one_page)
+{
+	struct uhmm_dmirror *dm;
+	char *p = device_thp(&dm);
+
+	ASSERT_EQ(madvise(p + 7 * ps(), ps(), MADV_DONTNEED), 0);
+	snap_all(dm, p, 7, LOCAL_W);
+	snap_all(dm, p + 8 * ps(), npg() - 8, LOCAL_W);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* mprotect of part of the block splits the VMA and the PMD: base pages
+ * on both sides, each with its own protection. */
+TEST(device_thp_order_after_partial_mprotect)
+{
+	struct uhmm_dmirror *dm;
+	char *p = device_thp(&dm);
+
+	ASSERT_EQ(mprotect(p, TWOMEG / 4, PROT_READ), 0);
+	snap_all(dm, p, npg() / 4, LOCAL_R | UHMM_DMIRROR_PROT_READ);
+	snap_all(dm, p + TWOMEG / 4, npg() - npg() / 4, LOCAL_W);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* mprotect of the whole block keeps the PMD (change_huge_pmd): still a
+ * device THP, read-only (the control). */
+TEST(device_thp_order_after_whole_mprotect)
+{
+	struct uhmm_dmirror *dm;
+	char *p = device_thp(&dm);
+
+	ASSERT_EQ(mprotect(p, TWOMEG, PROT_READ), 0);
+	/* The block is a VMA of its own now, still aligned and whole. */
+	snap_all(dm, p, npg(), LOCAL_R | UHMM_DMIRROR_PROT_READ |
+		 UHMM_DMIRROR_PROT_PMD);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* mremap of the block to an address that is not 2 MiB-aligned: the
+ * kernel splits the PMD on the move; base pages at the new address. */
+TEST(device_thp_order_after_unaligned_mremap)
+{
+	struct uhmm_dmirror *dm;
+	char *p = device_thp(&dm);
+	char *dst = map_anon(3 * TWOMEG, RW);
+	char *t = (char *)(((uintptr_t)dst + TWOMEG - 1) & ~(TWOMEG - 1)) + ps();
+
+	ASSERT_NOT_NULL(dst);
+	ASSERT_EQ(mremap(p, TWOMEG, TWOMEG, MREMAP_MAYMOVE | MREMAP_FIXED, t),
+		  (void *)t);
+	snap_all(dm, t, npg(), LOCAL_W);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* mremap of the block to another aligned address keeps the PMD (the
+ * control); moving half of it away splits it. */
+TEST(device_thp_order_after_aligned_and_half_mremap)
+{
+	struct uhmm_dmirror *dm;
+	char *p = device_thp(&dm);
+	char *dst = map_anon(4 * TWOMEG, RW);
+	char *t = (char *)(((uintptr_t)dst + TWOMEG - 1) & ~(TWOMEG - 1));
+
+	ASSERT_NOT_NULL(dst);
+	ASSERT_EQ(mremap(p, TWOMEG, TWOMEG, MREMAP_MAYMOVE | MREMAP_FIXED, t),
+		  (void *)t);
+	snap_all(dm, t, npg(), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
+	/* The second half goes to the next aligned block, at its start. */
+	ASSERT_EQ(mremap(t + TWOMEG / 2, TWOMEG / 2, TWOMEG / 2,
+			 MREMAP_MAYMOVE | MREMAP_FIXED, t + TWOMEG),
+		  (void *)(t + TWOMEG));
+	snap_all(dm, t, npg() / 2, LOCAL_W);
+	snap_all(dm, t + TWOMEG, npg() / 2, LOCAL_W);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/*
+ * A block split, then restored exactly (moved to an unaligned address and
+ * back to an aligned one): the kernel's PTEs stay split (base pages);
+ * uhmm sees the THP's pages whole and in order again and reports PMD
+ * order (docs/semantics.md M18).
+ */
+TEST(device_thp_order_split_then_restored_reports_pmd_again)
+{
+	struct uhmm_dmirror *dm;
+	char *p = device_thp(&dm);
+	char *dst = map_anon(4 * TWOMEG, RW);
+	char *t = (char *)(((uintptr_t)dst + TWOMEG - 1) & ~(TWOMEG - 1));
+
+	ASSERT_NOT_NULL(dst);
+	ASSERT_EQ(mremap(p, TWOMEG, TWOMEG, MREMAP_MAYMOVE | MREMAP_FIXED,
+			 t + ps()), (void *)(t + ps()));
+	snap_all(dm, t + ps(), npg(), LOCAL_W);
+	ASSERT_EQ(mremap(t + ps(), TWOMEG, TWOMEG, MREMAP_MAYMOVE | MREMAP_FIXED,
+			 t + 2 * TWOMEG), (void *)(t + 2 * TWOMEG));
+	snap_all(dm, t + 2 * TWOMEG, npg(), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
