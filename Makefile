@@ -13,7 +13,8 @@
 #   make check-layers                   calls and includes of src/ go down
 #                                       src/LAYERS, dmirror/ and cli/ use the API
 #   make chaos SEEDS=3 MODE=migrate     real programs with and without their
-#                                       memory moving (tests/chaos/run.sh)
+#                                       memory moving (tests/chaos/run.sh;
+#                                       a short run is in make check)
 #   make install PREFIX=/usr/local DESTDIR=/staging
 #   make uninstall / make clean
 #
@@ -92,6 +93,7 @@ CLI      := $(BUILD)/uhmm
 TESTS    := $(TEST_SRCS:tests/%.c=$(BUILD)/tests/%)
 SHARED_TEST := $(BUILD)/tests/test_shared_heap
 CHAOS_LIB := $(BUILD)/libuhmm-chaos.so
+CHAOS_TEST := $(BUILD)/tests/test_chaos
 BENCHES  := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 EXAMPLES := $(EX_SRCS:examples/%.c=$(BUILD)/examples/%)
 
@@ -138,7 +140,7 @@ endif
 all: libs cli tests benches examples
 libs: $(LIBS)
 cli: $(CLI)
-tests: $(TESTS) $(SHARED_TEST) $(CHAOS_LIB)
+tests: $(TESTS) $(SHARED_TEST) $(CHAOS_LIB) $(CHAOS_TEST)
 benches: $(BENCHES)
 examples: $(EXAMPLES)
 
@@ -223,6 +225,12 @@ $(CHAOS_LIB): $(BUILD)/obj/tests/chaos/chaos.o $(SHARED) $(SHARED_LINKS)
 	$(CC) -shared -o $@ $< -L$(BUILD) -luhmm -Wl,-rpath,'$$ORIGIN' \
 		-Wl,-z,now $(ALL_LDFLAGS) $(ALL_LDLIBS)
 
+# make check's short chaos run (tests/chaos/test_chaos.c runs
+# tests/chaos/run.sh with $(CHAOS_LIB) on a few programs).
+$(CHAOS_TEST): $(BUILD)/obj/tests/chaos/test_chaos.o $(STATIC)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
+
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(STATIC)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
@@ -266,17 +274,23 @@ run: all
 # Real programs from Debian run twice, plainly and under libuhmm-chaos.so,
 # their outputs compared byte for byte (tests/chaos/run.sh, which prints
 # the kernel stacks of a run that hangs). MODE=off and MODE=read are the
-# controls. scripts/deps.sh --chaos installs the programs. Not part of
-# `make check`.
+# controls. scripts/deps.sh --chaos installs the programs. `make check`
+# runs a short version (test_chaos: 6 programs, the MODE=off control and
+# one seed); .ci/run the controls and 10 seeds over every program.
+# CHAOS_BUDGET: no run starts after that many seconds (0: no limit).
 SEEDS ?= 3
+FIRST_SEED ?= 1
 MODE ?= migrate
 CHAOS_TIMEOUT ?= 120
+CHAOS_BUDGET ?= 0
 CHAOS_PROGRAMS ?=
 .PHONY: chaos
 chaos: $(CHAOS_LIB)
 	@sh scripts/deps.sh --chaos
 	bash tests/chaos/run.sh --lib $(CHAOS_LIB) --seeds $(SEEDS) \
-		--mode $(MODE) --timeout $(CHAOS_TIMEOUT) $(CHAOS_PROGRAMS)
+		--first-seed $(FIRST_SEED) --mode $(MODE) \
+		--timeout $(CHAOS_TIMEOUT) --budget $(CHAOS_BUDGET) \
+		$(CHAOS_PROGRAMS)
 
 # The soak test alone for DURATION seconds (tests/soak.c; a short run of
 # it is tests/test_soak.c in `make check`).

@@ -10,8 +10,8 @@
 # controls: a failure there is the runner's or the preload's, not uhmm's.
 #
 # usage: tests/chaos/run.sh [--seeds N] [--first-seed K] [--timeout S]
-#            [--mode migrate|read|off] [--lib PATH] [--keep DIR] [--no-gdb]
-#            [--no-preload-uhmm] [--list] [PROGRAM-NAMES...]
+#            [--budget S] [--mode migrate|read|off] [--lib PATH] [--keep DIR]
+#            [--no-gdb] [--no-preload-uhmm] [--list] [PROGRAM-NAMES...]
 # env:   UHMM_CHAOS_RATE, UHMM_CHAOS_OPS, UHMM_CHAOS_MAPS, UHMM_CHAOS_FORK
 #        and UHMM_CHAOS_CLOSE are passed to the preload (tests/chaos/chaos.c).
 #
@@ -22,9 +22,11 @@
 # library, which then loads libuhmm.so after the C library.
 #
 # One line per run: PASS, FAIL or HANG, the program, the seed and why;
-# then exactly one line "N passed, N failed". Exit status 0 only if
-# nothing failed (a hang is a failure; a program that is not installed is
-# skipped: scripts/deps.sh --chaos installs them).
+# then exactly one line "N passed, N failed, N skipped". Exit status 0
+# only if nothing failed (a hang is a failure; the runs of a program that
+# is not installed are skipped: scripts/deps.sh --chaos installs them).
+# --budget S: no run starts after S seconds (those left are skipped, and
+# said so), which bounds a CI step whatever hangs.
 
 set -u
 
@@ -33,6 +35,7 @@ root=$(cd "$here/../.." && pwd)
 seeds=3
 first=1
 limit=60
+budget=0
 mode=migrate
 lib=$root/build/libuhmm-chaos.so
 keep=""
@@ -53,6 +56,8 @@ while [ $# -gt 0 ]; do
 	--first-seed=*) first=${1#*=}; shift ;;
 	--timeout) limit=${2:?}; shift 2 ;;
 	--timeout=*) limit=${1#*=}; shift ;;
+	--budget) budget=${2:?}; shift 2 ;;
+	--budget=*) budget=${1#*=}; shift ;;
 	--mode) mode=${2:?}; shift 2 ;;
 	--mode=*) mode=${1#*=}; shift ;;
 	--lib) lib=${2:?}; shift 2 ;;
@@ -69,7 +74,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 case $mode in migrate|read|off) ;; *) echo "run.sh: bad --mode $mode" >&2; exit 2 ;; esac
-case $seeds$first$limit in *[!0-9]*) echo "run.sh: --seeds, --first-seed and --timeout take numbers" >&2; exit 2 ;; esac
+case $seeds$first$limit$budget in *[!0-9]*) echo "run.sh: --seeds, --first-seed, --timeout and --budget take numbers" >&2; exit 2 ;; esac
 case $lib in /*) ;; *) lib=$PWD/$lib ;; esac
 command -v gdb >/dev/null 2>&1 || use_gdb=0
 
@@ -280,20 +285,44 @@ tree_pids() {
 	printf '%s\n' "${!in_tree[@]}" | sort -n
 }
 
+# The mapping of address $2 in process $1: FILE+OFFSET (the offset in
+# the file, what addr2line and objdump take), or [KIND]+OFFSET.
+where() {
+	awk -v a="$2" '
+	function hex(s,   i, c, v) {
+		v = 0; s = tolower(s); sub(/^0x/, "", s)
+		for (i = 1; i <= length(s); i++) { c = index("0123456789abcdef", substr(s, i, 1)); if (!c) return -1; v = v * 16 + c - 1 }
+		return v
+	}
+	BEGIN { x = hex(a); if (x < 0) exit }
+	{ split($1, r, "-"); lo = hex(r[1]); hi = hex(r[2])
+	  if (x >= lo && x < hi) { n = ($6 == "") ? "[anon]" : $6; printf "%s+0x%x", n, x - lo + hex($3); found = 1; exit } }
+	END { if (x >= 0 && !found) printf "unmapped" }' "/proc/$1/maps" 2>/dev/null
+}
+
 # Every thread of every process of the tree: state, wchan, the kernel
-# stack and the user pc (/proc/PID/task/TID/syscall: number or -1 in a
-# fault, then the stack pointer and pc last); then gdb's backtraces of
-# the processes that loaded the preload, if gdb is there.
+# stack and the user pc and stack pointer (/proc/PID/task/TID/syscall:
+# number or -1 in a fault, then the stack pointer and pc last, each
+# placed in its mapping); then gdb's backtraces of the processes that
+# loaded the preload, if gdb is there. Their maps go to the file $2.
 dump_tree() {
-	local sid=$1 p t st sc
+	local sid=$1 p t st sc n
+	local -a f
 	for p in $(tree_pids "$sid"); do
 		[ -d "/proc/$p" ] || continue
 		echo "process $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-200)"
+		if [ -n "${2:-}" ] && grep -q libuhmm "/proc/$p/maps" 2>/dev/null; then
+			{ echo "== process $p"; cat "/proc/$p/maps"; } >>"$2" 2>/dev/null
+		fi
 		for t in "/proc/$p"/task/*; do
 			read -r st 2>/dev/null <"$t/stat" || continue
 			st=${st##*) }
 			sc=$(cat "$t/syscall" 2>/dev/null)
 			echo "  thread ${t##*/} ($(cat "$t/comm" 2>/dev/null)) state ${st%% *} wchan $(cat "$t/wchan" 2>/dev/null) syscall: $sc"
+			read -ra f <<<"$sc"
+			n=${#f[@]}
+			[ "$n" -ge 3 ] &&
+				echo "    pc $(where "$p" "${f[n - 1]}") sp $(where "$p" "${f[n - 2]}")"
 			sed 's/^/    /' "$t/stack" 2>/dev/null
 		done
 	done
@@ -312,11 +341,15 @@ dump_tree() {
 	done
 }
 
-# CPU time used so far by every thread of the tree, and the processes.
+# CPU time used so far by every thread of the tree, and the processes,
+# but for the threads named uhmm-chaos (the preload's and uhmm's own, which
+# inherit its name): in a parent still waiting (bash, make) those keep
+# moving its memory, and a program that is stuck for good would look busy.
 tree_ticks() {
 	local p t st
 	for p in $(tree_pids "$1"); do
 		for t in "/proc/$p"/task/*; do
+			[ "$(cat "$t/comm" 2>/dev/null)" = uhmm-chaos ] && continue
 			read -r st 2>/dev/null <"$t/stat" || continue
 			st=${st##*) }
 			# shellcheck disable=SC2086
@@ -328,7 +361,8 @@ tree_ticks() {
 }
 
 # run_one NAME OUTDIR PRELOAD COMMAND: runs it, sets rc, secs and hung
-# (0; 1: stuck, no thread used CPU for 3 s; 2: still busy at the limit).
+# (0; 1: stuck, no thread of the program used CPU for 3 s; 2: still busy
+# at the limit).
 run_one() {
 	local dir=$2 preload=$3 cmd=$4 t0 t1 st now deadline
 	local -a envs=(PATH=/usr/bin:/bin:/usr/sbin:/sbin
@@ -368,10 +402,14 @@ run_one() {
 			local before after
 			before=$(tree_ticks "$pid")
 			sleep 3
+			# It ended in those 3 s: late, not hung.
+			read -r st 2>/dev/null <"/proc/$pid/stat" || break
+			st=${st##*) }
+			[ "${st%% *}" = Z ] && break
 			after=$(tree_ticks "$pid")
 			hung=1
 			[ "$before" = "$after" ] || hung=2
-			dump_tree "$pid" >"$dir/stacks" 2>&1
+			dump_tree "$pid" "$dir/maps" >"$dir/stacks" 2>&1
 			kill -KILL -- "-$pid" 2>/dev/null
 			for p in $(tree_pids "$pid"); do kill -KILL "$p" 2>/dev/null; done
 			break
@@ -465,17 +503,24 @@ else
 fi
 passed=0
 failed=0
+skipped=0
+over=0
 t_start=$(date +%s)
-echo "# chaos: mode $mode, seeds $first..$((first + seeds - 1)), limit ${limit} s, LD_PRELOAD=$preload"
+echo "# chaos: mode $mode, seeds $first..$((first + seeds - 1)), limit ${limit} s a run$([ "$budget" = 0 ] || echo ", no run started after $budget s"), LD_PRELOAD=$preload"
 
 for i in "${pick[@]}"; do
 	name=${names[$i]}
 	m=$(missing_of "${needs[$i]}")
 	if [ -n "$m" ]; then
 		echo "SKIP $name: not installed: $m (scripts/deps.sh --chaos)"
+		skipped=$((skipped + seeds))
 		continue
 	fi
 	for seed in $(seq "$first" $((first + seeds - 1))); do
+		if [ "$budget" != 0 ] && [ $(( $(date +%s) - t_start )) -ge "$budget" ]; then
+			over=$((over + 1))
+			continue
+		fi
 		d=$results/$name.$seed
 		run_one "$name" "$d/plain" "" "${cmds[$i]}"
 		prc=$rc phung=$hung psecs=$secs
@@ -487,7 +532,7 @@ for i in "${pick[@]}"; do
 		if [ $phung != 0 ]; then
 			why="the plain run did not end in $limit s (the runner's fault)"
 		elif [ $chung = 1 ]; then
-			why="no exit after $limit s, no thread used CPU for 3 s"
+			why="no exit after $limit s, no thread of the program used CPU for 3 s"
 		elif [ $chung = 2 ]; then
 			why="still running after $limit s (busy: slow, or a livelock)"
 		elif [ "$prc" != "$crc" ]; then
@@ -517,7 +562,9 @@ for i in "${pick[@]}"; do
 	done
 done
 
+[ $over = 0 ] || echo "SKIP $over runs: not started, the budget of $budget s was spent"
+skipped=$((skipped + over))
 echo "# $(( $(date +%s) - t_start )) s"
 [ -z "$keep" ] && [ $failed = 0 ] && rm -rf "$results"
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ $failed = 0 ]
