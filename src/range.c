@@ -573,3 +573,91 @@ int uhmm_range_fault(struct uhmm_range *range)
 	}
 	return 0;
 }
+
+/* ---- VMA lookup ---- */
+
+/*
+ * vma_is_anonymous() of a VMA with no file behind it: false for the
+ * kernel's special mappings ([vdso], [vvar], [vsyscall], ...), which
+ * PROCMAP_QUERY tells by their name only.
+ */
+static bool vma_anonymous(struct uhmm_rt *rt, const struct os_procmap_query *q)
+{
+	struct os_procmap_query n;
+	char name[128];
+
+	if (q->inode || q->dev_major || q->dev_minor)
+		return false;
+	memset(&n, 0, sizeof(n));
+	n.size = sizeof(n);
+	n.query_addr = q->vma_start;
+	n.vma_name_addr = (uintptr_t)name;
+	n.vma_name_size = sizeof(name);
+	/* A name too long for [anon:...] is no special mapping's. */
+	if (uhmm__os_procmap_query(rt->maps_fd, &n) < 0 || !n.vma_name_size)
+		return true;
+	name[sizeof(name) - 1] = 0;
+	return name[0] != '[' || !strcmp(name, "[heap]") ||
+	       !strcmp(name, "[stack]") || !strncmp(name, "[anon:", 6);
+}
+
+/* The lowest VMA that ends above @addr (find_vma), into @vma. */
+static int vma_find(unsigned long addr, struct uhmm_vma *vma)
+{
+	struct os_procmap_query q;
+	struct uhmm_rt *rt;
+	int err = 0, r;
+
+	rt = uhmm__rt_get(&err);
+	if (!rt)
+		return err;
+	r = uhmm__vma_query(rt, addr, &q);
+	if (r < 0)
+		return r;
+	memset(vma, 0, sizeof(*vma));
+	vma->start = q.vma_start;
+	vma->end = q.vma_end;
+	vma->page_size = q.vma_page_size;
+	if (q.vma_flags & OS_PROCMAP_QUERY_VMA_READABLE)
+		vma->flags |= UHMM_VMA_READ;
+	if (q.vma_flags & OS_PROCMAP_QUERY_VMA_WRITABLE)
+		vma->flags |= UHMM_VMA_WRITE;
+	if (q.vma_flags & OS_PROCMAP_QUERY_VMA_EXECUTABLE)
+		vma->flags |= UHMM_VMA_EXEC;
+	if (q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED)
+		vma->flags |= UHMM_VMA_SHARED;
+	if (q.vma_page_size > rt->page_size)
+		vma->flags |= UHMM_VMA_HUGETLB;
+	if (!(q.vma_flags & OS_PROCMAP_QUERY_VMA_SHARED) && vma_anonymous(rt, &q))
+		vma->flags |= UHMM_VMA_ANON;
+	return 0;
+}
+
+int uhmm_vma_lookup(unsigned long addr, struct uhmm_vma *vma)
+{
+	int r;
+
+	if (!vma)
+		return -EINVAL;
+	r = vma_find(addr, vma);
+	if (r == 0 && vma->start > addr)
+		r = -ENOENT;
+	if (r)
+		memset(vma, 0, sizeof(*vma));
+	return r;
+}
+
+int uhmm_find_vma_intersection(unsigned long start, unsigned long end,
+			       struct uhmm_vma *vma)
+{
+	int r;
+
+	if (!vma || start >= end)
+		return -EINVAL;
+	r = vma_find(start, vma);
+	if (r == 0 && vma->start >= end)
+		r = -ENOENT;
+	if (r)
+		memset(vma, 0, sizeof(*vma));
+	return r;
+}

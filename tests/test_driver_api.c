@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -29,6 +30,8 @@ struct toy {
 	unsigned long nfree;
 	atomic_int to_ram_calls;
 	atomic_long decline_until_ms;	/* migrate_to_ram returns 0 until */
+	int fault_lookup;		/* uhmm_vma_lookup() in migrate_to_ram */
+	struct uhmm_vma fault_vma;	/* and what it found */
 };
 
 static struct toy toy;
@@ -87,7 +90,8 @@ static int toy_to_ram(unsigned long addr, struct uhmm_page *fault_page)
  */
 static int toy_migrate_to_ram(struct uhmm_fault *vmf)
 {
-	atomic_fetch_add(&toy.to_ram_calls, 1);
+	if (atomic_fetch_add(&toy.to_ram_calls, 1) == 0)
+		toy.fault_lookup = uhmm_vma_lookup(vmf->address, &toy.fault_vma);
 	if (now_ms() < atomic_load(&toy.decline_until_ms))
 		return 0;
 	return toy_to_ram(vmf->address, vmf->page);
@@ -514,4 +518,160 @@ TEST(device_thp_order_split_then_restored_reports_pmd_again)
 			 t + 2 * TWOMEG), (void *)(t + 2 * TWOMEG));
 	snap_all(dm, t + 2 * TWOMEG, npg(), LOCAL_W | UHMM_DMIRROR_PROT_PMD);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/* ------------------------------------------------------- the VMA lookup */
+
+#define VMA_RO_ANON (UHMM_VMA_READ | UHMM_VMA_ANON)
+#define VMA_RW_ANON (UHMM_VMA_READ | UHMM_VMA_WRITE | UHMM_VMA_ANON)
+
+/* Four pages, the middle two read-only: a VMA of its own there. */
+static char *three_vmas(void)
+{
+	char *p = map_anon(4 * ps(), RW);
+
+	ASSERT_NOT_NULL(p);
+	ASSERT_EQ(mprotect(p + ps(), 2 * ps(), PROT_READ), 0);
+	return p;
+}
+
+static bool zeroed(const struct uhmm_vma *v)
+{
+	static const struct uhmm_vma z;
+
+	return !memcmp(v, &z, sizeof(z));
+}
+
+TEST(vma_lookup_anonymous)
+{
+	char *p = three_vmas();
+	struct uhmm_vma v;
+
+	/* Any address inside, its first and last byte included. */
+	for (unsigned long off = ps(); off < 3 * ps(); off += ps() - 1) {
+		memset(&v, 0xa5, sizeof(v));
+		ASSERT_EQ(uhmm_vma_lookup((unsigned long)p + off, &v), 0);
+		ASSERT_EQ(v.start, (unsigned long)p + ps());
+		ASSERT_EQ(v.end, (unsigned long)p + 3 * ps());
+		ASSERT_EQ(v.flags, VMA_RO_ANON);
+		ASSERT_EQ(v.page_size, ps());
+		ASSERT_EQ(v.reserved32, 0);
+		for (int i = 0; i < 4; i++)
+			ASSERT_EQ(v.reserved[i], 0);
+	}
+	/* The neighbours: writable. */
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)p, &v), 0);
+	ASSERT_EQ(v.end, (unsigned long)p + ps());
+	ASSERT_EQ(v.flags & VMA_RW_ANON, VMA_RW_ANON);
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)p + 3 * ps(), &v), 0);
+	ASSERT_EQ(v.start, (unsigned long)p + 3 * ps());
+	/* A snapshot: after munmap, nothing there. */
+	ASSERT_EQ(munmap(p + ps(), 2 * ps()), 0);
+	memset(&v, 0xa5, sizeof(v));
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)p + ps(), &v), -ENOENT);
+	ASSERT_TRUE(zeroed(&v));
+	munmap(p, 4 * ps());
+}
+
+TEST(vma_lookup_hole_and_bad_args)
+{
+	struct uhmm_vma v;
+	char *hole;
+
+	/* The runtime first: its own mappings must not land in the hole. */
+	ASSERT_EQ(uhmm_init(), 0);
+	hole = unmapped_page();
+	ASSERT_NOT_NULL(hole);
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)hole, &v), -ENOENT);
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)hole, NULL), -EINVAL);
+	ASSERT_EQ(uhmm_vma_lookup(~0UL, &v), -ENOENT);
+	ASSERT_EQ(uhmm_find_vma_intersection((unsigned long)hole,
+					     (unsigned long)hole + ps(), &v), -ENOENT);
+	ASSERT_EQ(uhmm_find_vma_intersection(1, 1, &v), -EINVAL);
+	ASSERT_EQ(uhmm_find_vma_intersection(2, 1, &v), -EINVAL);
+	ASSERT_EQ(uhmm_find_vma_intersection(1, 2, NULL), -EINVAL);
+}
+
+TEST(find_vma_intersection_walks_a_range)
+{
+	char *p = three_vmas();
+	struct uhmm_vma v;
+	unsigned long a = (unsigned long)p, end = a + 4 * ps();
+	unsigned int want[3] = { VMA_RW_ANON, VMA_RO_ANON, VMA_RW_ANON };
+	int n = 0;
+
+	/* A hole before: the first VMA in the range is found. */
+	ASSERT_EQ(munmap(p, ps()), 0);
+	ASSERT_EQ(uhmm_find_vma_intersection(a, a + ps(), &v), -ENOENT);
+	ASSERT_EQ(uhmm_find_vma_intersection(a, a + ps() + 1, &v), 0);
+	ASSERT_EQ(v.start, a + ps());
+	/* Walk the range's VMAs, each from the last one's end. */
+	for (unsigned long at = a; uhmm_find_vma_intersection(at, end, &v) == 0;
+	     at = v.end) {
+		ASSERT_LT(n, 2);
+		ASSERT_EQ(v.flags & VMA_RW_ANON, want[n + 1]);
+		n++;
+		if (v.end >= end)
+			break;
+	}
+	ASSERT_EQ(n, 2);
+	munmap(p + ps(), 3 * ps());
+}
+
+TEST(vma_lookup_shared_file_stack_vdso)
+{
+	struct uhmm_vma v;
+	int fd = make_tmp_file(2 * ps()), local = 0;
+	char *sh = mmap(NULL, ps(), RW, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	char *f, *fs;
+	unsigned long vdso = getauxval(AT_SYSINFO_EHDR);
+
+	ASSERT_NE(sh, MAP_FAILED);
+	ASSERT_GE(fd, 0);
+	f = mmap(NULL, 2 * ps(), PROT_READ, MAP_PRIVATE, fd, 0);
+	fs = mmap(NULL, 2 * ps(), RW, MAP_SHARED, fd, 0);
+	ASSERT_NE(f, MAP_FAILED);
+	ASSERT_NE(fs, MAP_FAILED);
+
+	/* Shared anonymous memory is shmem: not anonymous. */
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)sh, &v), 0);
+	ASSERT_EQ(v.flags, UHMM_VMA_READ | UHMM_VMA_WRITE | UHMM_VMA_SHARED);
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)f + ps(), &v), 0);
+	ASSERT_EQ(v.start, (unsigned long)f);
+	ASSERT_EQ(v.end, (unsigned long)f + 2 * ps());
+	ASSERT_EQ(v.flags, UHMM_VMA_READ);
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)fs, &v), 0);
+	ASSERT_EQ(v.flags, UHMM_VMA_READ | UHMM_VMA_WRITE | UHMM_VMA_SHARED);
+	/* The stack and the heap are anonymous; code is executable. */
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)&local, &v), 0);
+	ASSERT_EQ(v.flags & VMA_RW_ANON, VMA_RW_ANON);
+	ASSERT_EQ(uhmm_vma_lookup((unsigned long)(uintptr_t)&uhmm_vma_lookup, &v), 0);
+	ASSERT_TRUE(v.flags & UHMM_VMA_EXEC);
+	ASSERT_FALSE(v.flags & UHMM_VMA_ANON);
+	/* The vDSO is a special mapping, no file behind it: not anonymous. */
+	if (vdso) {
+		ASSERT_EQ(uhmm_vma_lookup(vdso, &v), 0);
+		ASSERT_TRUE(v.flags & UHMM_VMA_EXEC);
+		ASSERT_FALSE(v.flags & UHMM_VMA_ANON);
+	}
+	munmap(sh, ps());
+	munmap(f, 2 * ps());
+	munmap(fs, 2 * ps());
+	close(fd);
+}
+
+/* A driver looks the VMA up in migrate_to_ram, as amdkfd and xe do. */
+TEST(vma_lookup_in_migrate_to_ram)
+{
+	char *p = map_anon(2 * ps(), RW);
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	p[0] = 3;
+	ASSERT_EQ(toy_to_dev(p, 2), 2);
+	ASSERT_EQ(((volatile char *)p)[0], 3);
+	ASSERT_EQ(toy.fault_lookup, 0);
+	ASSERT_LE(toy.fault_vma.start, (unsigned long)p);
+	ASSERT_GE(toy.fault_vma.end, (unsigned long)p + 2 * ps());
+	ASSERT_EQ(toy.fault_vma.flags & VMA_RW_ANON, VMA_RW_ANON);
 }

@@ -335,6 +335,66 @@ static inline unsigned int uhmm_pfn_to_map_order(uint64_t pfn)
  */
 UHMM_API int uhmm_range_revalidate(unsigned long start, unsigned long end);
 
+/* ------------------------------------------------------------------ */
+/* VMA lookup (vma_lookup, find_vma_intersection)                       */
+/* ------------------------------------------------------------------ */
+
+/* uhmm_vma.flags */
+#define UHMM_VMA_READ		(1u << 0) /* VM_READ */
+#define UHMM_VMA_WRITE		(1u << 1) /* VM_WRITE */
+#define UHMM_VMA_EXEC		(1u << 2) /* VM_EXEC */
+#define UHMM_VMA_SHARED		(1u << 3) /* VM_SHARED: MAP_SHARED */
+#define UHMM_VMA_ANON		(1u << 4) /* vma_is_anonymous(): private anonymous
+					   * memory, the heap, stacks (not
+					   * shared anonymous memory: shmem) */
+#define UHMM_VMA_HUGETLB	(1u << 5) /* is_vm_hugetlb_page(): page_size is
+					   * the huge page size */
+
+/* One mapping (VMA) of the process, as the kernel had it when asked. */
+struct uhmm_vma {
+	unsigned long start;		/* vm_start, page aligned */
+	unsigned long end;		/* vm_end, exclusive */
+	unsigned int flags;		/* UHMM_VMA_* */
+	unsigned int reserved32;	/* 0 */
+	unsigned long page_size;	/* vma_kernel_pagesize() */
+	uint64_t reserved[4];		/* 0 */
+};
+
+/**
+ * uhmm_vma_lookup() - the mapping that contains an address (vma_lookup)
+ * @addr: any address
+ * @vma: out: the mapping
+ *
+ * A snapshot, read with PROCMAP_QUERY: the kernel's VMA at the moment of
+ * the call. No lock is held afterwards (there is no mmap_lock in user
+ * space): a munmap, mremap or mprotect may change it right after. A
+ * driver that acts on it does so under a notifier's sequence
+ * (uhmm_interval_read_begin() before the lookup, uhmm_range_fault()'s
+ * -EBUSY or uhmm_interval_read_retry() after), as it would under the
+ * mmap_lock (docs/semantics.md). uhmm's own tracking splits VMAs where
+ * the kernel would merge them (row 13): the bounds are the kernel's.
+ *
+ * Context: any thread, also in migrate_to_ram and invalidate callbacks.
+ * Return: 0, -ENOENT (no mapping contains @addr), -EINVAL (@vma NULL),
+ * or an error of uhmm_init().
+ */
+UHMM_API int uhmm_vma_lookup(unsigned long addr, struct uhmm_vma *vma);
+
+/**
+ * uhmm_find_vma_intersection() - the first mapping that overlaps a range
+ * @start, @end: any addresses, start < end
+ * @vma: out: the lowest mapping that overlaps [start, end)
+ *
+ * The counterpart of find_vma_intersection(); a snapshot as
+ * uhmm_vma_lookup(). To walk the mappings of a range, call it again from
+ * vma->end.
+ *
+ * Return: 0, -ENOENT (nothing mapped in [start, end)), -EINVAL (@vma
+ * NULL, start >= end), or an error of uhmm_init().
+ */
+UHMM_API int uhmm_find_vma_intersection(unsigned long start, unsigned long end,
+					struct uhmm_vma *vma);
+
 /**
  * uhmm_copy_nofault() - copy with the CPU's page tables as the arbiter
  * @dst, @src: process addresses; either may be device-mirrored memory
