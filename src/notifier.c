@@ -274,6 +274,22 @@ void *uhmm_interval_notifier_priv(const struct uhmm_interval_notifier *sub)
 	return sub ? sub->priv : NULL;
 }
 
+unsigned long uhmm_interval_notifier_start(const struct uhmm_interval_notifier *sub)
+{
+	return sub ? sub->start : 0;
+}
+
+unsigned long uhmm_interval_notifier_end(const struct uhmm_interval_notifier *sub)
+{
+	return sub ? sub->end : 0;
+}
+
+unsigned long uhmm_interval_notifier_seq(const struct uhmm_interval_notifier *sub)
+{
+	return sub ? atomic_load_explicit(&sub->invalidate_seq,
+					  memory_order_relaxed) : 0;
+}
+
 unsigned long uhmm_interval_read_begin(struct uhmm_interval_notifier *sub)
 {
 	struct uhmm_rt *rt = sub ? sub->rt : NULL;

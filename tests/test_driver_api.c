@@ -675,3 +675,94 @@ TEST(vma_lookup_in_migrate_to_ram)
 	ASSERT_GE(toy.fault_vma.end, (unsigned long)p + 2 * ps());
 	ASSERT_EQ(toy.fault_vma.flags & VMA_RW_ANON, VMA_RW_ANON);
 }
+
+/* ------------------------------------------------- notifier accessors */
+
+struct seen {
+	atomic_ulong cur_seq;
+	atomic_int calls;
+};
+
+static bool seen_inv(struct uhmm_interval_notifier *sub,
+		     const struct uhmm_notifier_range *r, unsigned long seq)
+{
+	struct seen *s = uhmm_interval_notifier_priv(sub);
+
+	(void)r;
+	uhmm_interval_set_seq(sub, seq);
+	atomic_store(&s->cur_seq, seq);
+	atomic_fetch_add(&s->calls, 1);
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops seen_ops = { .invalidate = seen_inv };
+
+TEST(notifier_bounds_and_sequence)
+{
+	char *p = map_anon(8 * ps(), RW);
+	struct uhmm_interval_notifier *sub;
+	struct seen s = { 0 };
+	unsigned long seq, a = (unsigned long)p;
+	uint64_t pfns[8] = { 0 };
+
+	require_uffd(false);
+	ASSERT_NOT_NULL(p);
+	ASSERT_EQ(uhmm_interval_notifier_start(NULL), 0);
+	ASSERT_EQ(uhmm_interval_notifier_end(NULL), 0);
+	ASSERT_EQ(uhmm_interval_notifier_seq(NULL), 0);
+	ASSERT_EQ(uhmm_interval_notifier_insert(&sub, a + ps(), 6 * ps(),
+						&seen_ops, &s), 0);
+	ASSERT_EQ(uhmm_interval_notifier_start(sub), a + ps());
+	ASSERT_EQ(uhmm_interval_notifier_end(sub), a + 7 * ps());
+
+	/* Idle: the sequence read_begin returns, odd. */
+	seq = uhmm_interval_read_begin(sub);
+	ASSERT_EQ(uhmm_interval_notifier_seq(sub), seq);
+	ASSERT_EQ(seq & 1, 1);
+
+	/* Tracked by a range_fault, then an invalidation: the sequence is
+	 * the one the callback set, and read_begin returns it. */
+	struct uhmm_range r = { .notifier = sub, .start = a + ps(),
+				.end = a + 7 * ps(), .hmm_pfns = pfns,
+				.default_flags = FAULT_W };
+	r.notifier_seq = seq;
+	ASSERT_EQ(uhmm_range_fault(&r), 0);
+	ASSERT_EQ(madvise(p + 2 * ps(), ps(), MADV_DONTNEED), 0);
+	ASSERT_EQ(uhmm_range_revalidate(a, a + 8 * ps()), 0);
+	ASSERT_GE(atomic_load(&s.calls), 1);
+	ASSERT_NE(uhmm_interval_notifier_seq(sub), seq);
+	ASSERT_EQ(uhmm_interval_notifier_seq(sub), atomic_load(&s.cur_seq));
+	ASSERT_EQ(uhmm_interval_read_begin(sub), uhmm_interval_notifier_seq(sub));
+	ASSERT_TRUE(uhmm_interval_read_retry(sub, seq));
+	ASSERT_EQ(uhmm_interval_notifier_remove(sub), 0);
+	munmap(p, 8 * ps());
+}
+
+/* The -EBUSY loop of a kernel driver, with the kernel's timeout. */
+TEST(range_fault_default_timeout_loop)
+{
+	char *p = map_anon(4 * ps(), RW);
+	struct uhmm_interval_notifier *sub;
+	struct seen s = { 0 };
+	uint64_t pfns[4] = { 0 };
+	long timeout = now_ms() + UHMM_RANGE_DEFAULT_TIMEOUT;
+	int ret;
+
+	ASSERT_EQ(UHMM_RANGE_DEFAULT_TIMEOUT, 1000);
+	ASSERT_NOT_NULL(p);
+	ASSERT_EQ(uhmm_interval_notifier_insert(&sub, (unsigned long)p, 4 * ps(),
+						&seen_ops, &s), 0);
+	struct uhmm_range r = { .notifier = sub, .start = (unsigned long)p,
+				.end = (unsigned long)p + 4 * ps(),
+				.hmm_pfns = pfns, .default_flags = FAULT_R };
+	do {
+		ASSERT_LT(now_ms(), timeout);
+		r.notifier_seq = uhmm_interval_read_begin(sub);
+		ret = uhmm_range_fault(&r);
+	} while (ret == -EBUSY);
+	ASSERT_EQ(ret, 0);
+	for (int i = 0; i < 4; i++)
+		ASSERT_TRUE(pfns[i] & UHMM_PFN_VALID);
+	ASSERT_EQ(uhmm_interval_notifier_remove(sub), 0);
+	munmap(p, 4 * ps());
+}

@@ -198,6 +198,21 @@ UHMM_API int uhmm_interval_notifier_remove(struct uhmm_interval_notifier *sub);
 /* The cookie given to insert; NULL for NULL. */
 UHMM_API void *uhmm_interval_notifier_priv(const struct uhmm_interval_notifier *sub);
 
+/*
+ * The range the notifier was inserted for: [start, end), end exclusive
+ * (the kernel's interval_tree.start and .last + 1). 0 for NULL.
+ */
+UHMM_API unsigned long uhmm_interval_notifier_start(const struct uhmm_interval_notifier *sub);
+UHMM_API unsigned long uhmm_interval_notifier_end(const struct uhmm_interval_notifier *sub);
+
+/*
+ * The notifier's current sequence (the kernel's mni->invalidate_seq): the
+ * value uhmm_interval_read_begin() would return once no invalidation of
+ * it runs, the last one the invalidate callback set. Lockless, as
+ * uhmm_interval_check_retry(); 0 for NULL.
+ */
+UHMM_API unsigned long uhmm_interval_notifier_seq(const struct uhmm_interval_notifier *sub);
+
 /**
  * uhmm_interval_read_begin() - begin a read-side critical section
  *
@@ -263,6 +278,12 @@ UHMM_API void uhmm_interval_set_seq(struct uhmm_interval_notifier *sub,
 #define UHMM_PFN_INOUT_FLAGS	(UHMM_PFN_DMA_MAPPED | UHMM_PFN_P2PDMA | UHMM_PFN_P2PDMA_BUS)
 #define UHMM_PFN_FLAGS		(~0ULL << 50)
 #define UHMM_PFN_FRAME_MASK	(~UHMM_PFN_FLAGS)
+
+/*
+ * How long a driver keeps retrying uhmm_range_fault() on -EBUSY before it
+ * gives up, in milliseconds (HMM_RANGE_DEFAULT_TIMEOUT).
+ */
+#define UHMM_RANGE_DEFAULT_TIMEOUT 1000
 
 struct uhmm_range {
 	struct uhmm_interval_notifier *notifier; /* in: covers [start, end) */
