@@ -432,6 +432,16 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	ms->vma_start = q.vma_start;
 	ms->vma_end = q.vma_end;
 	/*
+	 * What collect's self_ranges() looks up (this thread's mapping,
+	 * the libraries' segments: dl_iterate_phdr takes the loader's lock),
+	 * found now: under the mover hold, a wait for a thread that faulted
+	 * on a device page would be a deadlock.
+	 */
+	unsigned long tlo, thi;
+
+	uhmm__thread_area(rt, &tlo, &thi);
+	uhmm__alloc_libdata(0, 0);
+	/*
 	 * The live part of this thread's stack is never collected (see
 	 * self_ranges()), nor registered: a registration would split the
 	 * stack's VMA, and the kernel's own faults on its fresh pages would

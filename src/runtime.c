@@ -228,6 +228,9 @@ static int rt_create(struct uhmm_rt **out)
 	/* A PMD maps one page table of 8-byte entries. */
 	rt->pmd_order = rt->page_shift - 3;
 	rt->pid = uhmm__os_getpid();
+	/* The libraries' data segments, looked up once (the loader's lock),
+	 * here rather than in a migration's first collect. */
+	uhmm__alloc_libdata(0, 0);
 	rt->hooks = &uhmm__dispatch_hooks;
 	r = rt->hooks->init(rt);
 	if (r < 0) {

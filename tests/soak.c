@@ -403,6 +403,48 @@ static void soak_describe(const void *p, int b, unsigned long pg, uint32_t v,
 		 b, pg, v, what, fb, fpg, fv, bad, SOAK_WORDS / 2, first);
 }
 
+/*
+ * uhmm's own state of a page, for a diagnosis (the soak links libuhmm.a:
+ * its internal symbols resolve).
+ */
+static char *soak_addr(struct soak_buf *b, unsigned long pg);
+struct uhmm_rt;
+struct uhmm_rt *uhmm__rt_peek(void);
+_Atomic uintptr_t *uhmm__pst_entry(struct uhmm_rt *rt, unsigned long vpn,
+				   bool create);
+
+/* The page at @addr as the kernel and uhmm see it now. */
+__attribute__((no_sanitize_thread))
+static void soak_print_state(const char *addr)
+{
+	unsigned long a = (uintptr_t)addr, vpn = a / SOAK_PAGE;
+	struct uhmm_rt *rt = uhmm__rt_peek();
+	_Atomic uintptr_t *e = rt ? uhmm__pst_entry(rt, vpn, false) : NULL;
+	uint64_t pm = 0;
+	char line[256];
+	FILE *f;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	if (fd >= 0) {
+		if (pread(fd, &pm, sizeof(pm), (off_t)(vpn * sizeof(pm))) != sizeof(pm))
+			pm = 0;
+		close(fd);
+	}
+	fprintf(stderr, "soak:   state of %#lx: pagemap %#llx (present %d, uffd-wp %d, exclusive %d), uhmm entry %#lx\n",
+		a, (unsigned long long)pm, (int)(pm >> 63 & 1), (int)(pm >> 57 & 1),
+		(int)(pm >> 56 & 1), e ? (unsigned long)atomic_load(e) : 0UL);
+	f = fopen("/proc/self/maps", "r");
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+
+		if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && a + 64 * SOAK_PAGE >= lo &&
+		    a < hi + 64 * SOAK_PAGE)
+			fprintf(stderr, "soak:   maps: %s", line);
+	}
+	if (f)
+		fclose(f);
+}
+
 static bool soak_verify(const void *p, int b, unsigned long pg, uint32_t v,
 			const char *who)
 {
@@ -413,6 +455,7 @@ static bool soak_verify(const void *p, int b, unsigned long pg, uint32_t v,
 	soak_describe(p, b, pg, v, d, sizeof(d));
 	soak_fail("%s: corruption: %s", who, d);
 	soak_print_history(b, pg);
+	soak_print_state(soak_addr(&soak.buf[b], pg));
 	return false;
 }
 
