@@ -64,6 +64,9 @@ static void fault(struct uhmm_rt *rt, const struct uffd_msg *m,
 {
 	unsigned long addr = m->arg.pagefault.address;
 	bool write = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	/* The faulting thread, for migrate_to_ram (UFFD_FEATURE_THREAD_ID). */
+	pid_t tid = rt->uffd_features & UFFD_FEATURE_THREAD_ID ?
+		    (pid_t)m->arg.pagefault.feat.ptid : 0;
 
 	if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
 		uhmm__os_uffd_wake(rt->uffd, addr & ~(rt->page_size - 1),
@@ -71,7 +74,7 @@ static void fault(struct uhmm_rt *rt, const struct uffd_msg *m,
 		return;
 	}
 	uhmm__stat_fault(addr, write);
-	uhmm__handle_fault(rt, addr, write, read_seq);
+	uhmm__handle_fault(rt, addr, write, tid, read_seq);
 }
 
 /*

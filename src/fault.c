@@ -6,7 +6,8 @@
  * function per entry kind: a hole gets the zero page as a first touch
  * would, an exclusive entry is revoked (exclusive.c), a device-private
  * page comes back through its owner's migrate_to_ram (a failure retried,
- * then poisoned; a decline asked again, backing off, until it agrees),
+ * then poisoned; a decline asked again, backing off, until it agrees;
+ * the callback learns the faulting thread and the VMA's bounds),
  * a claimed page is left to its claimer. Read-ahead widens
  * migrate_to_ram's window on sequential faults. Layer 4.
  */
@@ -120,11 +121,12 @@ static void fault_backoff(struct stripe *s, int failures)
  */
 static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
 				   _Atomic uintptr_t *e, struct uhmm_page *p,
-				   bool write, unsigned long read_seq,
+				   bool write, pid_t tid, unsigned long read_seq,
 				   int *failures)
 {
 	struct stripe *s = pst_stripe(rt, addr >> rt->page_shift);
-	struct uhmm_fault vmf;
+	struct uhmm_fault vmf = { 0 };
+	struct os_procmap_query q;
 	uintptr_t v;
 	int r;
 
@@ -136,6 +138,14 @@ static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
 	vmf.address = addr;
 	vmf.page = p;
 	vmf.flags = write ? UHMM_FAULT_WRITE : 0;
+	vmf.tid = tid;
+	/* vmf->vma's bounds: the VMA as it is now (the faulting thread
+	 * waits, with no mmap lock held). */
+	if (uhmm__vma_query(rt, addr, &q) == 0 && q.vma_start <= addr &&
+	    addr < q.vma_end) {
+		vmf.vm_start = q.vma_start;
+		vmf.vm_end = q.vma_end;
+	}
 	uhmm__take_eagain();
 	uhmm__stat_fault_back_begin(addr);
 	r = p->pgmap->ops->migrate_to_ram(&vmf);
@@ -238,7 +248,7 @@ static bool fault_decline_wait(struct uhmm_rt *rt, struct stripe *s,
  * would.
  */
 void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
-			unsigned long read_seq)
+			pid_t tid, unsigned long read_seq)
 {
 	unsigned long vpn = addr >> rt->page_shift;
 	struct stripe *s = pst_stripe(rt, vpn);
@@ -295,7 +305,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 			return;
 		}
-		switch (fault_device(rt, addr, e, p, write, read_seq,
+		switch (fault_device(rt, addr, e, p, write, tid, read_seq,
 				     &failures)) {
 		case FAULT_DONE:
 			return;

@@ -62,6 +62,7 @@ UHMM_INTERNAL void uhmm__exclusive_revoke(struct uhmm_rt *rt,
 UHMM_INTERNAL int uhmm__fault_init(struct uhmm_rt *rt);
 /* A MISSING fault at @addr, on the reader that read it. */
 UHMM_INTERNAL void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr,
-				      bool write, unsigned long read_seq);
+				      bool write, pid_t tid,
+				      unsigned long read_seq);
 
 #endif /* UHMM_MM_H */

@@ -32,6 +32,8 @@ struct toy {
 	atomic_long decline_until_ms;	/* migrate_to_ram returns 0 until */
 	int fault_lookup;		/* uhmm_vma_lookup() in migrate_to_ram */
 	struct uhmm_vma fault_vma;	/* and what it found */
+	struct uhmm_fault fault_seen;	/* the first call's argument */
+	pid_t fault_runs_on;		/* and the thread it ran on */
 };
 
 static struct toy toy;
@@ -90,8 +92,11 @@ static int toy_to_ram(unsigned long addr, struct uhmm_page *fault_page)
  */
 static int toy_migrate_to_ram(struct uhmm_fault *vmf)
 {
-	if (atomic_fetch_add(&toy.to_ram_calls, 1) == 0)
+	if (atomic_fetch_add(&toy.to_ram_calls, 1) == 0) {
 		toy.fault_lookup = uhmm_vma_lookup(vmf->address, &toy.fault_vma);
+		toy.fault_seen = *vmf;
+		toy.fault_runs_on = gettid();
+	}
 	if (now_ms() < atomic_load(&toy.decline_until_ms))
 		return 0;
 	return toy_to_ram(vmf->address, vmf->page);
@@ -674,6 +679,71 @@ TEST(vma_lookup_in_migrate_to_ram)
 	ASSERT_LE(toy.fault_vma.start, (unsigned long)p);
 	ASSERT_GE(toy.fault_vma.end, (unsigned long)p + 2 * ps());
 	ASSERT_EQ(toy.fault_vma.flags & VMA_RW_ANON, VMA_RW_ANON);
+}
+
+/* ------------------------------------------------ migrate_to_ram's context */
+
+struct tid_access {
+	struct access a;
+	pid_t tid;
+};
+
+static void *tid_access_main(void *arg)
+{
+	struct tid_access *ta = arg;
+
+	ta->tid = gettid();
+	return access_main(&ta->a);
+}
+
+/*
+ * struct vm_fault tells the driver which task faults (current), the VMA
+ * (vmf->vma) and the access (FAULT_FLAG_WRITE). uhmm's migrate_to_ram
+ * runs on a uhmm thread: uhmm_fault carries the faulting thread's id,
+ * the VMA's bounds and the write flag.
+ */
+static void fault_context(bool write)
+{
+	char *p = map_anon(4 * ps(), RW);
+	struct tid_access ta = { .a.write = write, .a.value = 0x77 };
+	pthread_t t;
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	/* The VMA of the access: [p, p + 3 pages); the last page is a VMA
+	 * of its own. */
+	ASSERT_EQ(mprotect(p + 3 * ps(), ps(), PROT_READ), 0);
+	((uint64_t *)(p + ps()))[0] = 0x55;
+	ASSERT_EQ(toy_to_dev(p, 3), 3);
+	ta.a.addr = (volatile uint64_t *)(p + ps());
+	ASSERT_EQ(pthread_create(&t, NULL, tid_access_main, &ta), 0);
+	ASSERT_TRUE(access_wait(&ta.a, 5000));
+	pthread_join(t, NULL);
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 1);
+	ASSERT_EQ(toy.fault_seen.address, (unsigned long)p + ps());
+	ASSERT_EQ(toy.fault_seen.tid, ta.tid);
+	ASSERT_NE(toy.fault_seen.tid, toy.fault_runs_on);
+	ASSERT_EQ(toy.fault_seen.vm_start, (unsigned long)p);
+	ASSERT_EQ(toy.fault_seen.vm_end, (unsigned long)p + 3 * ps());
+	ASSERT_EQ(!!(toy.fault_seen.flags & UHMM_FAULT_WRITE), write);
+	/* The window the driver migrates stays inside the VMA here. */
+	ASSERT_LE(toy.fault_seen.ra_start, toy.fault_seen.address);
+	ASSERT_GT(toy.fault_seen.ra_end, toy.fault_seen.address);
+	if (write)
+		ASSERT_EQ(((uint64_t *)(p + ps()))[0], 0x77);
+	else
+		ASSERT_EQ(ta.a.value, 0x55);
+	munmap(p, 4 * ps());
+}
+
+TEST(migrate_to_ram_context_read)
+{
+	fault_context(false);
+}
+
+TEST(migrate_to_ram_context_write)
+{
+	fault_context(true);
 }
 
 /* ------------------------------------------------- notifier accessors */

@@ -8,6 +8,7 @@
 #define UHMM_MIGRATE_H
 
 #include <stdint.h>
+#include <sys/types.h>
 #include <uhmm/uhmm.h>
 
 #ifdef __cplusplus
@@ -34,8 +35,18 @@ struct uhmm_fault {
 	unsigned long ra_start;	/* a window around @address that the */
 	unsigned long ra_end;	/* access pattern suggests migrating too */
 	unsigned int flags;	/* UHMM_FAULT_* */
+	/* Added after the fields above (never reordered): */
+	pid_t tid;		/* the faulting thread (gettid()); 0 when
+				 * the kernel did not say. migrate_to_ram
+				 * runs on a uhmm thread: recursion guards
+				 * that compare the current task with the
+				 * faulting one compare with this */
+	unsigned long vm_start;	/* the VMA of @address (vmf->vma's */
+	unsigned long vm_end;	/* vm_start, vm_end) when migrate_to_ram
+				 * was called: a snapshot (semantics 18);
+				 * both 0 if the lookup failed */
 };
-#define UHMM_FAULT_WRITE (1u << 0)
+#define UHMM_FAULT_WRITE (1u << 0)	/* the access was a write */
 
 struct uhmm_pagemap_ops {
 	/* The page's reference count dropped to 0: take it back. */
@@ -45,7 +56,8 @@ struct uhmm_pagemap_ops {
 	 * back to system memory with uhmm_migrate_setup(SELECT_DEVICE_PRIVATE,
 	 * fault_page = vmf->page) / pages / finalize. Runs on a uhmm
 	 * monitor thread. Return 0, or -errno to make the access fail
-	 * (SIGBUS, as VM_FAULT_SIGBUS). Returning 0 without migrating
+	 * (SIGBUS, as VM_FAULT_SIGBUS). vmf->tid names the thread whose
+	 * access waits (the kernel's current). Returning 0 without migrating
 	 * (declining for now) is allowed: the access keeps waiting, and
 	 * uhmm calls it again after 1, 2, 4, ... ms (at most 32 ms apart)
 	 * until the page has left the device.
