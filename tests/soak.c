@@ -1458,6 +1458,9 @@ static void soak_check_all(struct soak_thread *t, const char *who)
 		for (unsigned long f = 0; f < b->npages; f += SOAK_STRIPE) {
 			bool ok = true;
 
+			/* Progress, for the watchdog: a check of every page
+			 * is slow on a loaded machine (TSan), not stuck. */
+			atomic_store(&t->op_start, soak_now_ms());
 			soak_lock_pages(b, f, SOAK_STRIPE);
 			for (unsigned long i = f; i < f + SOAK_STRIPE && ok; i++)
 				ok = soak_verify(soak_addr(b, i), bi, i, b->ver[i], who);
