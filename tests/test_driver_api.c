@@ -746,6 +746,186 @@ TEST(migrate_to_ram_context_write)
 	fault_context(true);
 }
 
+/* ------------------------------------------- eviction by a list of pages */
+
+/* The toy's page that holds page @i of a range filled by mark_pages(). */
+static struct uhmm_page *toy_page_of(unsigned long i)
+{
+	for (unsigned long k = 0; k < DEV_PAGES; k++) {
+		struct uhmm_page *dp = uhmm_pagemap_page(toy.pg, k);
+
+		if (uhmm_page_refcount(dp) &&
+		    ((uint64_t *)toy_mem(dp))[0] == 0xd0d0000u + i)
+			return dp;
+	}
+	return NULL;
+}
+
+static void mark_pages(char *p, unsigned long n)
+{
+	for (unsigned long i = 0; i < n; i++)
+		((uint64_t *)(p + i * ps()))[0] = 0xd0d0000u + i;
+}
+
+static bool marked(const char *p, unsigned long i)
+{
+	return ((const uint64_t *)(p + i * ps()))[0] == 0xd0d0000u + i;
+}
+
+/* Copy the collected entries to system pages where want[i]. */
+static unsigned long evict_copy(uint64_t *src, uint64_t *dst, unsigned long n,
+				const bool *want)
+{
+	unsigned long copied = 0;
+
+	for (unsigned long i = 0; i < n; i++) {
+		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src[i]);
+
+		if (!sp || !(src[i] & UHMM_MIGRATE_PFN_MIGRATE) || (want && !want[i]))
+			continue;
+		if (uhmm_migrate_alloc_system(&dst[i]))
+			continue;
+		memcpy(uhmm_migrate_pfn_to_addr(dst[i]), toy_mem(sp), ps());
+		copied++;
+	}
+	return copied;
+}
+
+/*
+ * migrate_device_pfns (xe's drm_pagemap_evict_to_ram): the pages of a
+ * buffer, scattered over the device's memory, named one by one; a free
+ * page, a 0 entry and a page named twice are not collected.
+ */
+TEST(device_pfns_evicts_a_list_of_pages)
+{
+	unsigned long n = 8, nfree;
+	char *p = map_anon(n * ps(), RW);
+	uint64_t src[6] = { 0 }, dst[6] = { 0 };
+	struct uhmm_page *free_page;
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	mark_pages(p, n);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	free_page = uhmm_pagemap_page(toy.pg, toy.free[toy.nfree - 1]);
+	ASSERT_EQ(uhmm_page_refcount(free_page), 0u);
+	src[0] = uhmm_migrate_pfn_device(toy_page_of(6));
+	src[1] = uhmm_migrate_pfn_device(toy_page_of(1));
+	src[2] = 0;
+	src[3] = uhmm_migrate_pfn_device(toy_page_of(3));
+	src[4] = src[0];
+	src[5] = uhmm_migrate_pfn_device(free_page);
+	nfree = toy.nfree;
+
+	ASSERT_EQ(uhmm_migrate_device_pfns(src, 6), 0);
+	for (int i = 0; i < 4; i += 1 + (i == 1))
+		ASSERT_EQ(src[i] & (UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_DEVICE |
+				    UHMM_MIGRATE_PFN_VALID),
+			  UHMM_MIGRATE_PFN_MIGRATE | UHMM_MIGRATE_PFN_DEVICE |
+			  UHMM_MIGRATE_PFN_VALID);
+	ASSERT_EQ(src[2], 0u);
+	ASSERT_EQ(src[4], 0u);	/* named twice: collected once */
+	ASSERT_EQ(src[5], 0u);	/* free */
+	ASSERT_EQ(evict_copy(src, dst, 6, NULL), 3u);
+	uhmm_migrate_device_pages(src, dst, 6);
+	for (int i = 0; i < 4; i += 1 + (i == 1))
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	uhmm_migrate_device_finalize(src, dst, 6);
+	ASSERT_EQ(toy.nfree, nfree + 3);
+	/* Home without a fault; the rest still on the device. */
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(resident(p + i * ps()), i == 1 || i == 3 || i == 6);
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 0);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_TRUE(marked(p, i));
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), (int)n - 3);
+	munmap(p, n * ps());
+}
+
+/*
+ * migrate_device_pages as its own phase: entries without a system
+ * destination lose MIGRATE before finalize, and those pages stay on the
+ * device, at their address, with their data.
+ */
+TEST(device_pages_commits_before_finalize)
+{
+	unsigned long n = 6, nfree;
+	char *p = map_anon(n * ps(), RW);
+	uint64_t src[DEV_PAGES] = { 0 }, dst[DEV_PAGES] = { 0 };
+	bool want[DEV_PAGES] = { false };
+	unsigned long moved = 0;
+	struct uhmm_page *dp;
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	mark_pages(p, n);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	ASSERT_EQ(uhmm_migrate_device_range(src, toy.pg, 0, DEV_PAGES), 0);
+	/* Destinations for the pages of addresses 0, 2 and 4 only. */
+	for (unsigned long i = 0; i < DEV_PAGES; i++) {
+		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src[i]);
+
+		if (sp)
+			want[i] = ((uint64_t *)toy_mem(sp))[0] % 2 == 0;
+	}
+	ASSERT_EQ(evict_copy(src, dst, DEV_PAGES, want), 3u);
+	/* A device page is no destination of an eviction. */
+	dp = toy_alloc();
+	ASSERT_NOT_NULL(dp);
+	for (unsigned long i = 0; i < DEV_PAGES; i++)
+		if (src[i] && !want[i]) {
+			dst[i] = uhmm_migrate_pfn_device(dp);
+			break;
+		}
+	uhmm_migrate_device_pages(src, dst, DEV_PAGES);
+	for (unsigned long i = 0; i < DEV_PAGES; i++) {
+		if (!src[i])
+			continue;
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_VALID);
+		ASSERT_EQ(!!(src[i] & UHMM_MIGRATE_PFN_MIGRATE), want[i]);
+		moved += !!(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
+	}
+	ASSERT_EQ(moved, 3u);
+	nfree = toy.nfree;
+	uhmm_migrate_device_finalize(src, dst, DEV_PAGES);
+	ASSERT_EQ(toy.nfree, nfree + 3);
+	uhmm_page_put(dp);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(resident(p + i * ps()), i % 2 == 0);
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 0);
+	/* The pages that stayed come back through migrate_to_ram. */
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_TRUE(marked(p, i));
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 3);
+	munmap(p, n * ps());
+}
+
+TEST(device_pfns_bad_input)
+{
+	char *p = map_anon(ps(), RW);
+	uint64_t src[2] = { 0 }, sys;
+
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	ASSERT_EQ(uhmm_migrate_device_pfns(NULL, 1), -EINVAL);
+	ASSERT_EQ(uhmm_migrate_device_pfns(src, 0), -EINVAL);
+	/* A system frame is no device page: nothing is collected. */
+	mark_pages(p, 1);
+	ASSERT_EQ(toy_to_dev(p, 1), 1);
+	sys = ((uint64_t)(uintptr_t)p / ps()) << UHMM_MIGRATE_PFN_SHIFT |
+	      UHMM_MIGRATE_PFN_VALID;
+	src[0] = uhmm_migrate_pfn_device(toy_page_of(0));
+	src[1] = sys;
+	ASSERT_EQ(uhmm_migrate_device_pfns(src, 2), -EINVAL);
+	ASSERT_EQ(src[1], sys);
+	ASSERT_FALSE(resident(p));
+	ASSERT_TRUE(marked(p, 0));
+	/* Nothing to collect: all 0. */
+	src[0] = src[1] = 0;
+	ASSERT_EQ(uhmm_migrate_device_pfns(src, 2), 0);
+	munmap(p, ps());
+}
+
 /* ------------------------------------------------- notifier accessors */
 
 struct seen {

@@ -242,13 +242,40 @@ UHMM_API uint64_t uhmm_migrate_pfn_device(const struct uhmm_page *page);
  * Collects the in-use pages of the range for migration to system memory
  * (migrate_device_range). The driver fills dst[] with
  * uhmm_migrate_alloc_system() pages, copies, then calls
- * uhmm_migrate_device_finalize().
+ * uhmm_migrate_device_finalize() (uhmm_migrate_device_pages() first
+ * to see which entries commit).
  * Return: 0 or -EINVAL.
  */
 UHMM_API int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pgmap,
 				       unsigned long first, unsigned long npages);
 UHMM_API void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst,
 					   unsigned long npages);
+
+/**
+ * uhmm_migrate_device_pfns() - evict a list of device pages
+ * @src: in: npages entries, each uhmm_migrate_pfn_device(page) or 0 (skip);
+ *       out: as after uhmm_migrate_device_range()
+ *
+ * migrate_device_pfns: uhmm_migrate_device_range() for pages named one
+ * by one, of any pagemaps, in any order (a driver's buffer whose blocks
+ * are scattered over its memory). A page that is free, or named twice,
+ * gets 0 (the second time). Then dst[], the copy and
+ * uhmm_migrate_device_finalize(), as for a range.
+ * Return: 0, or -EINVAL (NULL @src, @npages 0, an entry that is neither
+ * 0 nor a device page; then nothing is collected).
+ */
+UHMM_API int uhmm_migrate_device_pfns(uint64_t *src, unsigned long npages);
+
+/*
+ * migrate_device_pages: commit an eviction's dst[] before finalize.
+ * Entries whose dst is 0 or not a page of uhmm_migrate_alloc_system()
+ * lose MIGRATE: after it, src[i] & MIGRATE says which pages will move,
+ * and finalize leaves the others on the device (at their address,
+ * unchanged). Optional: finalize does the same for entries it was not
+ * called on.
+ */
+UHMM_API void uhmm_migrate_device_pages(uint64_t *src, uint64_t *dst,
+					unsigned long npages);
 
 /* ------------------------------------------------------------------ */
 /* Exclusive access (make_device_exclusive)                             */
