@@ -974,6 +974,8 @@ static int soak_to_dev_enoent(struct soak_dev *d, int bi, unsigned long first,
 		  !!(pm & SOAK_PM_EXCLUSIVE), kf, !!(kf & SOAK_KPF_THP),
 		  !!(kf & SOAK_KPF_HEAD), !!(kf & SOAK_KPF_TAIL), vma, fb,
 		  rc ? " (SNAPSHOT failed)" : "");
+	soak_print_history(bi, first + firstbad);
+	soak_print_state(soak_addr(b, first + firstbad));
 	return SOAK_ENOENT_FAIL;
 }
 
