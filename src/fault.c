@@ -57,9 +57,15 @@ static enum fault_ret fault_hole(struct uhmm_rt *rt, unsigned long addr,
 		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 		return FAULT_DONE;
 	}
-	if (r == 0 || r == -ENOENT)
+	if (r == 0)
 		return FAULT_DONE;
-	/* EEXIST: the page is there; wake whoever waits. */
+	/*
+	 * EEXIST: the page is there. ENOENT: the mapping is gone (unmapped
+	 * since the fault was read); the kernel wakes nobody at munmap, and
+	 * a thread faulting from kernel mode (MADV_POPULATE_READ under
+	 * uhmm_range_fault) would wait for good: it retries and fails
+	 * (tests/chaos/repro/populate_vs_munmap.c). Wake whoever waits.
+	 */
 	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 	return FAULT_DONE;
 }
@@ -152,15 +158,19 @@ static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
 	uhmm__stat_fault_back_end(addr, r);
 
 	/*
-	 * Not collected: the claim is still this fault's, give it up.
-	 * Collected: the migration's finalize settled the entry, and a BUSY
-	 * there now is another claim's.
+	 * Not collected: the claim is still this fault's, give it up (and
+	 * keep DROP: a munmap meanwhile released the page; left BUSY, the
+	 * entry stayed claimed for good and the access was never woken:
+	 * tests/chaos/repro/populate_vs_munmap.c). Collected: the
+	 * migration's finalize settled the entry, and a BUSY there now is
+	 * another claim's.
 	 */
 	pthread_mutex_lock(&s->lock);
 	v = atomic_load(e);
-	if (v == (ent_mk_page(p) | ENT_BUSY) && p->fault_claim == read_seq) {
+	if ((v & ~ENT_DROP) == (ent_mk_page(p) | ENT_BUSY) &&
+	    p->fault_claim == read_seq) {
 		p->fault_claim = 0;
-		atomic_store(e, ent_mk_page(p));
+		atomic_store(e, v & ~ENT_BUSY);
 	}
 	v = atomic_load(e);
 	pthread_cond_broadcast(&s->cond);
@@ -186,9 +196,12 @@ static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
 		/*
 		 * VM_FAULT_SIGBUS: a poisoned page makes the access fail.
 		 * Unlike the kernel's one-shot SIGBUS, the marker stays
-		 * (semantics M13).
+		 * (semantics M13). A mapping gone meanwhile takes no
+		 * marker: the thread is woken, and its access fails or finds
+		 * what is there now.
 		 */
-		uhmm__os_uffd_poison(rt->uffd, addr, rt->page_size);
+		if (uhmm__os_uffd_poison(rt->uffd, addr, rt->page_size))
+			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 		return FAULT_DONE;
 	}
 	/* Installed: the MOVE woke the faulting threads. */

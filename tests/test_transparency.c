@@ -502,3 +502,78 @@ TEST_TIMEOUT(program_signal_racing_first_guarded_copy, 120)
 	       tries, lost);
 	ASSERT_EQ(lost, 0);
 }
+
+/* ---- a device READ's kernel-mode faults racing munmap ---- */
+
+#define PVM_PAGES 64
+static char *pvm_buf;
+static _Atomic int pvm_go;
+static int pvm_delay;
+
+static void *pvm_unmapper(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&pvm_go))
+		;
+	for (volatile int k = 0; k < pvm_delay; k++)
+		;
+	munmap(pvm_buf, PVM_PAGES * ps());
+	return NULL;
+}
+
+static int pvm_try(void)
+{
+	struct uhmm_dmirror *d0, *d1;
+	struct uhmm_dmirror_cmd c;
+	char *back = uhmm_alloc(PVM_PAGES * ps());
+	pthread_t t;
+
+	if (!back || uhmm_dmirror_open(0, &d0) || uhmm_dmirror_open(1, &d1))
+		return 2;
+	pvm_buf = map_anon(PVM_PAGES * ps(), RW);
+	if (!pvm_buf)
+		return 2;
+	memset(pvm_buf, 7, PVM_PAGES * ps());
+	if (dcmd(d1, UHMM_DMIRROR_MIGRATE_TO_DEV, pvm_buf, back, PVM_PAGES, &c))
+		return 2;
+	pthread_create(&t, NULL, pvm_unmapper, NULL);
+	atomic_store(&pvm_go, 1);
+	dcmd(d0, UHMM_DMIRROR_READ, pvm_buf, back, PVM_PAGES, &c);	/* any result */
+	pthread_join(t, NULL);
+	return 0;
+}
+
+/*
+ * A buffer on device 1 is read through device 0 (its pages come back
+ * through kernel-mode faults: MADV_POPULATE_READ under uhmm_range_fault)
+ * while another thread unmaps it. The fault whose mapping went away was
+ * never woken: a failed fault-back left its entry claimed for good, and
+ * the zero page that could not be placed (ENOENT) woke nobody. Found by
+ * the chaos runner (sort seed 6: the chaos thread in handle_userfault at
+ * exit); about 4 tries in 10 hung before (tests/chaos/repro/
+ * populate_vs_munmap.c).
+ */
+TEST_TIMEOUT(device_read_racing_munmap_never_hangs, 240)
+{
+	int hangs = 0, other = 0, tries = SHORTER ? 40 : 150;
+
+	require_uffd(true);
+	for (int i = 0; i < tries; i++) {
+		pid_t p;
+		int st;
+
+		pvm_delay = (i * 37) % 20000;
+		p = fork();
+		ASSERT_GE(p, 0);
+		if (p == 0)
+			_exit(pvm_try());
+		st = wait_deadline(p, 10);
+		if (st == -1)
+			hangs++;
+		else if (!WIFEXITED(st) || WEXITSTATUS(st))
+			other++;
+	}
+	printf("# %d tries: %d hangs, %d other failures\n", tries, hangs, other);
+	ASSERT_EQ(hangs, 0);
+	ASSERT_EQ(other, 0);
+}
