@@ -164,6 +164,78 @@ void (*signal(int sig, void (*handler)(int)))(int)
 		return SIG_ERR;
 	return old.sa_handler;
 }
+
+/*
+ * The C library's other ways to set a handler, which call its own
+ * sigaction() directly too: signal() as <signal.h> names it without
+ * _DEFAULT_SOURCE (__sysv_signal: zstd's; one-shot, not blocked),
+ * sysv_signal, bsd_signal (signal()'s semantics) and sigset (System V:
+ * SIG_HOLD blocks). tests/chaos/repro/sysv_signal.c: zstd's SIGSEGV
+ * handler replaced uhmm's and ran on uhmm's guarded faults.
+ */
+static __sighandler_t sysv_set(int sig, __sighandler_t handler)
+{
+	struct sigaction sa, old;
+
+	if (sig <= 0 || sig >= NSIG || handler == SIG_ERR) {
+		errno = EINVAL;
+		return SIG_ERR;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = handler;
+	sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(sig, &sa, &old) < 0)
+		return SIG_ERR;
+	return old.sa_handler;
+}
+
+__attribute__((visibility("default")))
+__sighandler_t __sysv_signal(int sig, __sighandler_t handler)
+{
+	return sysv_set(sig, handler);
+}
+
+__attribute__((visibility("default")))
+__sighandler_t sysv_signal(int sig, __sighandler_t handler)
+{
+	return sysv_set(sig, handler);
+}
+
+__sighandler_t bsd_signal(int sig, __sighandler_t handler);
+
+__attribute__((visibility("default")))
+__sighandler_t bsd_signal(int sig, __sighandler_t handler)
+{
+	return signal(sig, handler);
+}
+
+__attribute__((visibility("default")))
+__sighandler_t sigset(int sig, __sighandler_t disp)
+{
+	struct sigaction sa, old;
+	sigset_t set, prev;
+
+	if (sig <= 0 || sig >= NSIG || disp == SIG_ERR) {
+		errno = EINVAL;
+		return SIG_ERR;
+	}
+	sigemptyset(&set);
+	sigaddset(&set, sig);
+	if (disp == SIG_HOLD) {
+		if (uhmm__os_sigmask(SIG_BLOCK, &set, &prev) ||
+		    sigaction(sig, NULL, &old) < 0)
+			return SIG_ERR;
+		return sigismember(&prev, sig) ? SIG_HOLD : old.sa_handler;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = disp;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(sig, &sa, &old) < 0 ||
+	    uhmm__os_sigmask(SIG_UNBLOCK, &set, &prev))
+		return SIG_ERR;
+	return sigismember(&prev, sig) ? SIG_HOLD : old.sa_handler;
+}
 #endif
 
 #if defined(__SANITIZE_ADDRESS__)

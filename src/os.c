@@ -486,6 +486,11 @@ int uhmm__os_sigaction(int sig, const struct sigaction *sa, struct sigaction *ol
 	return ret_err(libc_sigaction(sig, sa, old));
 }
 
+int uhmm__os_sigmask(int how, const sigset_t *set, sigset_t *old)
+{
+	return -pthread_sigmask(how, set, old);
+}
+
 int uhmm__os_raise(int sig)
 {
 	return raise(sig) ? -EINVAL : 0;

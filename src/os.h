@@ -177,6 +177,8 @@ pid_t uhmm__os_getpid(void);
 int uhmm__os_robust_list(void **head, size_t *len);
 int uhmm__os_tid_address(void **addr);
 int uhmm__os_raise(int sig);
+/* The calling thread's signal mask (pthread_sigmask); -errno. */
+int uhmm__os_sigmask(int how, const sigset_t *set, sigset_t *old);
 int uhmm__os_yield(void);
 
 /* True when running under valgrind (uhmm then opens no userfaultfd:

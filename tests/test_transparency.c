@@ -169,6 +169,38 @@ TEST(program_signal_call_after_uhmm_keeps_copies_fault_free)
 	ASSERT_EQ(uhmm_copy_nofault(buf, hole, 8, NULL), -EFAULT);
 	ASSERT_EQ(uhmm_copy_nofault(hole, buf, 8, NULL), -EFAULT);
 }
+/* What <signal.h> makes of signal() without _DEFAULT_SOURCE (zstd's). */
+extern __sighandler_t __sysv_signal(int sig, __sighandler_t handler);
+
+/*
+ * The C library's other ways to set a handler: __sysv_signal (zstd's
+ * signal(), found by the chaos runner: its SIGSEGV handler replaced
+ * uhmm's and ran on uhmm's guarded faults, every time), sysv_signal and
+ * sigset. SIG_DFL through them: a guarded fault that reached the
+ * disposition would kill the test.
+ */
+TEST(program_sysv_signal_and_sigset_after_uhmm_keep_copies_fault_free)
+{
+	char buf[8];
+	void *hole;
+
+	REQUIRE_CHAINING();
+	ASSERT_EQ(uhmm_init(), 0);
+	hole = unmapped_page();
+	ASSERT_NOT_NULL(hole);
+	ASSERT_EQ(uhmm_copy_nofault(buf, buf, 1, NULL), 0);
+	ASSERT_TRUE(__sysv_signal(SIGSEGV, SIG_DFL) != SIG_ERR);
+	ASSERT_EQ(uhmm_copy_nofault(buf, hole, 8, NULL), -EFAULT);
+	ASSERT_TRUE(sysv_signal(SIGSEGV, SIG_DFL) != SIG_ERR);
+	ASSERT_EQ(uhmm_copy_nofault(hole, buf, 8, NULL), -EFAULT);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+	ASSERT_TRUE(sigset(SIGSEGV, SIG_DFL) != SIG_ERR);
+	ASSERT_TRUE(sigset(SIGBUS, SIG_DFL) != SIG_ERR);
+#pragma GCC diagnostic pop
+	ASSERT_EQ(uhmm_copy_nofault(buf, hole, 8, NULL), -EFAULT);
+}
+
 /* ---- munmap and mmap at the same address while migrations run ---- */
 
 #define REMAP_PAGES 64

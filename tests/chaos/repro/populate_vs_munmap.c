@@ -16,6 +16,10 @@
  * in 10 at 72f71ac (18 of the first 44) and at 176cc79 (not new); the
  * first hang prints its threads' kernel stacks.
  *
+ * Fixed: a failed fault-back gives up its claim on a dropped entry,
+ * and a fault whose mapping is gone is woken (0 hangs in 300 tries;
+ * tests/test_transparency.c, device_read_racing_munmap_never_hangs).
+ *
  *   cc -O2 -pthread -Iinclude tests/chaos/repro/populate_vs_munmap.c \
  *	-Lbuild -luhmm -Wl,-rpath,$PWD/build -o /tmp/populate_vs_munmap
  *   /tmp/populate_vs_munmap [tries]

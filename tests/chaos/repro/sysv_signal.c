@@ -15,6 +15,10 @@
  * sysv_signal, bsd_signal and sigset. Happens every time, at 176cc79
  * and 72f71ac.
  *
+ * Fixed: libuhmm defines __sysv_signal, sysv_signal, bsd_signal and
+ * sigset too (tests/test_transparency.c,
+ * program_sysv_signal_and_sigset_after_uhmm_keep_copies_fault_free).
+ *
  *   cc -O2 -Iinclude tests/chaos/repro/sysv_signal.c -Lbuild -luhmm \
  *	-Wl,-rpath,$PWD/build -o /tmp/sysv_signal && /tmp/sysv_signal
  * prints "ok: -EFAULT" when uhmm's handler stays in, "program's handler
