@@ -144,10 +144,12 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
 	return 0;
 }
 
-/* The C library's signal() calls its own sigaction() directly: signal()
- * too, with its BSD semantics (SA_RESTART, the signal blocked). */
-__attribute__((visibility("default")))
-void (*signal(int sig, void (*handler)(int)))(int)
+/*
+ * A handler set through sigaction() (this file's): signal()'s BSD
+ * semantics (SA_RESTART, the signal blocked in its handler), or System
+ * V's (one-shot, not blocked).
+ */
+static __sighandler_t set_handler(int sig, __sighandler_t handler, bool bsd)
 {
 	struct sigaction sa, old;
 
@@ -157,12 +159,21 @@ void (*signal(int sig, void (*handler)(int)))(int)
 	}
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = handler;
-	sa.sa_flags = SA_RESTART;
+	sa.sa_flags = bsd ? SA_RESTART : SA_RESETHAND | SA_NODEFER;
 	sigemptyset(&sa.sa_mask);
-	sigaddset(&sa.sa_mask, sig);
+	if (bsd)
+		sigaddset(&sa.sa_mask, sig);
 	if (sigaction(sig, &sa, &old) < 0)
 		return SIG_ERR;
 	return old.sa_handler;
+}
+
+/* The C library's signal() calls its own sigaction() directly: signal()
+ * too. */
+__attribute__((visibility("default")))
+void (*signal(int sig, void (*handler)(int)))(int)
+{
+	return set_handler(sig, handler, true);
 }
 
 /*
@@ -173,33 +184,16 @@ void (*signal(int sig, void (*handler)(int)))(int)
  * SIG_HOLD blocks). tests/chaos/repro/sysv_signal.c: zstd's SIGSEGV
  * handler replaced uhmm's and ran on uhmm's guarded faults.
  */
-static __sighandler_t sysv_set(int sig, __sighandler_t handler)
-{
-	struct sigaction sa, old;
-
-	if (sig <= 0 || sig >= NSIG || handler == SIG_ERR) {
-		errno = EINVAL;
-		return SIG_ERR;
-	}
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = handler;
-	sa.sa_flags = SA_RESETHAND | SA_NODEFER;
-	sigemptyset(&sa.sa_mask);
-	if (sigaction(sig, &sa, &old) < 0)
-		return SIG_ERR;
-	return old.sa_handler;
-}
-
 __attribute__((visibility("default")))
 __sighandler_t __sysv_signal(int sig, __sighandler_t handler)
 {
-	return sysv_set(sig, handler);
+	return set_handler(sig, handler, false);
 }
 
 __attribute__((visibility("default")))
 __sighandler_t sysv_signal(int sig, __sighandler_t handler)
 {
-	return sysv_set(sig, handler);
+	return set_handler(sig, handler, false);
 }
 
 __sighandler_t bsd_signal(int sig, __sighandler_t handler);

@@ -20,14 +20,11 @@
 #include "util.h"
 
 #define DEV_PAGES 256
+#include "toy.h"
 
 /* A toy device: pages of a pagemap, backed by a buffer of its own. */
 struct toy {
-	struct uhmm_pagemap *pg;
-	char *mem;			/* DEV_PAGES pages of device memory */
-	pthread_mutex_t lock;
-	unsigned long free[DEV_PAGES];
-	unsigned long nfree;
+	TOY_FIELDS;
 	atomic_int to_ram_calls;
 	atomic_long decline_until_ms;	/* migrate_to_ram returns 0 until */
 	int fault_lookup;		/* uhmm_vma_lookup() in migrate_to_ram */
@@ -38,29 +35,11 @@ struct toy {
 
 static struct toy toy;
 
+#include "toy.h"
+
 static void toy_page_free(struct uhmm_page *p)
 {
-	pthread_mutex_lock(&toy.lock);
-	toy.free[toy.nfree++] = uhmm_page_index(p);
-	pthread_mutex_unlock(&toy.lock);
-}
-
-static char *toy_mem(struct uhmm_page *p)
-{
-	return toy.mem + uhmm_page_index(p) * ps();
-}
-
-static struct uhmm_page *toy_alloc(void)
-{
-	struct uhmm_page *p = NULL;
-
-	pthread_mutex_lock(&toy.lock);
-	if (toy.nfree)
-		p = uhmm_pagemap_page(toy.pg, toy.free[--toy.nfree]);
-	pthread_mutex_unlock(&toy.lock);
-	if (p)
-		uhmm_page_init(p);
-	return p;
+	toy_give_back(p);
 }
 
 /* Device -> system for the faulting page. */
@@ -109,58 +88,7 @@ static const struct uhmm_pagemap_ops toy_ops = {
 
 static void toy_init(void)
 {
-	require_uffd(true);
-	memset(&toy, 0, sizeof(toy));
-	pthread_mutex_init(&toy.lock, NULL);
-	toy.mem = map_anon(DEV_PAGES * ps(), RW);
-	ASSERT_NOT_NULL(toy.mem);
-	ASSERT_EQ(uhmm_pagemap_create(UHMM_MEMORY_DEVICE_PRIVATE, &toy, &toy_ops,
-				      DEV_PAGES, &toy.pg), 0);
-	for (unsigned long i = 0; i < DEV_PAGES; i++)
-		toy.free[toy.nfree++] = DEV_PAGES - 1 - i;
-}
-
-/* System -> device for [p, p + n pages); returns pages migrated. */
-static long toy_to_dev(char *p, unsigned long n)
-{
-	uint64_t *src = calloc(n, 8), *dst = calloc(n, 8);
-	struct uhmm_migrate m = {
-		.start = (unsigned long)p, .end = (unsigned long)p + n * ps(),
-		.src = src, .dst = dst, .pgmap_owner = &toy,
-		.flags = UHMM_MIGRATE_SELECT_SYSTEM,
-	};
-	long moved = 0;
-	int r = uhmm_migrate_setup(&m);
-
-	if (r) {
-		free(src);
-		free(dst);
-		return r;
-	}
-	for (unsigned long i = 0; i < n; i++) {
-		struct uhmm_page *dp;
-
-		if (!(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
-			continue;
-		dp = toy_alloc();
-		if (!dp)
-			continue;
-		if (src[i] & UHMM_MIGRATE_PFN_VALID)
-			memcpy(toy_mem(dp), uhmm_migrate_pfn_to_addr(src[i]), ps());
-		else
-			memset(toy_mem(dp), 0, ps());
-		dst[i] = uhmm_migrate_pfn_device(dp);
-	}
-	uhmm_migrate_pages(&m);
-	for (unsigned long i = 0; i < n; i++)
-		moved += !!(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
-	uhmm_migrate_finalize(&m);
-	for (unsigned long i = 0; i < n; i++)
-		if (dst[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
-			uhmm_page_put(uhmm_migrate_pfn_to_page(dst[i]));
-	free(src);
-	free(dst);
-	return moved;
+	toy_setup(&toy_ops);
 }
 
 static bool resident(const char *p)
