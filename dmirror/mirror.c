@@ -260,7 +260,9 @@ static uint8_t dmirror_mkentry(const struct uhmm_dmirror *dm, uint64_t pfn)
 		b = dmirror_page_is_local(dm, pfn) ?
 			UHMM_DMIRROR_PROT_DEV_COHERENT_LOCAL :
 			UHMM_DMIRROR_PROT_DEV_COHERENT_REMOTE;
-	else if (pfn & UHMM_PFN_ZERO)
+	/* The kernel's is_zero_pfn(): the 4 KiB zero page only. The huge
+	 * zero page (ZERO at PMD order) is READ | PMD there. */
+	else if ((pfn & UHMM_PFN_ZERO) && !uhmm_pfn_to_map_order(pfn))
 		b = UHMM_DMIRROR_PROT_ZERO;
 	else
 		b = 0;

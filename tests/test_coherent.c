@@ -388,3 +388,52 @@ TEST(coherent_holes)
 	ASSERT_EQ(uhmm_dmirror_close(d2), 0);
 }
 
+
+/*
+ * hmm-tests hmm2 snapshot, coherent variant (devices 2 and 3), the
+ * kernel's set-up exactly: a PROT_NONE reservation, a hole, a read-only
+ * zero page (mprotect PROT_READ, then a read), a read-only page with
+ * data, a written page, one page on each device.
+ */
+TEST(coherent_hmm2_snapshot)
+{
+	unsigned long n = 7;
+	char *p = mmap(NULL, n * ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *mirror = map_anon(ps(), RW);	/* MIGRATE_TO_DEV reads back */
+	struct uhmm_dmirror *d2 = dopen(2), *d3 = dopen(3);
+	struct uhmm_dmirror_cmd c;
+	unsigned char m[7];
+	int val;
+
+	ASSERT_NE(p, MAP_FAILED);
+	ASSERT_EQ(munmap(p + ps(), ps()), 0);
+	/* Page 2: the read-only zero page. */
+	ASSERT_EQ(mprotect(p + 2 * ps(), ps(), PROT_READ), 0);
+	val = *(volatile int *)(p + 2 * ps()) + 3;
+	ASSERT_EQ(val, 3);
+	/* Page 3: read-only, with data. */
+	ASSERT_EQ(mprotect(p + 3 * ps(), ps(), RW), 0);
+	*(int *)(p + 3 * ps()) = val;
+	ASSERT_EQ(mprotect(p + 3 * ps(), ps(), PROT_READ), 0);
+	/* Pages 4-6: read-write; 5 goes to device 2, 6 to device 3. */
+	ASSERT_EQ(mprotect(p + 4 * ps(), 3 * ps(), RW), 0);
+	*(int *)(p + 4 * ps()) = val;
+	ASSERT_EQ(to_dev(d2, p + 5 * ps(), mirror, 1, &c), 0);
+	ASSERT_EQ(c.cpages, 1ULL);
+	ASSERT_EQ(to_dev(d3, p + 6 * ps(), mirror, 1, &c), 0);
+	ASSERT_EQ(c.cpages, 1ULL);
+	memset(m, 0xaa, sizeof(m));
+	ASSERT_EQ(dcmd(d2, UHMM_DMIRROR_SNAPSHOT, p, m, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	for (unsigned long i = 0; i < n; i++)
+		TH_LOG("page %lu: 0x%02x", i, m[i]);
+	ASSERT_EQ(m[0], UHMM_DMIRROR_PROT_ERROR);
+	ASSERT_EQ(m[1], UHMM_DMIRROR_PROT_ERROR);
+	ASSERT_EQ(m[2], UHMM_DMIRROR_PROT_ZERO | UHMM_DMIRROR_PROT_READ);
+	ASSERT_EQ(m[3], UHMM_DMIRROR_PROT_READ);
+	ASSERT_EQ(m[4], UHMM_DMIRROR_PROT_WRITE);
+	ASSERT_EQ(m[5], COH_LOCAL_W);
+	ASSERT_EQ(m[6], COH_REMOTE_W);
+	ASSERT_EQ(uhmm_dmirror_close(d2), 0);
+	ASSERT_EQ(uhmm_dmirror_close(d3), 0);
+}

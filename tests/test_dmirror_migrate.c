@@ -362,6 +362,55 @@ TEST(two_devices)
 	ASSERT_EQ(uhmm_dmirror_close(d1), 0);
 }
 
+/*
+ * hmm-tests hmm2 snapshot, the kernel's set-up exactly: a PROT_NONE
+ * reservation, a hole, a read-only zero page (mprotect PROT_READ, then a
+ * read), a read-only page with data, a written page, one page on each
+ * device. SNAPSHOT by device 0 faults nothing.
+ */
+TEST(hmm2_snapshot)
+{
+	unsigned long n = 7;
+	char *p = mmap(NULL, n * ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	struct uhmm_dmirror *d0 = dopen(0), *d1 = dopen(1);
+	char *mirror = map_anon(ps(), RW);	/* MIGRATE_TO_DEV reads back */
+	struct uhmm_dmirror_cmd c;
+	unsigned char *m;
+	int *w, val;
+
+	ASSERT_NE(p, MAP_FAILED);
+	ASSERT_EQ(munmap(p + ps(), ps()), 0);
+	/* Page 2: the read-only zero page. */
+	ASSERT_EQ(mprotect(p + 2 * ps(), ps(), PROT_READ), 0);
+	w = (int *)(p + 2 * ps());
+	val = *(volatile int *)w + 3;
+	ASSERT_EQ(val, 3);
+	/* Page 3: read-only, with data. */
+	ASSERT_EQ(mprotect(p + 3 * ps(), ps(), RW), 0);
+	*(int *)(p + 3 * ps()) = val;
+	ASSERT_EQ(mprotect(p + 3 * ps(), ps(), PROT_READ), 0);
+	/* Pages 4-6: read-write; 5 goes to device 0, 6 to device 1. */
+	ASSERT_EQ(mprotect(p + 4 * ps(), 3 * ps(), RW), 0);
+	*(int *)(p + 4 * ps()) = val;
+	ASSERT_EQ(migrate(d0, p + 5 * ps(), mirror, 1, &c), 0);
+	ASSERT_EQ(c.cpages, 1ULL);
+	ASSERT_EQ(migrate(d1, p + 6 * ps(), mirror, 1, &c), 0);
+	ASSERT_EQ(c.cpages, 1ULL);
+	m = snap(d0, p, n);
+	for (unsigned long i = 0; i < n; i++)
+		TH_LOG("page %lu: 0x%02x", i, m[i]);
+	ASSERT_EQ(m[0], UHMM_DMIRROR_PROT_ERROR);
+	ASSERT_EQ(m[1], UHMM_DMIRROR_PROT_ERROR);
+	ASSERT_EQ(m[2], UHMM_DMIRROR_PROT_ZERO | UHMM_DMIRROR_PROT_READ);
+	ASSERT_EQ(m[3], UHMM_DMIRROR_PROT_READ);
+	ASSERT_EQ(m[4], UHMM_DMIRROR_PROT_WRITE);
+	ASSERT_EQ(m[5], LOCAL_W);
+	ASSERT_EQ(m[6], UHMM_DMIRROR_PROT_NONE);
+	free(m);
+	ASSERT_EQ(uhmm_dmirror_close(d0), 0);
+	ASSERT_EQ(uhmm_dmirror_close(d1), 0);
+}
+
 /* Two opens of one device share its memory: LOCAL through both. */
 TEST(two_opens_same_device)
 {

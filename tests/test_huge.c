@@ -280,6 +280,46 @@ TEST(thp_dmirror_snapshot_read_write)
 	munmap(p, HUGE);
 }
 
+/*
+ * The huge zero page, set up as hmm-tests migrate_anon_huge_zero does (a
+ * PROT_READ mapping, MADV_HUGEPAGE, one read). The kernel's dmirror says
+ * READ | PMD for it, without ZERO: dmirror_mkentry() tests is_zero_pfn(),
+ * which is the 4 KiB zero page only (hmm2 snapshot's ZERO | READ is
+ * test_dmirror_migrate's hmm2_snapshot).
+ */
+TEST(thp_huge_zero_page_snapshot)
+{
+	char buf[64];
+	unsigned long n = HUGE / ps();
+	char *raw, *p;
+	struct uhmm_dmirror *dm;
+	struct uhmm_dmirror_cmd c;
+	unsigned char *snap = malloc(n);
+
+	ASSERT_NOT_NULL(snap);
+	if (thp_never())
+		SKIP("transparent huge pages are disabled");
+	if (read_file("/sys/kernel/mm/transparent_hugepage/use_zero_page", buf,
+		      sizeof(buf)) || buf[0] != '1')
+		SKIP("the huge zero page is disabled (use_zero_page)");
+	raw = mmap(NULL, 2 * HUGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_TRUE(raw != MAP_FAILED);
+	p = (char *)(((unsigned long)raw + HUGE - 1) & ~(HUGE - 1));
+	ASSERT_EQ(madvise(p, HUGE, MADV_HUGEPAGE), 0);
+	ASSERT_EQ(*(volatile int *)p, 0);
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_SNAPSHOT, p, snap, n, &c), 0);
+	ASSERT_EQ(c.cpages, (uint64_t)n);
+	TH_LOG("page 0: 0x%02x, page %lu: 0x%02x", snap[0], n - 1, snap[n - 1]);
+	if (snap[0] == (UHMM_DMIRROR_PROT_ZERO | UHMM_DMIRROR_PROT_READ))
+		SKIP("no huge zero page here: the read mapped 4 KiB zero pages");
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(snap[i], UHMM_DMIRROR_PROT_READ | UHMM_DMIRROR_PROT_PMD);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	free(snap);
+	munmap(raw, 2 * HUGE);
+}
+
 /* ------------------------------------------------------------------ */
 /* hugetlbfs                                                            */
 /* ------------------------------------------------------------------ */
