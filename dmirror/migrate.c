@@ -141,7 +141,10 @@ static unsigned long dmirror_chunk_pages(unsigned long addr, unsigned long end)
 /*
  * A COMPOUND source entry of MIGRATE_TO_DEV: a device THP, or, when that
  * allocation fails (FAIL_ALLOC forces it once), base pages for each of
- * its pages (dmirror_migrate_alloc_and_copy). Returns the entries used.
+ * its pages (dmirror_migrate_alloc_and_copy). Coherent memory has no
+ * device THPs here (uhmm installs coherent frames per page): base pages
+ * always, FAIL_ALLOC used up by the THP attempt as in the kernel. Returns
+ * the entries used.
  */
 static unsigned long dmirror_to_dev_folio(struct uhmm_dmirror *dm,
 					  struct dmirror_xfer *x,
@@ -154,7 +157,8 @@ static unsigned long dmirror_to_dev_folio(struct uhmm_dmirror *dm,
 	char *from = uhmm_migrate_pfn_to_addr(src[0]);
 	struct uhmm_page *head = NULL;
 
-	if (!uhmm__dmirror_fail_alloc(dm) && n == DMIRROR_BLOCK_PAGES)
+	if (!uhmm__dmirror_fail_alloc(dm) && n == DMIRROR_BLOCK_PAGES &&
+	    !uhmm__dmirror_coherent(dev))
 		head = uhmm__dmirror_folio_alloc(dev);
 	if (head) {
 		char *mem = uhmm_page_data(head);
@@ -228,12 +232,13 @@ int uhmm__dmirror_migrate_to_dev(struct uhmm_dmirror *dm,
 		uint64_t left = 0, cflags = 0;
 		struct uhmm_page *chead = NULL;
 
+		/* SELECT_COMPOUND for both kinds, as the kernel's dmirror:
+		 * a THP's FAIL_ALLOC falls back to base pages. */
 		ret = uhmm__dmirror_migrate_setup(&m, addr,
 				addr + (n << uhmm__dmirror_page_shift),
 				src, dst, dev,
 				UHMM_MIGRATE_SELECT_SYSTEM |
-				(uhmm__dmirror_coherent(dev) ? 0 :
-				 UHMM_MIGRATE_SELECT_COMPOUND), NULL);
+				UHMM_MIGRATE_SELECT_COMPOUND, NULL);
 		if (ret)
 			return ret;
 		memset(dst, 0, m.npages * sizeof(*dst));

@@ -262,6 +262,59 @@ TEST(thp_fail_alloc_both_ways)
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
 
+/*
+ * hmm-tests migrate_anon_huge_err, coherent variant (device 2), the
+ * kernel's set-up exactly: the THP allocation fails once, the migration
+ * falls back to base pages and moves everything; then a THP goes to the
+ * device and MIGRATE_TO_SYS with FAIL_ALLOC brings it back.
+ */
+TEST(coherent_thp_fail_alloc_both_ways)
+{
+	unsigned long size = TWOMEG, npages = npg(), i;
+	char *old = map_anon(2 * size, RW), *mirror = map_anon(2 * size, RW);
+	struct uhmm_dmirror *dm = NULL;
+	struct uhmm_dmirror_cmd c;
+	char *map;
+	int *w;
+
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(2, &dm), 0);
+	memset(mirror, 0xff, 2 * size);
+	map = (char *)(((uintptr_t)old + size - 1) & ~(size - 1));
+	ASSERT_EQ(madvise(map, size, MADV_HUGEPAGE), 0);
+	w = (int *)map;
+	for (i = 0; i < size / sizeof(*w); i++)
+		w[i] = (int)i;
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, map, NULL,
+		       UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, map, mirror, npages, &c), 0);
+	ASSERT_EQ(c.cpages, npages);
+	for (i = 0, w = (int *)mirror; i < size / sizeof(*w); i++)
+		ASSERT_EQ(w[i], (int)i);
+	ASSERT_EQ(snap1(dm, map), UHMM_DMIRROR_PROT_DEV_COHERENT_LOCAL |
+		  UHMM_DMIRROR_PROT_WRITE);
+	w = (int *)map;
+	ASSERT_EQ(w[2048], 2048);
+
+	ASSERT_EQ(munmap(old, 2 * size), 0);
+	old = map_anon(2 * size, RW);
+	map = (char *)(((uintptr_t)old + size - 1) & ~(size - 1));
+	ASSERT_EQ(madvise(map, size, MADV_HUGEPAGE), 0);
+	w = (int *)map;
+	for (i = 0; i < size / sizeof(*w); i++)
+		w[i] = (int)i;
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, map, mirror, npages, &c), 0);
+	ASSERT_EQ(c.cpages, npages);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_FLAGS, map, NULL,
+		       UHMM_DMIRROR_FLAG_FAIL_ALLOC, &c), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, map, NULL, npages, &c), 0);
+	ASSERT_EQ(w[2048], 2048);
+	for (i = 0; i < size / sizeof(*w); i++)
+		ASSERT_EQ(w[i], (int)i);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	munmap(old, 2 * size);
+}
+
 struct toucher {
 	char *p;
 	unsigned int seed;
