@@ -6,6 +6,8 @@
 #   make check                          build, then run tests/run.sh
 #   make run                            build, then run the main job (uhmm demo)
 #   make bench                          build, then run every benchmark (uhmm bench)
+#   make tools                          the isolation probes, build/tools/probe_*
+#                                       (docs/isolation-probes.md)
 #   make plot-deps                      install gnuplot for uhmm bench --plot
 #   make check SANITIZE=address,undefined   (BUILD defaults to build-asan)
 #   make check SANITIZE=thread              (BUILD defaults to build-tsan)
@@ -80,6 +82,7 @@ CLI_SRCS   := $(wildcard cli/*.c)
 TEST_SRCS  := $(sort $(wildcard tests/test_*.c))
 BENCH_SRCS := $(sort $(wildcard bench/*.c))
 EX_SRCS    := $(sort $(wildcard examples/*.c))
+TOOL_SRCS  := $(sort $(wildcard tools/*.c))
 
 LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 CLI_OBJS := $(CLI_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -96,6 +99,7 @@ CHAOS_LIB := $(BUILD)/libuhmm-chaos.so
 CHAOS_TEST := $(BUILD)/tests/test_chaos
 BENCHES  := $(BENCH_SRCS:bench/%.c=$(BUILD)/bench/%)
 EXAMPLES := $(EX_SRCS:examples/%.c=$(BUILD)/examples/%)
+TOOLS    := $(TOOL_SRCS:tools/%.c=$(BUILD)/tools/%)
 
 # A shared library needs at least one object; while src/ is still empty
 # only the (empty) static archive is built.
@@ -133,16 +137,17 @@ ifneq ($(SANITIZE),)
   TEST_TIMEOUT_SCALE_DEFAULT := 3
 endif
 
-.PHONY: all libs cli tests benches examples check run bench install \
+.PHONY: all libs cli tests benches examples tools check run bench install \
 	uninstall clean
 .DEFAULT_GOAL := all
 
-all: libs cli tests benches examples
+all: libs cli tests benches examples tools
 libs: $(LIBS)
 cli: $(CLI)
 tests: $(TESTS) $(SHARED_TEST) $(CHAOS_LIB) $(CHAOS_TEST)
 benches: $(BENCHES)
 examples: $(EXAMPLES)
+tools: $(TOOLS)
 
 # ---------------------------------------------------------------- objects
 
@@ -169,6 +174,10 @@ $(BUILD)/obj/bench/%.o: bench/%.c
 $(BUILD)/obj/examples/%.o: examples/%.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/tools/%.o: tools/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Itools -c -o $@ $<
 
 # -------------------------------------------------------------- libraries
 
@@ -238,6 +247,11 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(STATIC)
 $(BUILD)/examples/%: $(BUILD)/obj/examples/%.o $(STATIC)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_LDFLAGS) -o $@ $< $(STATIC) $(ALL_LDLIBS)
+
+# The probes of tools/ (docs/isolation-probes.md) use no uhmm code.
+$(BUILD)/tools/%: $(BUILD)/obj/tools/%.o
+	@mkdir -p $(@D)
+	$(CC) $(ALL_LDFLAGS) -o $@ $< $(ALL_LDLIBS)
 
 # ---------------------------------------------------------------- actions
 
@@ -401,7 +415,8 @@ clean:
 
 ALL_OBJS := $(LIB_OBJS) $(CLI_OBJS) \
 	$(TEST_SRCS:%.c=$(BUILD)/obj/%.o) $(BENCH_SRCS:%.c=$(BUILD)/obj/%.o) \
-	$(EX_SRCS:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/soak.o \
+	$(EX_SRCS:%.c=$(BUILD)/obj/%.o) $(TOOL_SRCS:%.c=$(BUILD)/obj/%.o) \
+	$(BUILD)/obj/tests/soak.o \
 	$(BUILD)/obj/tests/chaos/chaos.o
 
 # The Debian packages the build uses (scripts/deps.sh: installs them as
