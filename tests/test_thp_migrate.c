@@ -315,6 +315,61 @@ TEST(coherent_thp_fail_alloc_both_ways)
 	munmap(old, 2 * size);
 }
 
+/*
+ * Coherent device, 2 MiB-aligned THP-eligible blocks: empty, the huge
+ * zero page (read in a read-write mapping), a THP. The collect reports
+ * each as one COMPOUND entry (SELECT_COMPOUND); coherent memory takes it
+ * as 512 base pages, mapped at the block, and MIGRATE_TO_SYS brings them
+ * back with the CPU's writes.
+ */
+TEST(coherent_thp_blocks_as_base_pages)
+{
+	struct uhmm_dmirror *dm = NULL;
+	unsigned char *m = malloc(npg());
+
+	require_uffd(true);
+	ASSERT_NOT_NULL(m);
+	ASSERT_EQ(uhmm_dmirror_open(2, &dm), 0);
+	for (int kind = 0; kind < 3; kind++) {
+		char *base, *p = thp_area(&base), *mirror = map_anon(TWOMEG, RW);
+		struct uhmm_dmirror_cmd c;
+		char old;
+
+		if (kind == 1)
+			ASSERT_EQ(*(volatile char *)p, 0);
+		if (kind == 2)
+			tfill(p, TWOMEG, 12);
+		memset(mirror, 0x55, TWOMEG);
+		ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, npg(), &c), 0);
+		ASSERT_EQ(c.cpages, npg());
+		if (kind == 2) {
+			ASSERT_TRUE(tcheck(mirror, TWOMEG, 12));
+		} else {
+			for (unsigned long i = 0; i < TWOMEG; i++)
+				ASSERT_EQ(mirror[i], 0);
+		}
+		ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_SNAPSHOT, p, m, npg(), &c), 0);
+		for (unsigned long i = 0; i < npg(); i++)
+			ASSERT_EQ(m[i], UHMM_DMIRROR_PROT_DEV_COHERENT_LOCAL |
+				  UHMM_DMIRROR_PROT_WRITE);
+		old = p[5];
+		p[5] = 9;	/* the CPU writes the device's frame in place */
+		ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, npg(), &c), 0);
+		ASSERT_EQ(c.cpages, npg());
+		ASSERT_EQ(p[5], 9);
+		if (kind == 2) {
+			p[5] = old;
+			ASSERT_TRUE(tcheck(p, TWOMEG, 12));
+		} else {
+			ASSERT_EQ(p[TWOMEG - 1], 0);
+		}
+		munmap(base, 2 * TWOMEG);
+		munmap(mirror, TWOMEG);
+	}
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	free(m);
+}
+
 struct toucher {
 	char *p;
 	unsigned int seed;
