@@ -148,8 +148,9 @@ static inline void probe_pause(size_t off)
 	uint64_t end = us ? probe_now_ns() + us * 1000ull : 0;
 	unsigned long p0 = pr ? atomic_load(pr) : 0;
 
+	/* Yielding: on a busy machine the writer may share this CPU. */
 	while (probe_now_ns() < end && (!pr || atomic_load(pr) - p0 < 100))
-		;
+		sched_yield();
 	if (us && pr) {
 		atomic_fetch_add(&probe_pauses, 1);
 		if (atomic_load(pr) - p0 >= 100)
@@ -511,7 +512,7 @@ static void *probe_server(void *arg)
 			continue;
 		a = msg.arg.pagefault.address & ~(uint64_t)(c->ps - 1);
 		while (!atomic_load(&probe_done))
-			;
+			sched_yield();
 		if (msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
 			struct uffdio_range rg = { a, c->ps };
 
@@ -535,13 +536,15 @@ static void *probe_server(void *arg)
 }
 
 /*
- * @rounds isolations of an anon rw range (4 KiB pages) while a thread
- * increments words of its last batch; between rounds every page is
- * faulted back. Returns the increments lost (0: none), or -1 if it could not run.
+ * @rounds isolations of a range of @kind while a thread increments words
+ * of its last batch; between rounds every page is faulted back. Returns
+ * the increments lost (0: none), or -1 if it could not run; *child: the
+ * COW child's verdict (probe_teardown()).
  */
-static long probe_race_run(const struct probe_method *m, size_t len,
-			   unsigned int rounds, int uffd, unsigned long *faults,
-			   unsigned long *windows, unsigned long *written)
+static long probe_race_run(const struct probe_method *m, enum probe_kind kind,
+			   bool thp, size_t len, unsigned int rounds, int uffd,
+			   unsigned long *faults, unsigned long *windows,
+			   unsigned long *written, int *child)
 {
 	struct probe_ctx c = { .ps = (size_t)sysconf(_SC_PAGESIZE) };
 	struct probe_race r = { .c = &c, .m = m };
@@ -549,9 +552,9 @@ static long probe_race_run(const struct probe_method *m, size_t len,
 	size_t n;
 	long lost = 0;
 
-	probe_setup(&c, K_RW, len, false, uffd);
+	probe_setup(&c, kind, len, thp, uffd);
 	if (c.reg_err) {
-		probe_teardown(&c);
+		*child = probe_teardown(&c);
 		return -1;
 	}
 	if (m->race_prepare)
@@ -607,7 +610,7 @@ static long probe_race_run(const struct probe_method *m, size_t len,
 	*written = atomic_load(&probe_pause_writes);
 	atomic_store(&probe_pause_progress, NULL);
 	free(r.count);
-	probe_teardown(&c);
+	*child = probe_teardown(&c);
 	return lost;
 }
 
@@ -819,18 +822,27 @@ static int probe_main(int argc, char **argv, const struct probe_method *m,
 		}
 	}
 	probe_events_cost(m, len, reps);
-	{
+	printf("# racing writer: increments lost; windows (copy to release of "
+	       "the writer's batch) in which it went on writing; faults served; "
+	       "control: %s\n", control->name);
+	for (int rc = 0; rc < 3; rc++) {
+		enum probe_kind kind = rc == 1 ? K_COW : K_RW;
+		bool thp = rc == 2;
+		size_t rl = thp ? (len >= 2 * PROBE_HUGE ? 2 * PROBE_HUGE : PROBE_HUGE) :
+			    len / 4;
 		unsigned long faults_c, win, wr, win_c, wr_c;
-		long lost = probe_race_run(m, len / 4, rounds, uffd, &faults,
-					   &win, &wr);
-		long lost_c = probe_race_run(control, len / 4, rounds, uffd,
-					     &faults_c, &win_c, &wr_c);
+		int child, child_c;
+		long lost = probe_race_run(m, kind, thp, rl, rounds, uffd, &faults,
+					   &win, &wr, &child);
+		long lost_c = probe_race_run(control, kind, thp, rl, rounds, uffd,
+					     &faults_c, &win_c, &wr_c, &child_c);
 
-		printf("racing writer, %u rounds over %zu KiB: %ld increments lost, "
-		       "writes went on in %lu of %lu windows (copy to release of the "
-		       "writer's batch), %lu faults served (control '%s': %ld lost, "
+		printf("racing writer, %-21s %s, %u rounds over %zu KiB: %ld lost, "
+		       "writes in %lu of %lu windows, %lu faults%s (control: %ld lost, "
 		       "writes in %lu of %lu windows)\n",
-		       rounds, (len / 4) >> 10, lost, wr, win, faults, control->name,
+		       probe_kind_name[kind], thp ? "THP" : "4 KiB", rounds, rl >> 10,
+		       lost, wr, win, faults,
+		       child < 0 ? "" : child ? ", child intact" : ", CHILD CHANGED",
 		       lost_c, wr_c, win_c);
 	}
 	close(uffd);

@@ -43,7 +43,7 @@ static void mp_segv(int sig, siginfo_t *si, void *uc)
 		return;
 	}
 	while (!atomic_load(&probe_done))
-		;
+		sched_yield();
 }
 
 static void mp_race_prepare(struct probe_ctx *c)
