@@ -559,14 +559,14 @@ int main(void)
 	/* The CPU touches VRAM: migrate_to_ram brings the pages home. */
 	CHECK(((volatile uint64_t *)(mem + 6 * ps))[2] == 0x1234);
 	CHECK(((volatile uint64_t *)(mem + 7 * ps))[0] == pattern(7));
-	CHECK(s->to_ram_calls >= 1);
+	CHECK(__atomic_load_n(&s->to_ram_calls, __ATOMIC_RELAXED) >= 1);
 	pthread_mutex_lock(&s->lock);
 	CHECK(!s->pt[6].valid);
 	pthread_mutex_unlock(&s->lock);
 
 	/* Evict one buffer's pages (the first 16 migrated) by list, the
 	 * rest at teardown by range; the CPU reads everything back. */
-	to_ram = s->to_ram_calls;
+	to_ram = __atomic_load_n(&s->to_ram_calls, __ATOMIC_RELAXED);
 	for (unsigned long i = 0; i < 16; i++)
 		in_vram += uhmm_page_refcount(bo[i]) > 0;
 	CHECK(in_vram >= 8 && dmem_evict_bo(s, bo, 16) == in_vram);
@@ -575,11 +575,12 @@ int main(void)
 		same &= *(uint64_t *)(mem + i * ps) == pattern(i);
 	CHECK(same);
 	CHECK(((uint64_t *)(mem + 3 * ps))[1] == 0xabcdef);
-	CHECK(s->to_ram_calls == to_ram);	/* evicted: no CPU fault */
+	CHECK(__atomic_load_n(&s->to_ram_calls, __ATOMIC_RELAXED) == to_ram);	/* evicted: no CPU fault */
 
 	CHECK(uhmm_interval_notifier_remove(s->notifier) == 0);
 	CHECK(uhmm_dma_destroy(s->dma) == 0);
-	printf("migrate_to_ram called %lu times\n", s->to_ram_calls);
+	printf("migrate_to_ram called %lu times\n",
+	       __atomic_load_n(&s->to_ram_calls, __ATOMIC_RELAXED));
 	printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
 	return failures ? 1 : 0;
 }

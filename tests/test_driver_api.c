@@ -31,6 +31,9 @@ struct toy {
 	struct uhmm_vma fault_vma;	/* and what it found */
 	struct uhmm_fault fault_seen;	/* the first call's argument */
 	pid_t fault_runs_on;		/* and the thread it ran on */
+	/* Set after the four above: the access woken through the kernel
+	 * is no happens-before edge ThreadSanitizer can see. */
+	atomic_int fault_recorded;
 };
 
 static struct toy toy;
@@ -75,6 +78,7 @@ static int toy_migrate_to_ram(struct uhmm_fault *vmf)
 		toy.fault_lookup = uhmm_vma_lookup(vmf->address, &toy.fault_vma);
 		toy.fault_seen = *vmf;
 		toy.fault_runs_on = gettid();
+		atomic_store_explicit(&toy.fault_recorded, 1, memory_order_release);
 	}
 	if (now_ms() < atomic_load(&toy.decline_until_ms))
 		return 0;
@@ -603,6 +607,7 @@ TEST(vma_lookup_in_migrate_to_ram)
 	p[0] = 3;
 	ASSERT_EQ(toy_to_dev(p, 2), 2);
 	ASSERT_EQ(((volatile char *)p)[0], 3);
+	ASSERT_TRUE(atomic_load_explicit(&toy.fault_recorded, memory_order_acquire));
 	ASSERT_EQ(toy.fault_lookup, 0);
 	ASSERT_LE(toy.fault_vma.start, (unsigned long)p);
 	ASSERT_GE(toy.fault_vma.end, (unsigned long)p + 2 * ps());
@@ -648,6 +653,7 @@ static void fault_context(bool write)
 	ASSERT_TRUE(access_wait(&ta.a, 5000));
 	pthread_join(t, NULL);
 	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 1);
+	ASSERT_TRUE(atomic_load_explicit(&toy.fault_recorded, memory_order_acquire));
 	ASSERT_EQ(toy.fault_seen.address, (unsigned long)p + ps());
 	ASSERT_EQ(toy.fault_seen.tid, ta.tid);
 	ASSERT_NE(toy.fault_seen.tid, toy.fault_runs_on);
@@ -735,7 +741,9 @@ TEST(device_pfns_evicts_a_list_of_pages)
 	ASSERT_NOT_NULL(p);
 	mark_pages(p, n);
 	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	pthread_mutex_lock(&toy.lock);
 	free_page = uhmm_pagemap_page(toy.pg, toy.free[toy.nfree - 1]);
+	pthread_mutex_unlock(&toy.lock);
 	ASSERT_EQ(uhmm_page_refcount(free_page), 0u);
 	src[0] = uhmm_migrate_pfn_device(toy_page_of(6));
 	src[1] = uhmm_migrate_pfn_device(toy_page_of(1));
@@ -743,7 +751,7 @@ TEST(device_pfns_evicts_a_list_of_pages)
 	src[3] = uhmm_migrate_pfn_device(toy_page_of(3));
 	src[4] = src[0];
 	src[5] = uhmm_migrate_pfn_device(free_page);
-	nfree = toy.nfree;
+	nfree = toy_nfree();
 
 	ASSERT_EQ(uhmm_migrate_device_pfns(src, 6), 0);
 	for (int i = 0; i < 4; i += 1 + (i == 1))
@@ -759,7 +767,7 @@ TEST(device_pfns_evicts_a_list_of_pages)
 	for (int i = 0; i < 4; i += 1 + (i == 1))
 		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
 	uhmm_migrate_device_finalize(src, dst, 6);
-	ASSERT_EQ(toy.nfree, nfree + 3);
+	ASSERT_EQ(toy_nfree(), nfree + 3);
 	/* Home without a fault; the rest still on the device. */
 	for (unsigned long i = 0; i < n; i++)
 		ASSERT_EQ(resident(p + i * ps()), i == 1 || i == 3 || i == 6);
@@ -814,9 +822,9 @@ TEST(device_pages_commits_before_finalize)
 		moved += !!(src[i] & UHMM_MIGRATE_PFN_MIGRATE);
 	}
 	ASSERT_EQ(moved, 3u);
-	nfree = toy.nfree;
+	nfree = toy_nfree();
 	uhmm_migrate_device_finalize(src, dst, DEV_PAGES);
-	ASSERT_EQ(toy.nfree, nfree + 3);
+	ASSERT_EQ(toy_nfree(), nfree + 3);
 	uhmm_page_put(dp);
 	for (unsigned long i = 0; i < n; i++)
 		ASSERT_EQ(resident(p + i * ps()), i % 2 == 0);

@@ -35,6 +35,17 @@ TH_UNUSED static void toy_give_back(struct uhmm_page *p)
 	pthread_mutex_unlock(&toy.lock);
 }
 
+/* Free pages now (page_free runs on uhmm's threads). */
+TH_UNUSED static unsigned long toy_nfree(void)
+{
+	unsigned long n;
+
+	pthread_mutex_lock(&toy.lock);
+	n = toy.nfree;
+	pthread_mutex_unlock(&toy.lock);
+	return n;
+}
+
 TH_UNUSED static char *toy_mem(struct uhmm_page *p)
 {
 	return toy.mem + uhmm_page_index(p) * ps();
