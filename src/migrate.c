@@ -287,6 +287,35 @@ static bool is_self(const struct self_ranges *r, unsigned long a,
 	return r->libdata && uhmm__alloc_libdata(a, a + ps);
 }
 
+/*
+ * Register [start, end) for missing-page faults, less the pages collect
+ * never takes (the caller's descriptor, the libraries' data): a hole
+ * there would fault to uhmm on first touch, and a reader of the process
+ * whose threads are all stopped (LeakSanitizer's exit scan, gdb) would
+ * wait for good on uhmm's stopped readers.
+ */
+static int register_missing(struct uhmm_rt *rt, unsigned long start,
+			    unsigned long end, unsigned long tlo, unsigned long thi)
+{
+	unsigned long ps = rt->page_size, run = start;
+	int err = 0;
+
+	if (end <= start)
+		return 0;
+	if (!(start < thi && end > tlo) && !uhmm__alloc_libdata(start, end))
+		return uhmm__track_missing(rt, start, end);
+	for (unsigned long a = start; a < end && !err; a += ps) {
+		if (!(a < thi && a + ps > tlo) && !uhmm__alloc_libdata(a, a + ps))
+			continue;
+		if (a > run)
+			err = uhmm__track_missing(rt, run, a);
+		run = a + ps;
+	}
+	if (!err && end > run)
+		err = uhmm__track_missing(rt, run, end);
+	return err;
+}
+
 static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 {
 	struct mstate *ms = mstate_of(m);
@@ -496,7 +525,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	 * yet), and a move out of a mapping uhmm does not watch would leave
 	 * a hole a CPU touch fills with zeros.
 	 */
-	err = reg_end > m->start ? uhmm__track_missing(rt, m->start, reg_end) : 0;
+	err = register_missing(rt, m->start, reg_end, tlo, thi);
 	if (!err) {
 		ms->registered = true;
 		err = collect(rt, m, writable);
