@@ -238,4 +238,28 @@ TH_UNUSED static bool check(const void *buf, unsigned long npages,
 	return check_bytes(buf, npages * ps(), seed);
 }
 
+/*
+ * The kernel's hmm2 snapshot set-up (hmm-tests.c, "snapshot") on 7 pages
+ * at @p: page 1 unmapped, page 2 the read-only zero page, page 3
+ * read-only with data, pages 4-6 read-write with data in page 4; pages 5
+ * and 6 are the caller's to migrate. Returns the value written, or -1.
+ */
+TH_UNUSED static int hmm2_snapshot_layout(char *p)
+{
+	int val;
+
+	if (munmap(p + ps(), ps()) ||
+	    mprotect(p + 2 * ps(), ps(), PROT_READ))
+		return -1;
+	val = *(volatile int *)(p + 2 * ps()) + 3;
+	if (mprotect(p + 3 * ps(), ps(), RW))
+		return -1;
+	*(int *)(p + 3 * ps()) = val;
+	if (mprotect(p + 3 * ps(), ps(), PROT_READ) ||
+	    mprotect(p + 4 * ps(), 3 * ps(), RW))
+		return -1;
+	*(int *)(p + 4 * ps()) = val;
+	return val;
+}
+
 #endif /* UHMM_TESTS_UTIL_H */
