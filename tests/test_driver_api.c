@@ -223,6 +223,24 @@ TEST_TIMEOUT(migrate_to_ram_declines_briefly_completes_soon, 20)
 }
 
 /*
+ * Pages [p, p + n) on the toy device (the first word 7), a driver that
+ * declines for an hour, and a thread reading p, asked at least twice.
+ */
+static void start_declined_access(char *p, long n, struct access *a,
+				  pthread_t *t)
+{
+	toy_init();
+	ASSERT_NOT_NULL(p);
+	((uint64_t *)p)[0] = 7;
+	ASSERT_EQ(toy_to_dev(p, n), n);
+	a->addr = (volatile uint64_t *)p;
+	atomic_store(&toy.decline_until_ms, now_ms() + 3600 * 1000L);
+	ASSERT_EQ(pthread_create(t, NULL, access_main, a), 0);
+	while (atomic_load(&toy.to_ram_calls) < 2)
+		usleep(1000);
+}
+
+/*
  * munmap while the driver declines: the access cannot complete (the
  * thread would read a fresh page, but it is not the one that touches it
  * here), and the reader that keeps asking must notice the page is gone
@@ -235,15 +253,7 @@ TEST_TIMEOUT(migrate_to_ram_declining_page_unmapped_stops_calls, 20)
 	pthread_t t;
 	int calls;
 
-	toy_init();
-	ASSERT_NOT_NULL(p);
-	((uint64_t *)p)[0] = 7;
-	ASSERT_EQ(toy_to_dev(p, 2), 2);
-	a.addr = (volatile uint64_t *)p;
-	atomic_store(&toy.decline_until_ms, now_ms() + 3600 * 1000L);
-	ASSERT_EQ(pthread_create(&t, NULL, access_main, &a), 0);
-	while (atomic_load(&toy.to_ram_calls) < 2)
-		usleep(1000);
+	start_declined_access(p, 2, &a, &t);
 	/* MADV_DONTNEED: the page is dropped; the access reads zeros. */
 	ASSERT_EQ(madvise(p, ps(), MADV_DONTNEED), 0);
 	ASSERT_TRUE(access_wait(&a, 5000));
@@ -263,15 +273,7 @@ TEST_TIMEOUT(migrate_to_ram_declining_forever_shutdown_returns, 20)
 	pthread_t t;
 	long t0;
 
-	toy_init();
-	ASSERT_NOT_NULL(p);
-	((uint64_t *)p)[0] = 7;
-	ASSERT_EQ(toy_to_dev(p, 1), 1);
-	a.addr = (volatile uint64_t *)p;
-	atomic_store(&toy.decline_until_ms, now_ms() + 3600 * 1000L);
-	ASSERT_EQ(pthread_create(&t, NULL, access_main, &a), 0);
-	while (atomic_load(&toy.to_ram_calls) < 2)
-		usleep(1000);
+	start_declined_access(p, 1, &a, &t);
 	t0 = now_ms();
 	ASSERT_EQ(uhmm_shutdown(), 0);
 	ASSERT_LT(now_ms() - t0, 2000);
