@@ -72,7 +72,7 @@ static void collect_page(struct uhmm_rt *rt, struct uhmm_page *p,
 		unsigned long a = vpn << rt->page_shift;
 
 		if ((a < self->thi && a + rt->page_size > self->tlo) ||
-		    (a + rt->page_size + (256UL << 10) > self->sp &&
+		    (a + rt->page_size + SELF_STACK > self->sp &&
 		     a < self->sp + SELF_STACK_EVICT))
 			r = -EBUSY;
 	}

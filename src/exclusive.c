@@ -35,7 +35,7 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 	unsigned long sp = (uintptr_t)__builtin_frame_address(0), tlo, thi;
 
 	uhmm__thread_area(rt, &tlo, &thi);
-	if ((sp >= q.vma_start && sp < q.vma_end && addr + rt->page_size > sp - (256UL << 10)) ||
+	if ((sp >= q.vma_start && sp < q.vma_end && addr + rt->page_size > sp - SELF_STACK) ||
 	    (addr < thi && addr + rt->page_size > tlo) ||
 	    uhmm__alloc_libdata(addr, addr + rt->page_size))
 		return -EBUSY;

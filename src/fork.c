@@ -63,41 +63,6 @@ void uhmm__fork_done(struct uhmm_rt *rt)
 	pthread_mutex_unlock(&rt->gate_lock);
 }
 
-static void fault_in(struct uhmm_rt *rt, unsigned long vpn,
-		     _Atomic uintptr_t *e, void *arg)
-{
-	char c;
-
-	(void)arg;
-	if (ent_dropped(atomic_load(e)))
-		return;
-	/*
-	 * A CPU touch from user mode, served by migrate_to_ram as any
-	 * access. Not MADV_POPULATE_READ: with a userfaultfd opened with
-	 * UFFD_USER_MODE_ONLY (unprivileged users) the kernel's own fault
-	 * fails, and the child would read zeros. Retried: a page left on the
-	 * device reads as zeros in the child.
-	 */
-	for (int i = 0; i < 3; i++)
-		if (uhmm_copy_nofault(&c, (void *)(vpn << rt->page_shift), 1,
-				      NULL) == 0)
-			break;
-}
-
-/*
- * Before fork: a page on a device is pte_none at its address, so the
- * child would read zeros there. Bring every device page back first
- * (cost: one migration of the device-resident memory per fork).
- */
-void uhmm__fork_device_pages(struct uhmm_rt *rt)
-{
-	gate_close(rt);
-	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
-		uhmm__pst_walk(rt, 0, 1ul << (4 * ST_BITS), fault_in, NULL);
-}
-
-/* ---- exec ---- */
-
 /* A CPU touch of @len bytes at @p, page by page (a fault-back where a
  * page is on a device); false where the memory cannot be read. */
 static bool touch(struct uhmm_rt *rt, const void *p, size_t len)
@@ -117,6 +82,36 @@ static bool touch(struct uhmm_rt *rt, const void *p, size_t len)
 	}
 	return true;
 }
+
+static void fault_in(struct uhmm_rt *rt, unsigned long vpn,
+		     _Atomic uintptr_t *e, void *arg)
+{
+	(void)arg;
+	if (ent_dropped(atomic_load(e)))
+		return;
+	/*
+	 * A CPU touch from user mode, served by migrate_to_ram as any
+	 * access. Not MADV_POPULATE_READ: with a userfaultfd opened with
+	 * UFFD_USER_MODE_ONLY (unprivileged users) the kernel's own fault
+	 * fails, and the child would read zeros. Retried: a page left on the
+	 * device reads as zeros in the child.
+	 */
+	touch(rt, (void *)(vpn << rt->page_shift), 1);
+}
+
+/*
+ * Before fork: a page on a device is pte_none at its address, so the
+ * child would read zeros there. Bring every device page back first
+ * (cost: one migration of the device-resident memory per fork).
+ */
+void uhmm__fork_device_pages(struct uhmm_rt *rt)
+{
+	gate_close(rt);
+	if (atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		uhmm__pst_walk(rt, 0, 1ul << (4 * ST_BITS), fault_in, NULL);
+}
+
+/* ---- exec ---- */
 
 /* A NUL-terminated string, at most @max bytes, in page-sized reads. */
 static void touch_str(struct uhmm_rt *rt, const char *s, size_t max)

@@ -221,7 +221,6 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
  * (the kernel's thread runs in the kernel meanwhile, not on these
  * pages). They are not collected, like pinned pages (semantics M14, M15).
  */
-#define SELF_STACK (256UL << 10)
 #define SELF_N 5
 struct self_ranges {
 	unsigned long lo[SELF_N], hi[SELF_N];
@@ -461,15 +460,14 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	ms->vma_start = q.vma_start;
 	ms->vma_end = q.vma_end;
 	/*
-	 * What collect's self_ranges() looks up (this thread's mapping,
-	 * the libraries' segments: dl_iterate_phdr takes the loader's lock),
-	 * found now: under the mover hold, a wait for a thread that faulted
-	 * on a device page would be a deadlock.
+	 * This thread's area (a VMA query, once per thread) found now, not
+	 * in collect: under the mover hold, a wait for a thread that
+	 * faulted on a device page would be a deadlock. The libraries'
+	 * segments were found when the runtime started (rt_create).
 	 */
 	unsigned long tlo, thi;
 
 	uhmm__thread_area(rt, &tlo, &thi);
-	uhmm__alloc_libdata(0, 0);
 	/*
 	 * The live part of this thread's stack is never collected (see
 	 * self_ranges()), nor registered: a registration would split the

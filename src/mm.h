@@ -29,6 +29,10 @@ UHMM_INTERNAL void uhmm__exec_failed(struct uhmm_rt *rt);
 
 /* ---- migrate.c ---- */
 
+/* How far below its stack pointer the calling thread's live stack goes
+ * (uhmm's and a driver's frames): never collected by its migrations. */
+#define SELF_STACK (256UL << 10)
+
 /* The calling thread's descriptor and static TLS (never collected by
  * its own migrations): [*lo, *hi). */
 UHMM_INTERNAL void uhmm__thread_area(struct uhmm_rt *rt, unsigned long *lo,
