@@ -23,7 +23,8 @@
 
 /* ---- pagemap.c ---- */
 
-struct uhmm_page {
+/* 16-aligned: bit 3 of a state entry tells a page from a claim cell. */
+struct __attribute__((aligned(16))) uhmm_page {
 	struct uhmm_pagemap *pgmap;
 	unsigned long index;
 	_Atomic unsigned int refs;
@@ -155,15 +156,26 @@ static inline bool hslot_of(unsigned long slot)
 /* ---- pstate.c: the per-page state entry ----
  *
  *   0                       nothing of uhmm's: the page tables decide
- *   page                    a device page (struct uhmm_page *, 8-aligned)
+ *   page                    a device page (struct uhmm_page *, 16-aligned)
  *                           mapped here: device-private (pte_none here,
  *                           MISSING faults to uhmm) or coherent (its frame
  *                           mapped here)
  *   slot << 3 | EXCL        exclusive to a device; the page waits in
  *                           staging slot `slot` (device-exclusive entry)
  *   | BUSY                  claimed by a migration or a fault-back: CPU
- *                           faults wait; BUSY alone is a system page
- *                           being isolated
+ *                           faults wait
+ *   cell | CELL | BUSY      a claim of a page that is not a device page (a
+ *                           system page being isolated or migrated, an
+ *                           exclusive page being taken or given back):
+ *                           cell is the claim's owner's _Atomic unsigned
+ *                           long, 16-aligned, holding the claim's VPN
+ *
+ * A claim follows its mapping: mremap moves the entry, and the claim's
+ * VPN with it (a device page's vpn, a cell), as the kernel's migration
+ * entries move with the page tables and remove_migration_ptes() finds
+ * them by rmap. The owner looks its claim up there, never at the address
+ * it claimed; an entry there that is not its claim (replaced by a
+ * MAP_FIXED mremap) counts as dropped.
  *   | DROP                  its mapping went away (munmap, MADV_DONTNEED);
  *                           what it holds is given back, never installed
  *                           here again
@@ -172,6 +184,7 @@ static inline bool hslot_of(unsigned long slot)
 #define ENT_DROP ((uintptr_t)2)
 #define ENT_EXCL ((uintptr_t)4)
 #define ENT_FLAGS (ENT_BUSY | ENT_DROP | ENT_EXCL)
+#define ENT_CELL ((uintptr_t)8)		/* not with EXCL: bit 3 of a slot */
 
 static inline bool ent_busy(uintptr_t v) { return v & ENT_BUSY; }
 static inline bool ent_dropped(uintptr_t v) { return v & ENT_DROP; }
@@ -181,10 +194,26 @@ static inline bool ent_released(uintptr_t v)
 {
 	return (v & ENT_DROP) && !(v & ENT_BUSY);
 }
-/* The device page it names, or NULL (none, or exclusive). */
+/* The claim cell it names, or NULL. */
+static inline _Atomic unsigned long *ent_cell(uintptr_t v)
+{
+	return (v & (ENT_EXCL | ENT_CELL)) == ENT_CELL ?
+	       (_Atomic unsigned long *)(v & ~(ENT_FLAGS | ENT_CELL)) : NULL;
+}
+static inline uintptr_t ent_mk_cell(_Atomic unsigned long *cell)
+{
+	return (uintptr_t)cell | ENT_CELL | ENT_BUSY;
+}
+/* The device page it names, or NULL (none, exclusive, or a cell). */
 static inline struct uhmm_page *ent_page(uintptr_t v)
 {
-	return (v & ENT_EXCL) ? NULL : (struct uhmm_page *)(v & ~ENT_FLAGS);
+	return (v & (ENT_EXCL | ENT_CELL)) ? NULL :
+	       (struct uhmm_page *)(v & ~ENT_FLAGS);
+}
+/* Whether @v is the claim @claim (a munmap may have added DROP). */
+static inline bool ent_is_claim(uintptr_t v, uintptr_t claim)
+{
+	return (v & ~ENT_DROP) == claim;
 }
 /* A device page mapped here and nothing else (no flag). */
 static inline struct uhmm_page *ent_plain_page(uintptr_t v)
@@ -220,6 +249,15 @@ UHMM_INTERNAL void uhmm__pst_walk(struct uhmm_rt *rt, unsigned long lo,
 /* Update an entry: under its stripe lock, waking its waiters. */
 UHMM_INTERNAL void uhmm__pst_set(struct uhmm_rt *rt, unsigned long vpn,
 				 _Atomic uintptr_t *e, uintptr_t v);
+/*
+ * Give up (v 0) or settle (v) the claim @claim wherever it is now: *where
+ * is its VPN (a claim cell, a device page's vpn), which mremap changes.
+ * A DROP the entry got meanwhile stays on a non-zero @v. Returns the
+ * entry it replaced, 0 if the claim is no longer in the table (replaced).
+ */
+UHMM_INTERNAL uintptr_t uhmm__pst_settle(struct uhmm_rt *rt,
+					 _Atomic unsigned long *where,
+					 uintptr_t claim, uintptr_t v);
 /* Wake the faults waiting on entries of [start, end) (addresses). */
 UHMM_INTERNAL void uhmm__pst_wake(struct uhmm_rt *rt, unsigned long start,
 				  unsigned long end);

@@ -61,27 +61,35 @@ static void collect_page(struct uhmm_rt *rt, struct uhmm_page *p,
 	}
 	pthread_mutex_unlock(&s->lock);
 	r = 0;
-	/*
-	 * A coherent page of this thread's own stack or descriptor (a
-	 * private one would have come home when it ran): out of the
-	 * address while the driver copies it, the thread would fault on it
-	 * with its own claim held. Kept in place, as a frame that cannot
-	 * leave (below).
-	 */
-	if (*src && is_coherent(p)) {
-		unsigned long a = vpn << rt->page_shift;
+	while (*src && is_coherent(p)) {
+		/* Where the claim is now: an mremap moves it. */
+		unsigned long a;
+		uintptr_t v;
 
+		vpn = atomic_load(&p->vpn);
+		a = vpn << rt->page_shift;
+		e = vpn ? uhmm__pst_entry(rt, vpn, false) : NULL;
+		v = e ? atomic_load(e) : 0;
+		if (!ent_is_claim(v, ent_mk_page(p) | ENT_BUSY) || ent_dropped(v))
+			break;	/* finalize gives it back */
+		/*
+		 * A coherent page of this thread's own stack or descriptor (a
+		 * private one would have come home when it ran): out of the
+		 * address while the driver copies it, the thread would fault
+		 * on it with its own claim held. Kept in place, as a frame
+		 * that cannot leave (below).
+		 */
 		if ((a < self->thi && a + rt->page_size > self->tlo) ||
 		    (a + rt->page_size + SELF_STACK > self->sp &&
-		     a < self->sp + SELF_STACK_EVICT))
+		     a < self->sp + SELF_STACK_EVICT)) {
 			r = -EBUSY;
+			break;
+		}
+		r = uhmm__coherent_isolate(rt, p, a);
+		if (!(r == -EINTR || (r == -EAGAIN && uhmm__mover_yield(rt))))
+			break;
+		r = 0;
 	}
-	while (!r && *src && is_coherent(p) && !ent_dropped(atomic_load(e)) &&
-	       (r = uhmm__coherent_isolate(rt, p, vpn << rt->page_shift)) &&
-	       (r == -EINTR || (r == -EAGAIN && uhmm__mover_yield(rt))))
-		;
-	uhmm__mover_end(rt);
-	uhmm__inv_end(rt);
 	if (r) {
 		/*
 		 * The frame cannot leave the address (shared copy-on-write
@@ -91,6 +99,10 @@ static void collect_page(struct uhmm_rt *rt, struct uhmm_page *p,
 		*src = 0;
 		atomic_store(&p->vpn, 0);
 		uhmm__pst_set(rt, vpn, e, 0);
+	}
+	uhmm__mover_end(rt);
+	uhmm__inv_end(rt);
+	if (r) {
 		uhmm_page_put(p);	/* the mapping's */
 		uhmm_page_put(p);	/* the collection's */
 	}
@@ -194,16 +206,15 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 		/* Collected: a page, whether or not it kept MIGRATE. */
 		if (!p)
 			continue;
-		addr = atomic_load(&p->vpn) << rt->page_shift;
 		uhmm__mover_begin(rt);
-		uhmm__finalize_device_page(rt, p, addr,
-			uhmm__pst_entry(rt, addr >> rt->page_shift, false),
+		addr = uhmm__finalize_device_page(rt, p,
 			stage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(dst[i])),
 			src[i] & UHMM_MIGRATE_PFN_MIGRATE, &put);
 		uhmm__mover_end(rt);
 		if (put)
 			uhmm_page_put(put);
-		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+		if (addr)
+			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 	}
 	/* The references the collection took. */
 	for (unsigned long i = 0; i < npages; i++) {

@@ -17,6 +17,8 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 	_Atomic uintptr_t *e;
 	struct stripe *s;
 	unsigned long vpn;
+	/* The claim's cell while the page is taken (devmem.h). */
+	_Alignas(16) _Atomic unsigned long where;
 	long slot;
 	int err = 0, r;
 
@@ -47,6 +49,7 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 	if (uhmm__os_madvise((void *)addr, rt->page_size, MADV_POPULATE_WRITE))
 		return -EFAULT;
 	vpn = addr >> rt->page_shift;
+	atomic_init(&where, vpn);
 	e = uhmm__pst_entry(rt, vpn, true);
 	if (!e)
 		return -ENOMEM;
@@ -95,7 +98,7 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 		}
 		return -EBUSY;
 	}
-	atomic_store(e, ENT_BUSY);
+	atomic_store(e, ent_mk_cell(&where));
 	pthread_mutex_unlock(&s->lock);
 	uhmm__pst_note_device(rt);
 	for (;;) {
@@ -103,14 +106,17 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 				    rt->page_size, 0);
 		if (r != -EAGAIN || !uhmm__mover_yield(rt))
 			break;
-		if (ent_dropped(atomic_load(e))) {
-			r = -EBUSY;	/* its mapping went away meanwhile */
+		/* Its mapping went away meanwhile, or moved (the page with
+		 * it: as if the mremap came first). */
+		if (atomic_load(&where) != vpn || ent_dropped(atomic_load(e))) {
+			r = -EBUSY;
 			break;
 		}
 	}
 	if (r)
 		uhmm__stage_free(rt, (unsigned long)slot, false);
-	uhmm__pst_set(rt, vpn, e, r == 0 ? ent_mk_excl((unsigned long)slot) : 0);
+	uhmm__pst_settle(rt, &where, ent_mk_cell(&where),
+			 r == 0 ? ent_mk_excl((unsigned long)slot) : 0);
 	uhmm__mover_end(rt);
 	uhmm__inv_end(rt);
 	/* A CPU access that came meanwhile faults again (and revokes). */
@@ -159,29 +165,43 @@ int uhmm_make_device_exclusive(unsigned long addr, const void *owner,
 void uhmm__exclusive_revoke(struct uhmm_rt *rt, unsigned long addr,
 			    _Atomic uintptr_t *e, uintptr_t v)
 {
-	unsigned long vpn = addr >> rt->page_shift;
+	unsigned long vpn = addr >> rt->page_shift, to;
 	unsigned long slot = ent_excl_slot(v);
+	_Alignas(16) _Atomic unsigned long where;
+	const uintptr_t claim = ent_mk_cell(&where);
 	bool emptied = false;
-	int r;
+	uintptr_t cur;
+	int r = -EAGAIN;
 
-	atomic_store(e, v | ENT_BUSY);
+	/* Claimed with a cell: an mremap meanwhile moves the claim, and
+	 * the page goes back where the mapping is then. */
+	atomic_init(&where, vpn);
+	atomic_store(e, claim);
 	pthread_mutex_unlock(&pst_stripe(rt, vpn)->lock);
 	uhmm__invalidate(rt, addr, addr + rt->page_size,
 			 UHMM_NOTIFY_EXCLUSIVE, NULL);
 	uhmm__stat_inc(UHMM__STAT_faults_exclusive_revoke);
 	uhmm__mover_begin(rt);
-	if (ent_dropped(atomic_load(e))) {
-		/* Its mapping went away meanwhile: the page with it. */
-		uhmm__stage_free(rt, slot, true);
-		uhmm__pst_set(rt, vpn, e, 0);
-		uhmm__mover_end(rt);
-		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
-		return;
+	for (;;) {
+		to = atomic_load(&where);
+		e = uhmm__pst_entry(rt, to, false);
+		cur = e ? atomic_load(e) : 0;
+		if (!ent_is_claim(cur, claim) || ent_dropped(cur)) {
+			/* Its mapping went away meanwhile: the page with it. */
+			uhmm__stage_free(rt, slot, true);
+			uhmm__pst_settle(rt, &where, claim, 0);
+			break;
+		}
+		r = uhmm__stage_install(rt, to << rt->page_shift, slot, &emptied);
+		if (r != -EAGAIN || !uhmm__mover_yield(rt)) {
+			uhmm__pst_settle(rt, &where, claim, r == 0 ? 0 : v);
+			break;
+		}
 	}
-	r = uhmm__stage_install(rt, addr, slot, &emptied);
-	uhmm__pst_set(rt, vpn, e, r == 0 ? 0 : v);
 	uhmm__mover_end(rt);
 	if (r == 0)
 		uhmm__stage_free(rt, slot, !emptied);
 	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+	if (to != vpn)
+		uhmm__os_uffd_wake(rt->uffd, to << rt->page_shift, rt->page_size);
 }

@@ -121,6 +121,38 @@ static void fault_backoff(struct stripe *s, int failures)
 }
 
 /*
+ * The claim of fault @read_seq on @p, moved by an mremap (devmem.h):
+ * given up where it is now if no migration collected it, and its
+ * waiters woken there. False if p is back at the fault's address.
+ */
+static bool fault_moved(struct uhmm_rt *rt, struct uhmm_page *p,
+			unsigned long read_seq)
+{
+	for (;;) {
+		unsigned long vpn = atomic_load(&p->vpn);
+		_Atomic uintptr_t *e = vpn ? uhmm__pst_entry(rt, vpn, false) : NULL;
+		struct stripe *s = pst_stripe(rt, vpn);
+		uintptr_t v;
+
+		pthread_mutex_lock(&s->lock);
+		v = e ? atomic_load(e) : 0;
+		if (ent_is_claim(v, ent_mk_page(p) | ENT_BUSY) &&
+		    p->fault_claim == read_seq) {
+			p->fault_claim = 0;
+			atomic_store(e, v & ~ENT_BUSY);
+		}
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&s->lock);
+		if (atomic_load(&p->vpn) != vpn)
+			continue;	/* moved again meanwhile */
+		if (vpn)
+			uhmm__os_uffd_wake(rt->uffd, vpn << rt->page_shift,
+					   rt->page_size);
+		return true;
+	}
+}
+
+/*
  * A device-private page: claimed for this fault (BUSY, fault_claim) and
  * brought back by its owner's migrate_to_ram, whose setup collects it.
  * Called with the stripe lock held; returns with it released.
@@ -165,6 +197,17 @@ static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
 	 * migration's finalize settled the entry, and a BUSY there now is
 	 * another claim's.
 	 */
+	if (atomic_load(&p->vpn) != addr >> rt->page_shift &&
+	    fault_moved(rt, p, read_seq)) {
+		/*
+		 * An mremap moved the mapping, and the claim with it, before
+		 * the migration collected it: given up there. The faulting
+		 * thread faults again: at an address no longer mapped, or
+		 * mapped anew, as after the kernel's mremap.
+		 */
+		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+		return FAULT_DONE;
+	}
 	pthread_mutex_lock(&s->lock);
 	v = atomic_load(e);
 	if ((v & ~ENT_DROP) == (ent_mk_page(p) | ENT_BUSY) &&

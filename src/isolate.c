@@ -18,21 +18,22 @@
 static void let_go(struct uhmm_rt *rt, struct uhmm_migrate *m, unsigned long i)
 {
 	struct mstate *ms = mstate_of(m);
-	unsigned long vpn = (m->start >> rt->page_shift) + i;
-	_Atomic uintptr_t *e = uhmm__pst_entry(rt, vpn, false);
 
 	if (is_resv(ms->slot[i]))
 		uhmm__stage_free(rt, resv_slot(ms->slot[i]), false);
 	ms->slot[i] = E_SLOT_NONE;
 	m->src[i] = 0;
-	if (e)
-		uhmm__pst_set(rt, vpn, e, 0);
+	/* The claim, wherever an mremap took it. */
+	uhmm__pst_settle(rt, claim_where(ms, i), claim_of(ms, i), 0);
 }
 
 /*
  * Under the mover hold: a claimed page whose mapping went away since the
  * claim (its entry DROP: the event was read and applied) is let go; what
- * is at its address now belongs to a new mapping.
+ * is at its address now belongs to a new mapping. So is one an mremap
+ * moved (the page went with the mapping, still in place there: as if
+ * the mremap came before the setup, which the kernel's mmap lock would
+ * have made it).
  */
 static void revalidate(struct uhmm_rt *rt, struct uhmm_migrate *m,
 		       unsigned long from, unsigned long to)
@@ -40,13 +41,16 @@ static void revalidate(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	struct mstate *ms = mstate_of(m);
 
 	for (unsigned long i = from; i < to; i++) {
-		unsigned long vpn = (m->start >> rt->page_shift) + i;
+		unsigned long vpn = atomic_load(&ms->cell[i].vpn);
 		_Atomic uintptr_t *e;
+		uintptr_t v;
 
 		if (!is_resv(ms->slot[i]) && ms->slot[i] != E_SLOT_CLAIMED)
 			continue;
 		e = uhmm__pst_entry(rt, vpn, false);
-		if (!e || ent_dropped(atomic_load(e)))
+		v = e ? atomic_load(e) : 0;
+		if (vpn != (m->start >> rt->page_shift) + i || ent_dropped(v) ||
+		    !ent_is_claim(v, claim_of(ms, i)))
 			let_go(rt, m, i);
 	}
 }
@@ -300,16 +304,21 @@ static void unmap_coherent(struct uhmm_rt *rt, struct uhmm_migrate *m)
 	for (unsigned long i = 0; i < m->npages; i++) {
 		if (ms->slot[i] != E_SLOT_COH)
 			continue;
-		unsigned long vpn = (m->start >> shift) + i;
-		_Atomic uintptr_t *ce = uhmm__pst_entry(rt, vpn, false);
-		struct uhmm_page *p = ent_page(atomic_load(ce));
+		struct uhmm_page *p = ms->cell[i].page;
+		const uintptr_t claim = ent_mk_page(p) | ENT_BUSY;
 		int r;
 
 		ms->slot[i] = E_SLOT_NONE;
 		for (;;) {
-			if (ent_dropped(atomic_load(ce))) {
+			/* Where the claim is now: an mremap moves it. */
+			unsigned long vpn = atomic_load(&p->vpn);
+			_Atomic uintptr_t *ce = vpn ? uhmm__pst_entry(rt, vpn, false) : NULL;
+			uintptr_t v = ce ? atomic_load(ce) : 0;
+
+			if (!ent_is_claim(v, claim) || ent_dropped(v)) {
 				atomic_store(&p->vpn, 0);
-				uhmm__pst_set(rt, vpn, ce, 0);
+				if (ent_is_claim(v, claim))
+					uhmm__pst_set(rt, vpn, ce, 0);
 				ms->puts[ms->nputs++] = p;
 				break;
 			}

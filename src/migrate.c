@@ -27,6 +27,7 @@ static void mstate_free(struct uhmm_rt *rt, struct mstate *ms)
 	uhmm_free(ms->hres);
 	uhmm_free(ms->puts);
 	uhmm_free(ms->slot);
+	uhmm_free(ms->cell);
 	uhmm_free(ms->hs);
 	uhmm_free(ms->hs_fate);
 	uhmm_free(ms);
@@ -113,21 +114,14 @@ static void unclaim(struct uhmm_rt *rt, struct uhmm_migrate *m, unsigned long up
 	struct mstate *ms = mstate_of(m);
 
 	for (unsigned long i = 0; i < upto; i++) {
-		unsigned long vpn = (m->start >> rt->page_shift) + i;
-		_Atomic uintptr_t *e = uhmm__pst_entry(rt, vpn, false);
-		struct uhmm_page *p = uhmm_migrate_pfn_to_page(m->src[i]);
-		struct stripe *s = pst_stripe(rt, vpn);
+		struct uhmm_page *p = ms->cell[i].page;
 
-		if (!e)
-			continue;
-		pthread_mutex_lock(&s->lock);
-		if (ms->slot[i] == E_SLOT_CLAIMED)
-			atomic_store(e, 0);
-		else if (ms->slot[i] == E_SLOT_COH || (p && p != m->fault_page))
-			atomic_store(e, atomic_load(e) & ~ENT_BUSY);
 		/* The faulting page stays its handler's claim. */
-		pthread_cond_broadcast(&s->cond);
-		pthread_mutex_unlock(&s->lock);
+		if (ms->slot[i] == E_SLOT_CLAIMED)
+			uhmm__pst_settle(rt, claim_where(ms, i), claim_of(ms, i), 0);
+		else if (p && p != m->fault_page)
+			uhmm__pst_settle(rt, claim_where(ms, i), claim_of(ms, i),
+					 ent_mk_page(p));
 	}
 	if (upto)
 		uhmm__os_uffd_wake(rt->uffd, m->start, upto << rt->page_shift);
@@ -177,14 +171,15 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	if (!ms)
 		return NULL;
 	ms->slot = uhmm_alloc(n * sizeof(*ms->slot));
+	ms->cell = uhmm_alloc(n * sizeof(*ms->cell));
 	/* A 2 MiB slot per block, the driver's compound destinations too. */
 	ms->hs = uhmm_alloc((n / 512 + 2) * sizeof(*ms->hs));
 	ms->hs_fate = uhmm_alloc(n / 512 + 2);
 	ms->held = uhmm_alloc(n * sizeof(*ms->held));
 	ms->hres = uhmm_alloc((n / 512 + 2) * sizeof(*ms->hres));
 	ms->puts = uhmm_alloc(n * sizeof(*ms->puts));
-	if (!ms->slot || !ms->hs || !ms->hs_fate || !ms->held || !ms->hres ||
-	    !ms->puts) {
+	if (!ms->slot || !ms->cell || !ms->hs || !ms->hs_fate || !ms->held ||
+	    !ms->hres || !ms->puts) {
 		mstate_free(rt, ms);
 		return NULL;
 	}
@@ -192,8 +187,11 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
 		uhmm__gate_enter(rt);
 		ms->gated = true;
 	}
-	for (unsigned long i = 0; i < n; i++)
+	for (unsigned long i = 0; i < n; i++) {
 		ms->slot[i] = E_SLOT_NONE;
+		atomic_init(&ms->cell[i].vpn, (m->start >> rt->page_shift) + i);
+		ms->cell[i].page = NULL;
+	}
 	for (unsigned long k = 0; k < n / 512 + 2; k++)
 		ms->hres[k] = -1;
 	memset(m->src, 0, n * sizeof(*m->src));
@@ -357,6 +355,7 @@ static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 		if (ent_busy(v)) {
 			/* Only the page being faulted, by its handler. */
 			if (p && p == m->fault_page && p->fault_claim) {
+				ms->cell[i].page = p;
 				m->src[i] = uhmm_migrate_pfn_device(p) |
 					    UHMM_MIGRATE_PFN_MIGRATE |
 					    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
@@ -370,6 +369,7 @@ static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 			} else if (!is_coherent(p)) {
 				if (m->flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE) {
 					atomic_store(e, v | ENT_BUSY);
+					ms->cell[i].page = p;
 					m->src[i] = uhmm_migrate_pfn_device(p) |
 						    UHMM_MIGRATE_PFN_MIGRATE |
 						    (writable ? UHMM_MIGRATE_PFN_WRITE : 0);
@@ -378,10 +378,11 @@ static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 			} else if ((m->flags & UHMM_MIGRATE_SELECT_DEVICE_COHERENT) &&
 				   writable) {
 				atomic_store(e, v | ENT_BUSY);
+				ms->cell[i].page = p;
 				ms->slot[i] = E_SLOT_COH;	/* to isolate */
 			}
 		} else if ((m->flags & UHMM_MIGRATE_SELECT_SYSTEM) && writable) {
-			atomic_store(e, ENT_BUSY);
+			atomic_store(e, ent_mk_cell(&ms->cell[i].vpn));
 			ms->slot[i] = E_SLOT_CLAIMED;	/* to isolate */
 		}
 	}
@@ -601,6 +602,13 @@ void uhmm_migrate_pages(struct uhmm_migrate *m)
 	}
 }
 
+/* Claims an mremap moved out of the range: their waiters, woken there. */
+static void wake_moved(struct uhmm_rt *rt, unsigned long addr, unsigned long len)
+{
+	uhmm__pst_wake(rt, addr, addr + len);
+	uhmm__os_uffd_wake(rt->uffd, addr, len);
+}
+
 /*
  * Device -> system entries [i, j) whose destinations are consecutive
  * staging slots: one MOVE for the run (a MOVE per page costs a system
@@ -609,41 +617,54 @@ void uhmm_migrate_pages(struct uhmm_migrate *m)
 static unsigned long install_run(struct uhmm_rt *rt, struct uhmm_migrate *m,
 				 unsigned long i)
 {
+	struct mstate *ms = mstate_of(m);
 	unsigned int shift = rt->page_shift;
 	long first = -1;
-	unsigned long j = i;
+	unsigned long j = i, vpn0 = 0;
 
 	while (j < m->npages) {
 		uint64_t src = m->src[j];
+		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src);
+		unsigned long vpn;
 		long slot;
 		_Atomic uintptr_t *e;
+		uintptr_t v;
 
-		if (!(src & UHMM_MIGRATE_PFN_MIGRATE) || !uhmm_migrate_pfn_to_page(src))
+		if (!(src & UHMM_MIGRATE_PFN_MIGRATE) || !sp)
 			break;
 		slot = stage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(m->dst[j]));
 		if (slot < 0 || (first >= 0 && slot != first + (long)(j - i)))
 			break;
-		e = uhmm__pst_entry(rt, (m->start >> shift) + j, false);
-		if (!e || ent_dropped(atomic_load(e)))
+		/* Where the claims are now: consecutive too. */
+		vpn = atomic_load(&sp->vpn);
+		if (first >= 0 && vpn != vpn0 + (j - i))
 			break;
-		if (first < 0)
+		e = uhmm__pst_entry(rt, vpn, false);
+		v = e ? atomic_load(e) : 0;
+		if (!e || ent_dropped(v) || !ent_is_claim(v, claim_of(ms, j)))
+			break;
+		if (first < 0) {
 			first = slot;
+			vpn0 = vpn;
+		}
 		j++;
 	}
 	if (j - i < 2)
 		return 0;
-	if (uhmm__uffd_move(rt, m->start + (i << shift), stage_addr(rt, (unsigned long)first),
+	if (uhmm__uffd_move(rt, vpn0 << shift, stage_addr(rt, (unsigned long)first),
 			    (j - i) << shift, UFFDIO_MOVE_MODE_DONTWAKE))
 		return 0;	/* per page, below, finds what moved */
 	for (unsigned long k = i; k < j; k++) {
-		unsigned long vpn = (m->start >> shift) + k;
+		unsigned long vpn = vpn0 + (k - i);
 		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(m->src[k]);
 
 		uhmm__stage_free(rt, (unsigned long)first + (k - i), false);
 		atomic_store(&sp->vpn, 0);
 		uhmm__pst_set(rt, vpn, uhmm__pst_entry(rt, vpn, false), 0);
-		mstate_of(m)->puts[mstate_of(m)->nputs++] = sp;
+		ms->puts[ms->nputs++] = sp;
 	}
+	if (vpn0 != (m->start >> shift) + i)
+		wake_moved(rt, vpn0 << shift, (j - i) << shift);
 	return j - i;
 }
 
@@ -659,16 +680,26 @@ static bool finalize_whole(struct uhmm_rt *rt, struct uhmm_migrate *m,
 {
 	struct mstate *ms = mstate_of(m);
 	unsigned int shift = rt->page_shift;
-	unsigned long addr = m->start + (i << shift), vpn0 = addr >> shift;
-	_Atomic uintptr_t *e = uhmm__pst_entry(rt, vpn0, false);
-	struct stripe *s = pst_stripe(rt, vpn0);
+	unsigned long addr, vpn0;
+	_Atomic uintptr_t *e;
+	struct stripe *s;
 	struct uhmm_page *sp = uhmm_migrate_pfn_to_page(m->src[i]);
 	struct uhmm_page *dp = uhmm_migrate_pfn_to_page(m->dst[i]);
 	bool drop;
 again:
+	/* Where the claims are now (an mremap moves them): whole, aligned,
+	 * ours and mapped, or the block splits. */
+	vpn0 = atomic_load(claim_where(ms, i));
+	addr = vpn0 << shift;
+	e = (vpn0 & (PMD_PAGES - 1)) ? NULL : uhmm__pst_entry(rt, vpn0, false);
+	s = pst_stripe(rt, vpn0);
 	drop = !e;
-	for (unsigned long k = 0; e && k < PMD_PAGES && !drop; k++)
-		drop = ent_dropped(atomic_load(&e[k]));
+	for (unsigned long k = 0; e && k < PMD_PAGES && !drop; k++) {
+		uintptr_t v = atomic_load(&e[k]);
+
+		drop = atomic_load(claim_where(ms, i + k)) != vpn0 + k ||
+		       ent_dropped(v) || !ent_is_claim(v, claim_of(ms, i + k));
+	}
 	if (drop || !moves_whole(m, i)) {
 		split_entry(rt, m, i);
 		return false;
@@ -687,6 +718,8 @@ again:
 		pthread_mutex_unlock(&s->lock);
 		hs_note(ms, (long)((ms->slot[i] - STAGE_PAGES) / PMD_PAGES),
 			(m->src[i] & UHMM_MIGRATE_PFN_VALID) ? HS_FULL : HS_EMPTY);
+		if (vpn0 != (m->start >> shift) + i)
+			wake_moved(rt, addr, PMD_BYTES);
 		return true;
 	}
 	/* Device THP -> a system THP: the PMD moves in whole. */
@@ -719,78 +752,108 @@ again:
 	if (!r)
 		for (unsigned long k = 0; k < PMD_PAGES; k++)
 			ms->puts[ms->nputs++] = &sp[k];
+	if (vpn0 != (m->start >> shift) + i)
+		wake_moved(rt, addr, PMD_BYTES);
 	return true;
 }
 
-void uhmm__finalize_device_page(struct uhmm_rt *rt, struct uhmm_page *p,
-				unsigned long addr, _Atomic uintptr_t *e,
-				long slot, bool migrate, struct uhmm_page **put)
+unsigned long uhmm__finalize_device_page(struct uhmm_rt *rt, struct uhmm_page *p,
+					 long slot, bool migrate,
+					 struct uhmm_page **put)
 {
-	unsigned long vpn = addr >> rt->page_shift;
-	bool emptied = false;
+	const uintptr_t claim = ent_mk_page(p) | ENT_BUSY;
+	bool emptied = false, back = false;
+	unsigned long vpn, addr;
+	_Atomic uintptr_t *e;
 	int r;
 
 	*put = NULL;
 	for (;;) {
-		if (!e || ent_dropped(atomic_load(e))) {
-			/* The mapping went away during the migration. */
+		uintptr_t v;
+
+		/* Where the claim is now: an mremap moves it. */
+		vpn = atomic_load(&p->vpn);
+		addr = vpn << rt->page_shift;
+		e = vpn ? uhmm__pst_entry(rt, vpn, false) : NULL;
+		v = e ? atomic_load(e) : 0;
+		if (!ent_is_claim(v, claim) || ent_dropped(v)) {
+			/* The mapping went away during the migration (or a
+			 * MAP_FIXED mremap replaced it): the entry is not ours. */
 			if (slot >= 0)
 				uhmm__stage_free(rt, (unsigned long)slot, true);
 			atomic_store(&p->vpn, 0);
-			if (e)
+			if (ent_is_claim(v, claim))
 				uhmm__pst_set(rt, vpn, e, 0);
 			*put = p;
-			return;
+			return 0;
 		}
-		if (!migrate || slot < 0)
-			break;
+		if (back) {
+			/* It stays on the device: a coherent frame goes back
+			 * to the address. */
+			if (!is_coherent(p) ||
+			    uhmm__coherent_install(rt, p, addr) != -EAGAIN ||
+			    !uhmm__mover_yield(rt))
+				break;
+			continue;
+		}
+		if (!migrate || slot < 0) {
+			back = true;
+			continue;
+		}
 		r = uhmm__stage_install(rt, addr, (unsigned long)slot, &emptied);
 		if (r == 0) {
 			uhmm__stage_free(rt, (unsigned long)slot, !emptied);
 			atomic_store(&p->vpn, 0);
 			uhmm__pst_set(rt, vpn, e, 0);
 			*put = p;
-			return;
+			return addr;
 		}
 		/* A mapping change pending: applied, then checked again. */
-		if (r != -EAGAIN || !uhmm__mover_yield(rt))
-			break;
+		if (r != -EAGAIN || !uhmm__mover_yield(rt)) {
+			uhmm__stage_free(rt, (unsigned long)slot, true);
+			slot = -1;
+			back = true;
+		}
 	}
 	if (slot >= 0)
 		uhmm__stage_free(rt, (unsigned long)slot, true);
-	/* It stays on the device: a coherent frame goes back to the
-	 * address. */
-	while (is_coherent(p) && uhmm__coherent_install(rt, p, addr) == -EAGAIN &&
-	       uhmm__mover_yield(rt) && !ent_dropped(atomic_load(e)))
-		;
 	uhmm__pst_set(rt, vpn, e, ent_mk_page(p));
+	return addr;
 }
 
-/* A system page (or hole) collected at @addr, entry @e, to the device
- * page dst[i], or back where it was. */
-static void finalize_system_page(struct uhmm_rt *rt, struct uhmm_migrate *m,
-				 unsigned long i, _Atomic uintptr_t *e)
+/* A system page (or hole) collected, entry @i, to the device page
+ * dst[i], or back where it was: where its claim is now (an mremap moves
+ * it). Returns the address it settled at, 0 if its mapping went away. */
+static unsigned long finalize_system_page(struct uhmm_rt *rt,
+					  struct uhmm_migrate *m,
+					  unsigned long i)
 {
 	struct mstate *ms = mstate_of(m);
-	unsigned long addr = m->start + (i << rt->page_shift);
-	unsigned long vpn = addr >> rt->page_shift;
 	struct uhmm_page *dp = uhmm_migrate_pfn_to_page(m->dst[i]);
-	unsigned long slot = ms->slot[i];
+	unsigned long slot = ms->slot[i], vpn, addr;
 	uint64_t src = m->src[i];
 	bool migrate = src & UHMM_MIGRATE_PFN_MIGRATE;
 	bool full = src & UHMM_MIGRATE_PFN_VALID;
 	bool emptied = false;
+	_Atomic uintptr_t *e;
+	uintptr_t v;
 	int r = 0;
 
 again:
-	if (e && ent_dropped(atomic_load(e))) {
-		/* The mapping went away during the migration. */
+	vpn = atomic_load(&ms->cell[i].vpn);
+	addr = vpn << rt->page_shift;
+	e = uhmm__pst_entry(rt, vpn, false);
+	v = e ? atomic_load(e) : 0;
+	if (!ent_is_claim(v, claim_of(ms, i)) || ent_dropped(v)) {
+		/* The mapping went away during the migration (or a
+		 * MAP_FIXED mremap replaced it: the entry is not ours). */
 		if (slot != E_SLOT_NONE)
 			uhmm__stage_free(rt, slot, full);
-		uhmm__pst_set(rt, vpn, e, 0);
+		if (ent_is_claim(v, claim_of(ms, i)))
+			uhmm__pst_set(rt, vpn, e, 0);
 		if (migrate && dp)
 			ms->puts[ms->nputs++] = dp;
-		return;
+		return 0;
 	}
 	/* Coherent: the device's frame, with the data the driver copied, is
 	 * mapped at the address. */
@@ -808,7 +871,7 @@ again:
 		uhmm__pst_set(rt, vpn, e, ent_mk_page(dp));
 		if (slot != E_SLOT_NONE)
 			uhmm__stage_free(rt, slot, full);
-		return;
+		return addr;
 	}
 	if (slot != E_SLOT_NONE && full) {
 		/* Put the page back where it was. */
@@ -820,8 +883,8 @@ again:
 	}
 	if (slot != E_SLOT_NONE)
 		uhmm__stage_free(rt, slot, full);
-	if (e)
-		uhmm__pst_set(rt, vpn, e, 0);
+	uhmm__pst_set(rt, vpn, e, 0);
+	return addr;
 }
 
 void uhmm_migrate_finalize(struct uhmm_migrate *m)
@@ -846,8 +909,7 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 			i += run - 1;
 			continue;
 		}
-		unsigned long addr = m->start + (i << rt->page_shift);
-		_Atomic uintptr_t *e = uhmm__pst_entry(rt, addr >> rt->page_shift, false);
+		unsigned long addr = m->start + (i << rt->page_shift), at;
 		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(m->src[i]);
 
 		/*
@@ -861,13 +923,16 @@ void uhmm_migrate_finalize(struct uhmm_migrate *m)
 		if (sp) {
 			struct uhmm_page *put;
 
-			uhmm__finalize_device_page(rt, sp, addr, e,
+			at = uhmm__finalize_device_page(rt, sp,
 				stage_index(rt, (uintptr_t)uhmm_migrate_pfn_to_addr(m->dst[i])),
 				m->src[i] & UHMM_MIGRATE_PFN_MIGRATE, &put);
 			if (put)
 				ms->puts[ms->nputs++] = put;
-		} else
-			finalize_system_page(rt, m, i, e);
+		} else {
+			at = finalize_system_page(rt, m, i);
+		}
+		if (at && at != addr)
+			wake_moved(rt, at, rt->page_size);
 	}
 	uhmm__mover_end(rt);
 	flush_puts(ms);

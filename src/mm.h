@@ -39,19 +39,19 @@ UHMM_INTERNAL void uhmm__thread_area(struct uhmm_rt *rt, unsigned long *lo,
 				   unsigned long *hi);
 
 /*
- * The one finalize of a device page collected at @addr (entry @e): to
- * system memory in staging slot @slot when @migrate, else it stays on
- * the device; a dropped entry gives the page back. @slot (-1: none) is
+ * The one finalize of a device page collected (claimed BUSY), wherever
+ * its claim is now (p->vpn: an mremap moves it): to system memory in
+ * staging slot @slot when @migrate, else it stays on the device; a
+ * dropped or replaced entry gives the page back. @slot (-1: none) is
  * given back either way. Waiters on the entry are woken; the faulting
- * threads are the caller's to wake. Under the mover hold; *put is a page
- * reference for the caller to drop after it (or NULL).
+ * threads are the caller's to wake, at the address returned (0: none).
+ * Under the mover hold; *put is a page reference for the caller to drop
+ * after it (or NULL).
  */
-UHMM_INTERNAL void uhmm__finalize_device_page(struct uhmm_rt *rt,
-					      struct uhmm_page *p,
-					      unsigned long addr,
-					      _Atomic uintptr_t *e, long slot,
-					      bool migrate,
-					      struct uhmm_page **put);
+UHMM_INTERNAL unsigned long uhmm__finalize_device_page(struct uhmm_rt *rt,
+						       struct uhmm_page *p,
+						       long slot, bool migrate,
+						       struct uhmm_page **put);
 
 /* ---- exclusive.c ---- */
 

@@ -18,8 +18,19 @@
 /* What finalize does with a 2 MiB slot the migration used. */
 enum { HS_DONTNEED, HS_EMPTY, HS_FULL };
 
+/*
+ * Where an entry's claim is now (devmem.h: claims follow mremap): the
+ * device page's vpn for a device page, else the cell, which a system
+ * page's claim names. Starts at the entry's own VPN.
+ */
+struct mcell {
+	_Alignas(16) _Atomic unsigned long vpn;
+	struct uhmm_page *page;		/* a device page claimed, or NULL */
+};
+
 struct mstate {
 	unsigned long *slot;	/* staging slot holding the source, per entry */
+	struct mcell *cell;	/* per entry */
 	bool registered;
 	unsigned long nhs;	/* 2 MiB slots in use, and their fate */
 	long *hs;
@@ -70,6 +81,18 @@ static inline bool is_resv(unsigned long x)
 static inline unsigned long resv_slot(unsigned long x)
 {
 	return x & ~E_SLOT_RESV;
+}
+
+/* Where entry @i's claim is now, and the claim that says it is ours. */
+static inline _Atomic unsigned long *claim_where(struct mstate *ms,
+						 unsigned long i)
+{
+	return ms->cell[i].page ? &ms->cell[i].page->vpn : &ms->cell[i].vpn;
+}
+static inline uintptr_t claim_of(struct mstate *ms, unsigned long i)
+{
+	return ms->cell[i].page ? ent_mk_page(ms->cell[i].page) | ENT_BUSY :
+				  ent_mk_cell(&ms->cell[i].vpn);
 }
 
 /* isolate.c: the unmap phase of setup (migrate_vma_unmap). */

@@ -183,8 +183,11 @@ static void move_entry(struct uhmm_rt *rt, unsigned long vpn,
 	pthread_mutex_unlock(&s->lock);
 	if (!v)
 		return;
-	if (!(v & ENT_FLAGS))
-		atomic_store(&((struct uhmm_page *)v)->vpn, nvpn);
+	/* The claim follows the mapping (devmem.h): its owner looks there. */
+	if (ent_cell(v))
+		atomic_store(ent_cell(v), nvpn);
+	else if (ent_page(v))
+		atomic_store(&ent_page(v)->vpn, nvpn);
 	pthread_mutex_lock(&ns->lock);
 	old = atomic_exchange(ne, v);
 	pthread_cond_broadcast(&ns->cond);
@@ -275,6 +278,30 @@ void uhmm__pst_set(struct uhmm_rt *rt, unsigned long vpn, _Atomic uintptr_t *e,
 	atomic_store(e, v);
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&s->lock);
+}
+
+uintptr_t uhmm__pst_settle(struct uhmm_rt *rt, _Atomic unsigned long *where,
+			    uintptr_t claim, uintptr_t v)
+{
+	for (;;) {
+		unsigned long vpn = atomic_load(where);
+		_Atomic uintptr_t *e = uhmm__pst_entry(rt, vpn, false);
+		struct stripe *s = pst_stripe(rt, vpn);
+		uintptr_t cur;
+
+		pthread_mutex_lock(&s->lock);
+		cur = e ? atomic_load(e) : 0;
+		if (ent_is_claim(cur, claim)) {
+			atomic_store(e, v ? v | (cur & ENT_DROP) : 0);
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&s->lock);
+			return cur;
+		}
+		pthread_mutex_unlock(&s->lock);
+		/* Not there: moved meanwhile (look again), or replaced. */
+		if (atomic_load(where) == vpn)
+			return 0;
+	}
 }
 
 void uhmm__pst_note_device(struct uhmm_rt *rt)

@@ -449,6 +449,95 @@ TEST(mremap_moves_device_pages)
 	ASSERT_GE(atomic_load(&toy.to_ram_calls), 1);
 }
 
+/*
+ * mremap of a range while its pages migrate (between setup and finalize,
+ * while the driver copies): the kernel's migration entries move with the
+ * page tables and finalize finds the pages where they are now (rmap), so
+ * the data end up at the new address. Found by the chaos runner: the
+ * claims moved with the mapping while finalize installed at the old
+ * address, and a touch of the new one waited for good.
+ */
+static char *mremap_away(char *p, unsigned long n)
+{
+	char *dst = mmap(NULL, n * ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *q;
+
+	ASSERT_TRUE(dst != MAP_FAILED);
+	q = mremap(p, n * ps(), n * ps(), MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	ASSERT_TRUE(q == dst);
+	return q;
+}
+
+TEST_TIMEOUT(mremap_during_migration_to_device_follows_pages, 30)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW), *q;
+	uint64_t src[8] = { 0 }, dst[8] = { 0 };
+	struct uhmm_migrate m = {
+		.start = (unsigned long)p, .end = (unsigned long)p + n * ps(),
+		.src = src, .dst = dst, .pgmap_owner = &toy,
+		.flags = UHMM_MIGRATE_SELECT_SYSTEM,
+	};
+
+	toy_init();
+	fill_pattern(p, n, 21);
+	ASSERT_EQ(uhmm_migrate_setup(&m), 0);
+	ASSERT_EQ(m.cpages, n);
+	q = mremap_away(p, n);
+	for (unsigned long i = 0; i < n; i++) {
+		struct uhmm_page *dp = toy_alloc();
+
+		ASSERT_TRUE(src[i] & UHMM_MIGRATE_PFN_VALID);
+		ASSERT_NOT_NULL(dp);
+		memcpy(toy_mem(dp), uhmm_migrate_pfn_to_addr(src[i]), ps());
+		dst[i] = uhmm_migrate_pfn_device(dp);
+	}
+	uhmm_migrate_pages(&m);
+	uhmm_migrate_finalize(&m);
+	for (unsigned long i = 0; i < n; i++)
+		if (dst[i] && !(src[i] & UHMM_MIGRATE_PFN_MIGRATE))
+			uhmm_page_put(uhmm_migrate_pfn_to_page(dst[i]));
+	ASSERT_TRUE(check_pattern(q, n, 21));
+	/* Nothing left behind at the old address. */
+	ASSERT_EQ(munmap(q, n * ps()), 0);
+	wait_freed((int)n);
+	ASSERT_EQ(toy_nfree(), (unsigned long)DEV_PAGES);
+}
+
+TEST_TIMEOUT(mremap_during_migration_to_system_follows_pages, 30)
+{
+	unsigned long n = 8;
+	char *p = map_anon(n * ps(), RW), *q;
+	uint64_t src[8] = { 0 }, dst[8] = { 0 };
+	struct uhmm_migrate m = {
+		.start = (unsigned long)p, .end = (unsigned long)p + n * ps(),
+		.src = src, .dst = dst, .pgmap_owner = &toy,
+		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
+	};
+
+	toy_init();
+	fill_pattern(p, n, 22);
+	ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	ASSERT_EQ(uhmm_migrate_setup(&m), 0);
+	ASSERT_EQ(m.cpages, n);
+	q = mremap_away(p, n);
+	for (unsigned long i = 0; i < n; i++) {
+		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src[i]);
+
+		ASSERT_NOT_NULL(sp);
+		ASSERT_EQ(uhmm_migrate_alloc_system(&dst[i]), 0);
+		memcpy(uhmm_migrate_pfn_to_addr(dst[i]), toy_mem(sp), ps());
+	}
+	uhmm_migrate_pages(&m);
+	uhmm_migrate_finalize(&m);
+	ASSERT_EQ(atomic_load(&toy.to_ram_calls), 0);
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_TRUE(resident(q + i * ps()));
+	ASSERT_TRUE(check_pattern(q, n, 22));
+	wait_freed((int)n);
+	ASSERT_EQ(toy_nfree(), (unsigned long)DEV_PAGES);
+}
+
 TEST(fork_child_sees_device_pages)
 {
 	unsigned long n = 8;

@@ -277,6 +277,115 @@ TEST_TIMEOUT(remap_same_address_while_migrating_keeps_data, 180)
 	ASSERT_EQ(bad_data, 0);
 }
 
+/* ---- mremap of memory while it migrates ---- */
+
+#define MOVE_PAGES 16
+
+struct move_churn {
+	_Atomic(char *) where;	/* the buffer's mapping of the moment */
+	_Atomic bool stop;
+	struct uhmm_dmirror *dm[2];	/* private, coherent */
+	unsigned long ops;
+};
+
+/* Migrates random ranges of the buffer to either device and back, or
+ * makes them exclusive; never writes it (the read-back buffer is
+ * uhmm's). Commands on a range that moved meanwhile fail: fine. */
+static void *move_churner(void *arg)
+{
+	struct move_churn *c = arg;
+	char *back = uhmm_alloc(MOVE_PAGES * ps());
+	unsigned int seed = 7;
+	static const enum uhmm_dmirror_op ops[] = {
+		UHMM_DMIRROR_MIGRATE_TO_DEV, UHMM_DMIRROR_MIGRATE_TO_DEV,
+		UHMM_DMIRROR_MIGRATE_TO_SYS, UHMM_DMIRROR_EXCLUSIVE,
+	};
+
+	while (back && !atomic_load(&c->stop)) {
+		char *p = atomic_load(&c->where);
+		unsigned long i = (unsigned long)rand_r(&seed) % MOVE_PAGES;
+		unsigned long n = 1 + (unsigned long)rand_r(&seed) % (MOVE_PAGES - i);
+		struct uhmm_dmirror_cmd cmd;
+
+		dcmd(c->dm[rand_r(&seed) & 1], ops[rand_r(&seed) % 4],
+		     p + i * ps(), back, n, &cmd);
+		c->ops++;
+	}
+	uhmm_free(back);
+	return NULL;
+}
+
+/* A PROT_NONE reservation of the buffer's size, to mremap into. */
+static char *move_reserve(char *at)
+{
+	char *r = mmap(at, MOVE_PAGES * ps(), PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS |
+		       (at ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+
+	if (r == MAP_FAILED || (at && r != at)) {
+		if (r != MAP_FAILED)
+			munmap(r, MOVE_PAGES * ps());
+		r = mmap(NULL, MOVE_PAGES * ps(), PROT_NONE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	}
+	return r == MAP_FAILED ? NULL : r;
+}
+
+/*
+ * The kernel moves migration entries and device-private entries with the
+ * page tables, and a migration finalizes where its pages are then; a CPU
+ * access at the new address gets the data. Moved one page at a time
+ * (uhmm's registrations split the VMA, semantics row 16), back and
+ * forth between two places, while a thread migrates it to a private and
+ * a coherent device and back and makes it exclusive. Before claims
+ * followed their mappings, this lost data or hung at the first few
+ * moves.
+ */
+TEST_TIMEOUT(mremap_while_migrating_keeps_data, 180)
+{
+	struct move_churn c = { 0 };
+	int iters = SHORTER ? 150 : 600, bad_data = 0, failed = 0;
+	char *cur, *other;
+	pthread_t t;
+
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(0, &c.dm[0]), 0);
+	ASSERT_EQ(uhmm_dmirror_open(2, &c.dm[1]), 0);
+	cur = mmap(NULL, MOVE_PAGES * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_TRUE(cur != MAP_FAILED);
+	other = move_reserve(NULL);
+	ASSERT_NOT_NULL(other);
+	fill(cur, MOVE_PAGES, 1);
+	atomic_store(&c.where, cur);
+	ASSERT_EQ(pthread_create(&t, NULL, move_churner, &c), 0);
+	for (int k = 1; k <= iters; k++) {
+		char *tmp;
+
+		usleep((unsigned int)(k % 7) * 50);
+		for (unsigned long i = 0; i < MOVE_PAGES; i++)
+			if (mremap(cur + i * ps(), ps(), ps(),
+				   MREMAP_MAYMOVE | MREMAP_FIXED,
+				   other + i * ps()) != other + i * ps())
+				failed++;
+		atomic_store(&c.where, other);
+		if (!check(other, MOVE_PAGES, (uint32_t)k))
+			bad_data++;
+		fill(other, MOVE_PAGES, (uint32_t)k + 1);
+		tmp = move_reserve(cur);
+		ASSERT_NOT_NULL(tmp);
+		cur = other;
+		other = tmp;
+	}
+	atomic_store(&c.stop, true);
+	pthread_join(t, NULL);
+	printf("# %d moves of %d pages, %lu commands: %d lost data, %d mremaps failed\n",
+	       iters, MOVE_PAGES, c.ops, bad_data, failed);
+	ASSERT_EQ(uhmm_dmirror_close(c.dm[0]), 0);
+	ASSERT_EQ(uhmm_dmirror_close(c.dm[1]), 0);
+	ASSERT_EQ(failed, 0);
+	ASSERT_EQ(bad_data, 0);
+}
+
 /* ---- a thread that migrates its own stack ---- */
 
 static __attribute__((noinline)) int migrate_own_stack(struct uhmm_dmirror *dm,
