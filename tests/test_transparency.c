@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <link.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -284,6 +285,7 @@ TEST_TIMEOUT(remap_same_address_while_migrating_keeps_data, 180)
 struct move_churn {
 	_Atomic(char *) where;	/* the buffer's mapping of the moment */
 	_Atomic bool stop;
+	_Atomic bool busy;	/* a command of the churner's is under way */
 	struct uhmm_dmirror *dm[2];	/* private, coherent */
 	unsigned long ops;
 };
@@ -302,14 +304,19 @@ static void *move_churner(void *arg)
 	};
 
 	while (back && !atomic_load(&c->stop)) {
-		char *p = atomic_load(&c->where);
 		unsigned long i = (unsigned long)rand_r(&seed) % MOVE_PAGES;
 		unsigned long n = 1 + (unsigned long)rand_r(&seed) % (MOVE_PAGES - i);
 		struct uhmm_dmirror_cmd cmd;
+		char *p;
 
-		dcmd(c->dm[rand_r(&seed) & 1], ops[rand_r(&seed) % 4],
-		     p + i * ps(), back, n, &cmd);
-		c->ops++;
+		atomic_store(&c->busy, true);
+		p = atomic_load(&c->where);
+		if (p) {
+			dcmd(c->dm[rand_r(&seed) & 1], ops[rand_r(&seed) % 4],
+			     p + i * ps(), back, n, &cmd);
+			c->ops++;
+		}
+		atomic_store(&c->busy, false);
 	}
 	uhmm_free(back);
 	return NULL;
@@ -370,7 +377,13 @@ TEST_TIMEOUT(mremap_while_migrating_keeps_data, 180)
 		atomic_store(&c.where, other);
 		if (!check(other, MOVE_PAGES, (uint32_t)k))
 			bad_data++;
+		/* Written with the churner off it (its device reads would
+		 * race the stores); the moves above raced its migrations. */
+		atomic_store(&c.where, NULL);
+		while (atomic_load(&c.busy))
+			sched_yield();
 		fill(other, MOVE_PAGES, (uint32_t)k + 1);
+		atomic_store(&c.where, other);
 		tmp = move_reserve(cur);
 		ASSERT_NOT_NULL(tmp);
 		cur = other;
