@@ -36,6 +36,7 @@ struct __attribute__((aligned(16))) uhmm_page {
 	 * the stripe lock of its address. */
 	unsigned long fault_claim;
 	_Atomic unsigned long vpn;	/* where it is mapped; 0 when not */
+	bool evicting;			/* collected by an eviction (fork.c) */
 	_Atomic unsigned long mig_seq;	/* rt->read_seq when it went there */
 };
 

@@ -108,6 +108,25 @@ static void collect_page(struct uhmm_rt *rt, struct uhmm_page *p,
 	}
 }
 
+/* Pages a collection claimed, marked (or unmarked: @on false) as
+ * holding forks off; each is counted once, whatever the driver did to
+ * src[] in between. */
+static unsigned long collected(const uint64_t *src, unsigned long npages,
+			       bool on)
+{
+	unsigned long n = 0;
+
+	for (unsigned long i = 0; i < npages; i++) {
+		struct uhmm_page *p = uhmm_migrate_pfn_to_page(src[i]);
+
+		if (p && p->evicting != on) {
+			p->evicting = on;
+			n++;
+		}
+	}
+	return n;
+}
+
 /* Before a collection: readers caught up, the caller's own memory. */
 static void collect_begin(struct uhmm_rt *rt, struct self *self)
 {
@@ -127,6 +146,7 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
 	struct self self;
+	bool gated;
 
 	if (!src || !pg || !npages || first + npages < first ||
 	    first + npages > pg->npages)
@@ -134,9 +154,11 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 	memset(src, 0, npages * sizeof(*src));
 	if (!rt)
 		return 0;
+	gated = uhmm__gate_evict_begin(rt);
 	collect_begin(rt, &self);
 	for (unsigned long i = 0; i < npages; i++)
 		collect_page(rt, uhmm_pagemap_page(pg, first + i), &self, &src[i]);
+	uhmm__gate_evict_end(rt, gated, collected(src, npages, true));
 	return 0;
 }
 
@@ -148,6 +170,7 @@ int uhmm_migrate_device_pfns(uint64_t *src, unsigned long npages)
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
 	struct self self;
+	bool gated;
 
 	if (!src || !npages)
 		return -EINVAL;
@@ -158,6 +181,7 @@ int uhmm_migrate_device_pfns(uint64_t *src, unsigned long npages)
 		memset(src, 0, npages * sizeof(*src));
 		return 0;
 	}
+	gated = uhmm__gate_evict_begin(rt);
 	collect_begin(rt, &self);
 	for (unsigned long i = 0; i < npages; i++) {
 		struct uhmm_page *p = uhmm_migrate_pfn_to_page(src[i]);
@@ -166,6 +190,7 @@ int uhmm_migrate_device_pfns(uint64_t *src, unsigned long npages)
 		if (p)
 			collect_page(rt, p, &self, &src[i]);
 	}
+	uhmm__gate_evict_end(rt, gated, collected(src, npages, true));
 	return 0;
 }
 
@@ -216,11 +241,12 @@ void uhmm_migrate_device_finalize(uint64_t *src, uint64_t *dst, unsigned long np
 		if (addr)
 			uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 	}
-	/* The references the collection took. */
+	/* The references the collection took, and its hold on forks. */
 	for (unsigned long i = 0; i < npages; i++) {
 		struct uhmm_page *p = uhmm_migrate_pfn_to_page(src[i]);
 
 		if (p)
 			uhmm_page_put(p);
 	}
+	uhmm__gate_evict_put(rt, collected(src, npages, false));
 }

@@ -43,12 +43,48 @@ void uhmm__gate_exit(struct uhmm_rt *rt)
 	pthread_mutex_unlock(&rt->gate_lock);
 }
 
+/*
+ * Evictions (migrate_device_range/pfns) too: a coherent frame collected
+ * is out of the address space until finalize puts the new page in, and
+ * a fork that copied the page tables meanwhile gave the child a hole
+ * (the kernel's child inherits the migration entry and waits on it).
+ * Counted per page, from collection to finalize, so that a driver's
+ * collect, copy and finalize need not run on one thread.
+ */
+bool uhmm__gate_evict_begin(struct uhmm_rt *rt)
+{
+	if (uhmm__on_monitor())
+		return false;
+	uhmm__gate_enter(rt);
+	return true;
+}
+
+void uhmm__gate_evict_end(struct uhmm_rt *rt, bool gated, unsigned long n)
+{
+	pthread_mutex_lock(&rt->gate_lock);
+	rt->evict_pages += n;
+	pthread_mutex_unlock(&rt->gate_lock);
+	if (gated)
+		uhmm__gate_exit(rt);
+}
+
+void uhmm__gate_evict_put(struct uhmm_rt *rt, unsigned long n)
+{
+	if (!n)
+		return;
+	pthread_mutex_lock(&rt->gate_lock);
+	rt->evict_pages -= n < rt->evict_pages ? n : rt->evict_pages;
+	if (rt->evict_pages == 0)
+		pthread_cond_broadcast(&rt->gate_cond);
+	pthread_mutex_unlock(&rt->gate_lock);
+}
+
 /* Migrations held off, and those in flight waited for (fork and exec). */
 static void gate_close(struct uhmm_rt *rt)
 {
 	pthread_mutex_lock(&rt->gate_lock);
 	rt->fork_pending++;
-	while (rt->mig_inflight)
+	while (rt->mig_inflight || rt->evict_pages)
 		pthread_cond_wait(&rt->gate_cond, &rt->gate_lock);
 	pthread_mutex_unlock(&rt->gate_lock);
 }

@@ -19,6 +19,15 @@ UHMM_INTERNAL void uhmm__fork_destroy(struct uhmm_rt *rt);
 /* A migration started by a thread: waits while a fork is prepared. */
 UHMM_INTERNAL void uhmm__gate_enter(struct uhmm_rt *rt);
 UHMM_INTERNAL void uhmm__gate_exit(struct uhmm_rt *rt);
+/*
+ * An eviction (evict.c): its collection waits while a fork is prepared
+ * (not on a monitor thread), and the pages it collected hold a fork off
+ * until each is finalized; @n pages collected, then given back.
+ */
+UHMM_INTERNAL bool uhmm__gate_evict_begin(struct uhmm_rt *rt);
+UHMM_INTERNAL void uhmm__gate_evict_end(struct uhmm_rt *rt, bool gated,
+					unsigned long n);
+UHMM_INTERNAL void uhmm__gate_evict_put(struct uhmm_rt *rt, unsigned long n);
 /* Before fork: close the gate, wait for migrations, bring pages home. */
 UHMM_INTERNAL void uhmm__fork_device_pages(struct uhmm_rt *rt);
 /* After fork (parent): migrations may start again. */

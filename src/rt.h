@@ -148,6 +148,7 @@ struct uhmm_rt {
 	pthread_mutex_t gate_lock;
 	pthread_cond_t gate_cond;
 	unsigned long mig_inflight;
+	unsigned long evict_pages;	/* collected by evictions, not finalized */
 	unsigned int fork_pending;	/* forks and execs being prepared */
 
 	/* fault.c: read-ahead */

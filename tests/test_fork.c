@@ -410,3 +410,81 @@ TEST_TIMEOUT(fork_while_device_busy, 120)
 	TH_LOG("%d forks, %ld device reads", forks, atomic_load(&b.iters));
 	ASSERT_EQ(uhmm_dmirror_close(b.dm), 0);
 }
+
+#define EV_PAGES 256
+
+struct evictor {
+	char *p;
+	struct uhmm_dmirror *dm;
+	_Atomic bool stop;
+	atomic_long rounds;
+};
+
+/* Moves the buffer to a coherent device and evicts it (RELEASE), again
+ * and again; never writes it (its read-back buffer is uhmm's). */
+static void *evict_thread(void *arg)
+{
+	struct evictor *ev = arg;
+	char *back = uhmm_alloc(EV_PAGES * ps());
+	struct uhmm_dmirror_cmd c;
+
+	while (back && !atomic_load(&ev->stop)) {
+		dcmd(ev->dm, UHMM_DMIRROR_MIGRATE_TO_DEV, ev->p, back, EV_PAGES, &c);
+		dcmd(ev->dm, UHMM_DMIRROR_RELEASE, ev->p, back, EV_PAGES, &c);
+		atomic_fetch_add(&ev->rounds, 1);
+	}
+	uhmm_free(back);
+	return NULL;
+}
+
+/*
+ * fork() while a device evicts its coherent pages (migrate_device_range,
+ * RELEASE): in the kernel the child inherits the migration entries and
+ * waits on them. Here a frame being evicted is out of the address space
+ * until finalize puts the new page in; a fork that copied the page
+ * tables meanwhile gave the child a hole, which it read as zeros (bash's
+ * forked children lost their variables in the chaos runs). Eviction is
+ * held off by a fork like any migration.
+ */
+TEST_TIMEOUT(fork_racing_coherent_eviction_child_reads_data, 120)
+{
+	struct evictor ev = { 0 };
+	int forks = (UTIL_ASAN || UTIL_TSAN) ? 100 : 300, bad = 0, hung = 0;
+	pthread_t t;
+
+	require_uffd(true);
+	ev.p = map_anon(EV_PAGES * ps(), RW);
+	ASSERT_NOT_NULL(ev.p);
+	fill(ev.p, EV_PAGES, 5);
+	/* Mappings below the buffer (mmap goes down), which fork copies
+	 * first: the window between the fork's preparation and the copy
+	 * of the buffer's page tables is a few milliseconds wide. */
+	for (int i = 0; i < 3000; i++)
+		mmap(NULL, ps(), (i & 1) ? PROT_READ : RW,
+		     MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	ASSERT_EQ(uhmm_dmirror_open(2, &ev.dm), 0);
+	ASSERT_EQ(pthread_create(&t, NULL, evict_thread, &ev), 0);
+	for (int k = 0; k < forks; k++) {
+		pid_t pid = fork();
+
+		ASSERT_GE(pid, 0);
+		if (pid == 0)
+			_exit(check(ev.p, EV_PAGES, 5) ? 0 : 1);
+		int st = wait_child(pid, 10000);
+
+		bad += st == 1;
+		hung += st == -2;
+		ASSERT_TRUE(st == 0 || st == 1 || st == -2);
+		/* Exclusive again (UFFDIO_MOVE takes no page shared
+		 * copy-on-write), so that it migrates. */
+		fill(ev.p, EV_PAGES, 5);
+	}
+	atomic_store(&ev.stop, true);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	TH_LOG("%d forks, %ld eviction rounds: %d children read wrong data, %d hung",
+	       forks, atomic_load(&ev.rounds), bad, hung);
+	ASSERT_TRUE(check(ev.p, EV_PAGES, 5));
+	ASSERT_EQ(uhmm_dmirror_close(ev.dm), 0);
+	ASSERT_EQ(bad, 0);
+	ASSERT_EQ(hung, 0);
+}
