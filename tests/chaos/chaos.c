@@ -24,6 +24,11 @@
  *                    devices, which brings their pages home; caller: the
  *                    thread that exits does
  *   UHMM_CHAOS_LOG   a file; each process appends one summary line at exit
+ *                    (and one line when it starts: its arguments, its
+ *                    descriptors)
+ *   UHMM_CHAOS_TRACE 1: each process also writes its last commands, with
+ *                    times, ranges and results, to the log's name with
+ *                    .<pid> appended (a wrong answer's commands)
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -57,6 +62,7 @@
 #define CHAOS_NERR		134
 #define CHAOS_MAPS_EVERY_NS	10000000ULL	/* re-read the maps every 10 ms */
 #define CHAOS_CHILD_DELAY_NS	2000000ULL
+#define CHAOS_TRACE_LEN		8192	/* commands kept by UHMM_CHAOS_TRACE */
 #define CHAOS_SLEEP_SLICE_NS	10000000ULL	/* stop is checked this often */
 
 enum chaos_mode { MODE_OFF, MODE_READ, MODE_MIGRATE };
@@ -111,6 +117,12 @@ struct chaos {
 	bool close_by_caller;		/* UHMM_CHAOS_CLOSE=caller */
 	uint64_t seed;
 	char log[512];
+	char cmd[256];			/* argv, '|'-separated, as exec'd */
+	struct chaos_trace {
+		uint64_t t0_ns, t1_ns, addr, npages, cpages;
+		int op, dev, ret;
+	} *trace;			/* UHMM_CHAOS_TRACE: a ring */
+	uint64_t ntrace;
 	unsigned long page;
 
 	char *stack;			/* CHAOS_STACK bytes */
@@ -496,9 +508,17 @@ static void chaos_step(struct chaos *c)
 		return;
 	}
 
+	uint64_t t0 = c->trace ? mono_ns() : 0;
+
 	pthread_mutex_lock(&c->oplock);
 	ret = uhmm_dmirror_cmd(dm, op_cmd[op], &cmd);
 	pthread_mutex_unlock(&c->oplock);
+	if (c->trace)
+		c->trace[c->ntrace++ % CHAOS_TRACE_LEN] = (struct chaos_trace){
+			.t0_ns = t0, .t1_ns = mono_ns(), .addr = cmd.addr,
+			.npages = npages, .cpages = cmd.cpages, .op = (int)op,
+			.dev = (int)d, .ret = ret,
+		};
 
 	c->tried[op]++;
 	c->by_map[r->kind]++;
@@ -646,6 +666,7 @@ static void chaos_child(void)
 	memset(c->close_err, 0, sizeof(c->close_err));
 	c->scans = c->maps_truncated = c->no_target = 0;
 	c->nranges = 0;
+	c->ntrace = 0;
 	c->generation = 0;
 	c->rng = splitmix64(&seed);
 	c->in_child = true;
@@ -720,6 +741,9 @@ static int chaos_config(struct chaos *c)
 	c->fork_chaos = !(v && !strcmp(v, "0"));
 	v = getenv("UHMM_CHAOS_CLOSE");
 	c->close_by_caller = v && !strcmp(v, "caller");
+	v = getenv("UHMM_CHAOS_TRACE");
+	if (v && !strcmp(v, "1") && c->log[0])
+		c->trace = uhmm_calloc(CHAOS_TRACE_LEN, sizeof(*c->trace));
 
 	/* Each program of a run draws its own sequence from the one seed. */
 	mix = c->seed;
@@ -754,6 +778,80 @@ static int find_libc(struct dl_phdr_info *info, size_t size, void *arg)
 	return 0;
 }
 
+/*
+ * The command line this process was exec'd with, read before main runs
+ * (a program may rewrite its argv): the summary names it, so that a
+ * wrong answer can be traced to the process that gave it, and to the
+ * arguments it got.
+ */
+static void chaos_read_cmd(struct chaos *c)
+{
+	int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, c->cmd, sizeof(c->cmd) - 1);
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0) {
+		c->cmd[0] = 0;
+		return;
+	}
+	while (n > 0 && c->cmd[n - 1] == 0)
+		n--;
+	for (ssize_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)c->cmd[i];
+
+		c->cmd[i] = ch == 0 ? '|' : (ch <= ' ' || ch >= 127) ? '?' : (char)ch;
+	}
+	c->cmd[n] = 0;
+}
+
+/* The open descriptors (0-15) and what they are, "0=pipe:[123],1=...". */
+static void chaos_fds(char *b, size_t size)
+{
+	size_t at = 0;
+
+	b[0] = 0;
+	for (int fd = 0; fd < 16 && at + 1 < size; fd++) {
+		char path[32], target[64];
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		n = readlink(path, target, sizeof(target) - 1);
+		if (n <= 0)
+			continue;
+		target[n] = 0;
+		n = snprintf(b + at, size - at, "%s%d=%s", at ? "," : "", fd, target);
+		if (n < 0 || (size_t)n >= size - at)
+			break;
+		at += (size_t)n;
+	}
+}
+
+/* A line at start, so that a process that never reaches its summary
+ * (killed, crashed) is still seen, with its arguments and descriptors. */
+static void chaos_start_line(const struct chaos *c)
+{
+	char line[1024], fds[512];
+	int n, fd;
+
+	if (!c->log[0])
+		return;
+	chaos_fds(fds, sizeof(fds));
+	n = snprintf(line, sizeof(line), "uhmm-chaos-start pid=%d ppid=%d cmd=%s fds=%s\n",
+		     (int)getpid(), (int)getppid(), c->cmd, fds);
+	if (n <= 0)
+		return;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	fd = open(c->log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return;
+	if (write(fd, line, (size_t)n) < 0) {
+		/* best effort, as the summary */
+	}
+	close(fd);
+}
+
 __attribute__((constructor)) static void chaos_init(void)
 {
 	struct dl_find_object self;
@@ -763,12 +861,15 @@ __attribute__((constructor)) static void chaos_init(void)
 	if (!c || ps <= 0)
 		return;
 	c->page = (unsigned long)ps;
+	chaos_read_cmd(c);
 	if (chaos_config(c)) {
 		/* off: only the summary at exit, which says the library was
 		 * loaded in this process */
+		chaos_start_line(c);
 		chaos_state = c;
 		return;
 	}
+	chaos_start_line(c);
 	c->stack = uhmm_alloc(CHAOS_STACK);
 	c->maps = uhmm_alloc(CHAOS_MAPS_BYTES);
 	c->buf = uhmm_alloc(CHAOS_MAX_PAGES * c->page);
@@ -872,6 +973,7 @@ static void chaos_summary(const struct chaos *c)
 		    (unsigned long long)st.pages_to_system,
 		    (unsigned long long)st.faults_back,
 		    (unsigned long long)st.faults_exclusive_revoke);
+	put(line, sizeof(line), &at, " cmd=%s", c->cmd);
 	if (at >= sizeof(line))
 		at = sizeof(line) - 1;
 	line[at++] = '\n';
@@ -880,6 +982,38 @@ static void chaos_summary(const struct chaos *c)
 		return;
 	if (write(fd, line, at) < 0) {
 		/* nothing to do: the summary is best effort */
+	}
+	close(fd);
+}
+
+/* UHMM_CHAOS_TRACE: the commands kept, oldest first, one a line. */
+static void chaos_write_trace(const struct chaos *c)
+{
+	char path[600], line[256];
+	uint64_t from;
+	int fd;
+
+	if (!c->trace || !c->ntrace)
+		return;
+	snprintf(path, sizeof(path), "%s.%d", c->log, (int)getpid());
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return;
+	from = c->ntrace > CHAOS_TRACE_LEN ? c->ntrace - CHAOS_TRACE_LEN : 0;
+	for (uint64_t i = from; i < c->ntrace; i++) {
+		const struct chaos_trace *t = &c->trace[i % CHAOS_TRACE_LEN];
+		int n = snprintf(line, sizeof(line),
+				 "%llu.%06llu %llu.%06llu %s dev=%d addr=%#llx npages=%llu ret=%d cpages=%llu\n",
+				 (unsigned long long)(t->t0_ns / 1000000000ULL),
+				 (unsigned long long)(t->t0_ns / 1000 % 1000000),
+				 (unsigned long long)(t->t1_ns / 1000000000ULL),
+				 (unsigned long long)(t->t1_ns / 1000 % 1000000),
+				 op_name[t->op], t->dev, (unsigned long long)t->addr,
+				 (unsigned long long)t->npages, t->ret,
+				 (unsigned long long)t->cpages);
+
+		if (n > 0 && write(fd, line, (size_t)n) < 0)
+			break;
 	}
 	close(fd);
 }
@@ -898,4 +1032,5 @@ __attribute__((destructor)) static void chaos_fini(void)
 	}
 	chaos_close(c);		/* UHMM_CHAOS_CLOSE=caller, or no thread */
 	chaos_summary(c);
+	chaos_write_trace(c);
 }

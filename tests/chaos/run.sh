@@ -426,10 +426,16 @@ run_one() {
 	secs="$((secs / 100)).$(printf %02d $((secs % 100)))"
 }
 
-# What the chaos log says: processes that reported, commands run.
+# What the chaos log says: processes that reported, commands run, and
+# processes that started and never reported (killed or crashed: their
+# start lines name them).
 log_stats() {
-	awk '{ n++; for (i = 1; i <= NF; i++) if ($i ~ /^ops=/) { sub(/^ops=/, "", $i); ops += $i } }
-		END { printf "procs=%d ops=%d", n, ops }' "$1"
+	awk '$1 == "uhmm-chaos-start" { started[$2] = 1; next }
+		$1 == "uhmm-chaos" { n++; done[$2] = 1
+			for (i = 1; i <= NF; i++) if ($i ~ /^ops=/) { sub(/^ops=/, "", $i); ops += $i } }
+		END { for (p in started) if (!(p in done)) lost++
+			printf "procs=%d ops=%d", n, ops
+			if (lost) printf " unreported=%d", lost }' "$1"
 }
 
 # Show the first lines of a difference, indented.
