@@ -378,7 +378,9 @@ static int dmirror_access_locked(struct uhmm_dmirror *dm, uint64_t addr,
 		*miss = addr;
 		if ((e & need) != need)
 			return -ENOENT;
-		if (e & DMIRROR_PFN_DEVICE) {
+		/* Coherent memory is mapped at its address (its frame's pool
+		 * slot is empty meanwhile): reached there, as system memory. */
+		if (e & UHMM_PFN_DEVICE_PRIVATE) {
 			struct uhmm_page *page = uhmm_pfn_to_page(e);
 
 			if (!page || uhmm_page_owner(page) != dm->dev)

@@ -319,3 +319,39 @@ TEST(bytes_pointer_chase)
 	}
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
+
+/*
+ * Loads and stores on pages resident on a coherent device: the data are
+ * in the frame mapped at the address (the CPU reads and writes it there),
+ * not in the frame's pool slot, which is empty while the page is mapped.
+ * A store went to the slot and was lost (a load read zeros).
+ */
+TEST(bytes_coherent_resident)
+{
+	unsigned long n = 4, len = n * ps();
+	char *p = map_anon(len, RW), *buf = malloc(len), src[300];
+	struct uhmm_dmirror *dm;
+	struct uhmm_dmirror_cmd c;
+
+	require_uffd(true);
+	dm = dopen(2);
+	ASSERT_NOT_NULL(p);
+	ASSERT_NOT_NULL(buf);
+	fill_bytes(p, len, 11);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, buf, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	memset(buf, 0, len);
+	ASSERT_EQ(uhmm_dmirror_access(dm, addr_of(p + ps() - 40), buf, 100, 0,
+				      NULL), 0);
+	ASSERT_MEMEQ(buf, p + ps() - 40, 100);
+	for (unsigned int i = 0; i < sizeof(src); i++)
+		src[i] = (char)(i * 5 + 3);
+	ASSERT_EQ(uhmm_dmirror_access(dm, addr_of(p + 2 * ps() + 9), src,
+				      sizeof(src), 1, NULL), 0);
+	ASSERT_EQ(memcmp(p + 2 * ps() + 9, src, sizeof(src)), 0);
+	/* Still there once the pages come home. */
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, buf, n, &c), 0);
+	ASSERT_EQ(memcmp(p + 2 * ps() + 9, src, sizeof(src)), 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	free(buf);
+}

@@ -26,6 +26,8 @@
  *   UHMM_CHAOS_LOG   a file; each process appends one summary line at exit
  *                    (and one line when it starts: its arguments, its
  *                    descriptors)
+ *   UHMM_CHAOS_DEVICES the dmirror devices to use, e.g. 0,1 (default all
+ *                    four: 0 and 1 private, 2 and 3 coherent)
  *   UHMM_CHAOS_TRACE 1: each process also writes its last commands, with
  *                    times, ranges and results, to the log's name with
  *                    .<pid> appended (a wrong answer's commands)
@@ -114,6 +116,7 @@ struct chaos {
 	unsigned int ops_mask, maps_mask;
 	unsigned long rate;
 	bool fork_chaos;
+	unsigned int dev_mask;		/* UHMM_CHAOS_DEVICES */
 	bool close_by_caller;		/* UHMM_CHAOS_CLOSE=caller */
 	uint64_t seed;
 	char log[512];
@@ -531,6 +534,8 @@ static void chaos_step(struct chaos *c)
 static void chaos_open(struct chaos *c)
 {
 	for (int d = 0; d < CHAOS_NDEV; d++) {
+		if (!(c->dev_mask & 1U << d))
+			continue;
 		c->open_err[d] = uhmm_dmirror_open(d, &c->dm[d]);
 		if (c->open_err[d])
 			c->dm[d] = NULL;
@@ -741,6 +746,14 @@ static int chaos_config(struct chaos *c)
 	c->fork_chaos = !(v && !strcmp(v, "0"));
 	v = getenv("UHMM_CHAOS_CLOSE");
 	c->close_by_caller = v && !strcmp(v, "caller");
+	c->dev_mask = (1U << CHAOS_NDEV) - 1;
+	v = getenv("UHMM_CHAOS_DEVICES");
+	if (v && *v) {
+		c->dev_mask = 0;
+		for (; *v; v++)
+			if (*v >= '0' && *v < '0' + CHAOS_NDEV)
+				c->dev_mask |= 1U << (*v - '0');
+	}
 	v = getenv("UHMM_CHAOS_TRACE");
 	if (v && !strcmp(v, "1") && c->log[0])
 		c->trace = uhmm_calloc(CHAOS_TRACE_LEN, sizeof(*c->trace));

@@ -376,7 +376,7 @@ run_one() {
 		envs+=(LD_PRELOAD="$preload" UHMM_CHAOS_MODE="$mode"
 			UHMM_CHAOS_SEED="$seed" UHMM_CHAOS_LOG="$dir/chaos.log")
 		for v in UHMM_CHAOS_RATE UHMM_CHAOS_OPS UHMM_CHAOS_MAPS \
-			UHMM_CHAOS_FORK UHMM_CHAOS_CLOSE; do
+			UHMM_CHAOS_FORK UHMM_CHAOS_CLOSE UHMM_CHAOS_DEVICES UHMM_CHAOS_TRACE; do
 			[ -n "${!v:-}" ] && envs+=("$v=${!v}")
 		done
 	fi
