@@ -468,22 +468,35 @@ static char *mremap_away(char *p, unsigned long n)
 	return q;
 }
 
+/* n pages filled with @seed (on the device first if @flags selects
+ * device pages), a migration of them set up, and the range moved away:
+ * returns the new address. */
+static char *setup_then_mremap(struct uhmm_migrate *m, uint64_t *src,
+			       uint64_t *dst, unsigned long n, uint64_t flags,
+			       int seed)
+{
+	char *p = map_anon(n * ps(), RW);
+
+	toy_init();
+	fill_pattern(p, n, seed);
+	if (flags & UHMM_MIGRATE_SELECT_DEVICE_PRIVATE)
+		ASSERT_EQ(toy_to_dev(p, n), (long)n);
+	*m = (struct uhmm_migrate){
+		.start = (unsigned long)p, .end = (unsigned long)p + n * ps(),
+		.src = src, .dst = dst, .pgmap_owner = &toy, .flags = flags,
+	};
+	ASSERT_EQ(uhmm_migrate_setup(m), 0);
+	ASSERT_EQ(m->cpages, n);
+	return mremap_away(p, n);
+}
+
 TEST_TIMEOUT(mremap_during_migration_to_device_follows_pages, 30)
 {
 	unsigned long n = 8;
-	char *p = map_anon(n * ps(), RW), *q;
 	uint64_t src[8] = { 0 }, dst[8] = { 0 };
-	struct uhmm_migrate m = {
-		.start = (unsigned long)p, .end = (unsigned long)p + n * ps(),
-		.src = src, .dst = dst, .pgmap_owner = &toy,
-		.flags = UHMM_MIGRATE_SELECT_SYSTEM,
-	};
+	struct uhmm_migrate m;
+	char *q = setup_then_mremap(&m, src, dst, n, UHMM_MIGRATE_SELECT_SYSTEM, 21);
 
-	toy_init();
-	fill_pattern(p, n, 21);
-	ASSERT_EQ(uhmm_migrate_setup(&m), 0);
-	ASSERT_EQ(m.cpages, n);
-	q = mremap_away(p, n);
 	for (unsigned long i = 0; i < n; i++) {
 		struct uhmm_page *dp = toy_alloc();
 
@@ -507,20 +520,11 @@ TEST_TIMEOUT(mremap_during_migration_to_device_follows_pages, 30)
 TEST_TIMEOUT(mremap_during_migration_to_system_follows_pages, 30)
 {
 	unsigned long n = 8;
-	char *p = map_anon(n * ps(), RW), *q;
 	uint64_t src[8] = { 0 }, dst[8] = { 0 };
-	struct uhmm_migrate m = {
-		.start = (unsigned long)p, .end = (unsigned long)p + n * ps(),
-		.src = src, .dst = dst, .pgmap_owner = &toy,
-		.flags = UHMM_MIGRATE_SELECT_DEVICE_PRIVATE,
-	};
+	struct uhmm_migrate m;
+	char *q = setup_then_mremap(&m, src, dst, n,
+				    UHMM_MIGRATE_SELECT_DEVICE_PRIVATE, 22);
 
-	toy_init();
-	fill_pattern(p, n, 22);
-	ASSERT_EQ(toy_to_dev(p, n), (long)n);
-	ASSERT_EQ(uhmm_migrate_setup(&m), 0);
-	ASSERT_EQ(m.cpages, n);
-	q = mremap_away(p, n);
 	for (unsigned long i = 0; i < n; i++) {
 		struct uhmm_page *sp = uhmm_migrate_pfn_to_page(src[i]);
 
