@@ -157,10 +157,10 @@ static bool fault_moved(struct uhmm_rt *rt, struct uhmm_page *p,
  * brought back by its owner's migrate_to_ram, whose setup collects it.
  * Called with the stripe lock held; returns with it released.
  */
-static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
-				   _Atomic uintptr_t *e, struct uhmm_page *p,
-				   bool write, pid_t tid, unsigned long read_seq,
-				   int *failures)
+static enum fault_ret fault_device_held(struct uhmm_rt *rt, unsigned long addr,
+					_Atomic uintptr_t *e, struct uhmm_page *p,
+					bool write, pid_t tid, unsigned long read_seq,
+					int *failures)
 {
 	struct stripe *s = pst_stripe(rt, addr >> rt->page_shift);
 	struct uhmm_fault vmf = { 0 };
@@ -256,6 +256,25 @@ static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
 		return FAULT_DECLINED;
 	/* Claimed by another migration, or dropped: decode it again. */
 	return FAULT_AGAIN;
+}
+
+/*
+ * fault_device_held() with a reference on @p for its duration: once the
+ * migration took it, the page may be freed and its pagemap destroyed,
+ * and the fault still reads where its claim went (p->vpn). Called with
+ * the stripe lock held (the entry's reference keeps p alive until then).
+ */
+static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
+				   _Atomic uintptr_t *e, struct uhmm_page *p,
+				   bool write, pid_t tid, unsigned long read_seq,
+				   int *failures)
+{
+	enum fault_ret r;
+
+	uhmm_page_get(p);
+	r = fault_device_held(rt, addr, e, p, write, tid, read_seq, failures);
+	uhmm_page_put(p);
+	return r;
 }
 
 /*
