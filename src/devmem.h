@@ -47,7 +47,7 @@ struct uhmm_pagemap {
 	const void *owner;
 	const struct uhmm_pagemap_ops *ops;
 	pthread_mutex_t lock;
-	_Atomic unsigned long putting;	/* uhmm_page_put()s in progress */
+	_Atomic unsigned long putting;	/* uhmm_page_put()s and fault-backs in progress */
 	unsigned long npages;
 	unsigned int nchunks;
 	struct {

@@ -259,21 +259,25 @@ static enum fault_ret fault_device_held(struct uhmm_rt *rt, unsigned long addr,
 }
 
 /*
- * fault_device_held() with a reference on @p for its duration: once the
- * migration took it, the page may be freed and its pagemap destroyed,
- * and the fault still reads where its claim went (p->vpn). Called with
- * the stripe lock held (the entry's reference keeps p alive until then).
+ * fault_device_held() with @p's pagemap held for its duration (its
+ * puts-in-progress count, which uhmm_pagemap_destroy() waits for): once
+ * the migration took the page, the page may be freed and the device
+ * closed, and the fault still reads where its claim went (p->vpn). Not a
+ * page reference: the page goes back to its driver before the faulting
+ * thread runs on, as in the kernel. Called with the stripe lock held
+ * (the entry's reference keeps p alive until then).
  */
 static enum fault_ret fault_device(struct uhmm_rt *rt, unsigned long addr,
 				   _Atomic uintptr_t *e, struct uhmm_page *p,
 				   bool write, pid_t tid, unsigned long read_seq,
 				   int *failures)
 {
+	struct uhmm_pagemap *pg = p->pgmap;
 	enum fault_ret r;
 
-	uhmm_page_get(p);
+	atomic_fetch_add(&pg->putting, 1);
 	r = fault_device_held(rt, addr, e, p, write, tid, read_seq, failures);
-	uhmm_page_put(p);
+	atomic_fetch_sub_explicit(&pg->putting, 1, memory_order_release);
 	return r;
 }
 
