@@ -121,12 +121,15 @@ static void fault_backoff(struct stripe *s, int failures)
 }
 
 /*
- * The claim of fault @read_seq on @p, moved by an mremap (devmem.h):
- * given up where it is now if no migration collected it, and its
- * waiters woken there. False if p is back at the fault's address.
+ * Give up the claim of fault @read_seq on @p where it is now (p->vpn: an
+ * mremap moves it, devmem.h; 0 once a migration took the page), unless
+ * a migration collected it, keeping DROP (a munmap meanwhile released the
+ * page; left BUSY, the entry stayed claimed for good and the access was
+ * never woken: tests/chaos/repro/populate_vs_munmap.c), and wake the
+ * entry's waiters. Returns the entry there, *at its VPN.
  */
-static bool fault_moved(struct uhmm_rt *rt, struct uhmm_page *p,
-			unsigned long read_seq)
+static uintptr_t fault_give_up(struct uhmm_rt *rt, struct uhmm_page *p,
+			       unsigned long read_seq, unsigned long *at)
 {
 	for (;;) {
 		unsigned long vpn = atomic_load(&p->vpn);
@@ -139,16 +142,15 @@ static bool fault_moved(struct uhmm_rt *rt, struct uhmm_page *p,
 		if (ent_is_claim(v, ent_mk_page(p) | ENT_BUSY) &&
 		    p->fault_claim == read_seq) {
 			p->fault_claim = 0;
-			atomic_store(e, v & ~ENT_BUSY);
+			v &= ~ENT_BUSY;
+			atomic_store(e, v);
 		}
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&s->lock);
-		if (atomic_load(&p->vpn) != vpn)
-			continue;	/* moved again meanwhile */
-		if (vpn)
-			uhmm__os_uffd_wake(rt->uffd, vpn << rt->page_shift,
-					   rt->page_size);
-		return true;
+		if (atomic_load(&p->vpn) == vpn) {
+			*at = vpn;
+			return v;
+		}
 	}
 }
 
@@ -165,6 +167,7 @@ static enum fault_ret fault_device_held(struct uhmm_rt *rt, unsigned long addr,
 	struct stripe *s = pst_stripe(rt, addr >> rt->page_shift);
 	struct uhmm_fault vmf = { 0 };
 	struct os_procmap_query q;
+	unsigned long at;
 	uintptr_t v;
 	int r;
 
@@ -190,34 +193,21 @@ static enum fault_ret fault_device_held(struct uhmm_rt *rt, unsigned long addr,
 	uhmm__stat_fault_back_end(addr, r);
 
 	/*
-	 * Not collected: the claim is still this fault's, give it up (and
-	 * keep DROP: a munmap meanwhile released the page; left BUSY, the
-	 * entry stayed claimed for good and the access was never woken:
-	 * tests/chaos/repro/populate_vs_munmap.c). Collected: the
-	 * migration's finalize settled the entry, and a BUSY there now is
-	 * another claim's.
+	 * Not collected: the claim is still this fault's, given up.
+	 * Collected: the migration's finalize settled the entry, and a BUSY
+	 * there now is another claim's. Moved away (an mremap before the
+	 * migration collected it), or taken home (p->vpn 0): the faulting
+	 * thread faults again, at an address no longer mapped or mapped
+	 * anew (as after the kernel's mremap), or on the page installed.
 	 */
-	if (atomic_load(&p->vpn) != addr >> rt->page_shift &&
-	    fault_moved(rt, p, read_seq)) {
-		/*
-		 * An mremap moved the mapping, and the claim with it, before
-		 * the migration collected it: given up there. The faulting
-		 * thread faults again: at an address no longer mapped, or
-		 * mapped anew, as after the kernel's mremap.
-		 */
+	v = fault_give_up(rt, p, read_seq, &at);
+	if (at != addr >> rt->page_shift) {
+		if (at)
+			uhmm__os_uffd_wake(rt->uffd, at << rt->page_shift,
+					   rt->page_size);
 		uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
 		return FAULT_DONE;
 	}
-	pthread_mutex_lock(&s->lock);
-	v = atomic_load(e);
-	if ((v & ~ENT_DROP) == (ent_mk_page(p) | ENT_BUSY) &&
-	    p->fault_claim == read_seq) {
-		p->fault_claim = 0;
-		atomic_store(e, v & ~ENT_BUSY);
-	}
-	v = atomic_load(e);
-	pthread_cond_broadcast(&s->cond);
-	pthread_mutex_unlock(&s->lock);
 	if (v && uhmm__take_eagain()) {
 		/*
 		 * The install met an unread event (a munmap, an mremap): the
