@@ -22,6 +22,7 @@
  * area (it runs on them meanwhile). */
 struct self {
 	unsigned long sp, tlo, thi;
+	bool gated;		/* counted in the fork gate (fork.c) */
 };
 
 /*
@@ -127,14 +128,23 @@ static unsigned long collected(const uint64_t *src, unsigned long npages,
 	return n;
 }
 
-/* Before a collection: readers caught up, the caller's own memory. */
+/* Before a collection: forks held off, readers caught up, the caller's
+ * own memory. */
 static void collect_begin(struct uhmm_rt *rt, struct self *self)
 {
+	self->gated = uhmm__gate_evict_begin(rt);
 	/* A munmap or madvise that returned has dropped its device pages
 	 * (as in uhmm_migrate_setup()): those are not collected. */
 	uhmm__wait_readers(rt);
 	self->sp = (uintptr_t)__builtin_frame_address(0);
 	uhmm__thread_area(rt, &self->tlo, &self->thi);
+}
+
+/* After it: the pages collected hold forks off until their finalize. */
+static void collect_end(struct uhmm_rt *rt, const struct self *self,
+			const uint64_t *src, unsigned long npages)
+{
+	uhmm__gate_evict_end(rt, self->gated, collected(src, npages, true));
 }
 
 /*
@@ -146,7 +156,6 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
 	struct self self;
-	bool gated;
 
 	if (!src || !pg || !npages || first + npages < first ||
 	    first + npages > pg->npages)
@@ -154,11 +163,10 @@ int uhmm_migrate_device_range(uint64_t *src, struct uhmm_pagemap *pg,
 	memset(src, 0, npages * sizeof(*src));
 	if (!rt)
 		return 0;
-	gated = uhmm__gate_evict_begin(rt);
 	collect_begin(rt, &self);
 	for (unsigned long i = 0; i < npages; i++)
 		collect_page(rt, uhmm_pagemap_page(pg, first + i), &self, &src[i]);
-	uhmm__gate_evict_end(rt, gated, collected(src, npages, true));
+	collect_end(rt, &self, src, npages);
 	return 0;
 }
 
@@ -170,7 +178,6 @@ int uhmm_migrate_device_pfns(uint64_t *src, unsigned long npages)
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
 	struct self self;
-	bool gated;
 
 	if (!src || !npages)
 		return -EINVAL;
@@ -181,7 +188,6 @@ int uhmm_migrate_device_pfns(uint64_t *src, unsigned long npages)
 		memset(src, 0, npages * sizeof(*src));
 		return 0;
 	}
-	gated = uhmm__gate_evict_begin(rt);
 	collect_begin(rt, &self);
 	for (unsigned long i = 0; i < npages; i++) {
 		struct uhmm_page *p = uhmm_migrate_pfn_to_page(src[i]);
@@ -190,7 +196,7 @@ int uhmm_migrate_device_pfns(uint64_t *src, unsigned long npages)
 		if (p)
 			collect_page(rt, p, &self, &src[i]);
 	}
-	uhmm__gate_evict_end(rt, gated, collected(src, npages, true));
+	collect_end(rt, &self, src, npages);
 	return 0;
 }
 
