@@ -311,6 +311,31 @@ static bool fault_decline_wait(struct uhmm_rt *rt, struct stripe *s,
 }
 
 /*
+ * A coherent page: the CPU addresses it, so it never migrates on a
+ * fault. Its frame is mapped at @addr (a stale message: nothing to do),
+ * or sits in its pool slot (a finalize could not put it back), or the
+ * slot is empty (a page of zeros): uhmm__coherent_install() tells them
+ * apart. Installed like any page going in, under the mover hold and the
+ * stripe lock, and only while the entry is still @v: a migration that
+ * claims the page and takes its frame out meanwhile must not find
+ * another page there on its way back (that lost a pipe buffer written
+ * into such a page, issue 11). Called with the stripe lock held; returns
+ * with it released.
+ */
+static void fault_coherent(struct uhmm_rt *rt, unsigned long addr,
+			   _Atomic uintptr_t *e, uintptr_t v, struct stripe *s)
+{
+	pthread_mutex_unlock(&s->lock);
+	uhmm__mover_begin(rt);
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(e) == v)
+		uhmm__coherent_install(rt, ent_page(v), addr);
+	pthread_mutex_unlock(&s->lock);
+	uhmm__mover_end(rt);
+	uhmm__os_uffd_wake(rt->uffd, addr, rt->page_size);
+}
+
+/*
  * A MISSING fault at @addr, on a monitor thread. Device page: its owner's
  * migrate_to_ram. Page being migrated: wait for the migration. Nothing:
  * a hole of a registered range; map the zero page, as a first touch
@@ -357,10 +382,7 @@ void uhmm__handle_fault(struct uhmm_rt *rt, unsigned long addr, bool write,
 		}
 		p = ent_page(v);
 		if (is_coherent(p)) {
-			/* The CPU addresses it: mapped, or a page of zeros
-			 * (an empty pool slot), never a migration. */
-			pthread_mutex_unlock(&s->lock);
-			uhmm__uffd_zeropage(rt, addr, rt->page_size, 0);
+			fault_coherent(rt, addr, e, v, s);
 			return;
 		}
 		if (atomic_load(&p->mig_seq) >= read_seq) {

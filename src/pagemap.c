@@ -306,10 +306,19 @@ int uhmm__coherent_isolate(struct uhmm_rt *rt, struct uhmm_page *p,
 			       UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES);
 }
 
+/* Whether a coherent page's pool slot holds no frame. */
+static bool slot_empty(struct uhmm_rt *rt, struct uhmm_page *p)
+{
+	unsigned char vec = 1;
+
+	return uhmm__os_mincore(p->mem, rt->page_size, &vec) == 0 && !(vec & 1);
+}
+
 /*
  * Map a coherent page's frame at @addr (pte_none there), no wake. A
  * mapping made read-only meanwhile gets a copy (the slot keeps its
- * frame); an empty slot is a page of zeros.
+ * frame); an empty slot is a page of zeros. -EEXIST: something is
+ * mapped there. -ENOENT with a frame in the slot: no mapping there.
  */
 int uhmm__coherent_install(struct uhmm_rt *rt, struct uhmm_page *p,
 			   unsigned long addr)
@@ -320,7 +329,7 @@ int uhmm__coherent_install(struct uhmm_rt *rt, struct uhmm_page *p,
 	if (r == -EINVAL || r == -EBUSY || r == -EPERM)
 		r = uhmm__uffd_copy(rt, addr, (uintptr_t)p->mem, rt->page_size,
 				    UFFDIO_COPY_MODE_DONTWAKE);
-	else if (r == -ENOENT)
+	else if (r == -ENOENT && slot_empty(rt, p))
 		r = uhmm__uffd_zeropage(rt, addr, rt->page_size,
 					UFFDIO_ZEROPAGE_MODE_DONTWAKE);
 	if (r == 0)

@@ -7,6 +7,8 @@
  * DEV_COHERENT_LOCAL/REMOTE, MIGRATE_TO_SYS and RELEASE bring it back.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -427,4 +429,92 @@ TEST(coherent_hmm2_snapshot)
 	ASSERT_EQ(m[6], COH_REMOTE_W);
 	ASSERT_EQ(uhmm_dmirror_close(d2), 0);
 	ASSERT_EQ(uhmm_dmirror_close(d3), 0);
+}
+
+struct race_arg {
+	char *p;
+	unsigned long n;
+	struct uhmm_dmirror *d2, *d3;
+	void *mirror;
+	_Atomic bool stop;
+	unsigned long ops;
+};
+
+static void *race_migrator(void *a_)
+{
+	struct race_arg *a = a_;
+	struct uhmm_dmirror_cmd c;
+
+	while (!atomic_load(&a->stop)) {
+		unsigned long k = a->ops++ % 5;
+
+		if (k == 4)
+			to_sys(a->d2, a->p, a->n, &c);
+		else
+			to_dev(k & 1 ? a->d3 : a->d2, a->p, a->mirror, a->n, &c);
+	}
+	return NULL;
+}
+
+/*
+ * The program writes its pages (by a pipe's read() into them, as a
+ * reader of a pipeline does, and by stores) while another thread keeps
+ * moving them between the two coherent devices and system memory. Every
+ * write stays. (The fault handler once served a fault on a coherent page
+ * with the zero page, unlocked: a migration taking the frame out in
+ * between found the zero page in its place on the way back. That window
+ * is narrow; test_inject's inject_coherent_frame_not_back_keeps_data
+ * reaches the same code deterministically.)
+ */
+TEST_TIMEOUT(coherent_writes_racing_migrations_stay, 60)
+{
+	unsigned long n = 4, seq = 0, bad = 0;
+	struct race_arg a = { .n = n };
+	char *buf = malloc(ps());
+	int fd[2];
+	pthread_t t;
+	long end;
+
+	ASSERT_NOT_NULL(buf);
+	a.p = map_anon(n * ps(), RW);
+	a.mirror = map_anon(n * ps(), RW);
+	a.d2 = dopen(2);
+	a.d3 = dopen(3);
+	ASSERT_EQ(pipe(fd), 0);
+	memset(a.p, 0, n * ps());
+	ASSERT_EQ(pthread_create(&t, NULL, race_migrator, &a), 0);
+	end = now_ms() + 3000;
+	while (now_ms() < end && !bad) {
+		seq++;
+		for (unsigned long i = 0; i < n; i++) {
+			char *pg = a.p + i * ps();
+
+			memset(buf, (int)(seq * n + i) | 1, ps());
+			if (seq & 1) {
+				ASSERT_EQ(write(fd[1], buf, ps()), (ssize_t)ps());
+				ASSERT_EQ(read(fd[0], pg, ps()), (ssize_t)ps());
+			} else {
+				memcpy(pg, buf, ps());
+			}
+		}
+		for (unsigned long i = 0; i < n; i++) {
+			memset(buf, (int)(seq * n + i) | 1, ps());
+			if (memcmp(a.p + i * ps(), buf, ps())) {
+				TH_LOG("round %lu, page %lu: 0x%02x, want 0x%02x",
+				       seq, i, (unsigned char)a.p[i * ps()],
+				       (unsigned char)buf[0]);
+				bad++;
+			}
+		}
+	}
+	atomic_store(&a.stop, true);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	TH_LOG("%lu rounds, %lu migrations", seq, a.ops);
+	ASSERT_EQ(bad, 0UL);
+	ASSERT_TRUE(a.ops > 0);
+	close(fd[0]);
+	close(fd[1]);
+	free(buf);
+	ASSERT_EQ(uhmm_dmirror_close(a.d2), 0);
+	ASSERT_EQ(uhmm_dmirror_close(a.d3), 0);
 }

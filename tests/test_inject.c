@@ -45,6 +45,7 @@
 
 struct st {
 	unsigned long n;
+	int dev;		/* the dmirror device setup_dm opens */
 	char *buf;		/* the application's memory */
 	char *aux;		/* a device buffer (READ/WRITE/readback) */
 	struct uhmm_dmirror *dm;
@@ -157,11 +158,12 @@ static int dm_cmd(struct st *s, enum uhmm_dmirror_op op, void *addr,
 
 struct scenario {
 	const char *name;
-	bool dmirror;			/* needs dmirror device 0 */
+	bool dmirror;			/* needs a dmirror device (dev) */
 	int (*setup)(struct st *s);	/* not injected */
 	int (*op)(struct st *s);	/* injected: 0 or -errno */
 	bool (*verify)(struct st *s, int r);	/* after disarming */
 	const int *allowed;		/* documented errors of op */
+	int dev;			/* the dmirror device (2, 3: coherent) */
 };
 
 /* -EMFILE/-ENFILE/-ENOENT: opening /proc/self files when the runtime
@@ -266,7 +268,7 @@ static bool verify_munmap(struct st *s, int r)
 
 static int setup_dm(struct st *s)
 {
-	int r = uhmm_dmirror_open(0, &s->dm);
+	int r = uhmm_dmirror_open(s->dev, &s->dm);
 
 	if (r)
 		return r;
@@ -348,6 +350,24 @@ static bool verify_migrate(struct st *s, int r)
 {
 	(void)r;
 	return verify_data_then(s, op_migrate);
+}
+
+/*
+ * On a coherent device, a page MIGRATE_TO_SYS could not take home (its
+ * frame would not move: as a pinned page, it stays) is still there, and
+ * MIGRATE_TO_DEV of it says -ENOENT: the follow-up takes it home first.
+ */
+static int op_home_then_migrate(struct st *s)
+{
+	int r = dm_cmd(s, UHMM_DMIRROR_MIGRATE_TO_SYS, s->buf, NULL, s->n, NULL);
+
+	return r ? r : op_migrate(s);
+}
+
+static bool verify_coherent_migrate(struct st *s, int r)
+{
+	(void)r;
+	return verify_data_then(s, op_home_then_migrate);
 }
 
 static int setup_on_dev(struct st *s)
@@ -440,14 +460,18 @@ static bool verify_rw(struct st *s, int r)
 }
 
 static const struct scenario scenarios[] = {
-	{ "range_fault_populated", false, setup_filled, op_rf, verify_rf_filled, err_rf },
-	{ "range_fault_unpopulated", false, setup_empty, op_rf, verify_rf_empty, err_rf },
-	{ "notifier_munmap", false, setup_filled, op_munmap, verify_munmap, err_rf },
-	{ "migrate_roundtrip", true, setup_dm, op_migrate, verify_migrate, err_dm },
-	{ "cpu_fault_back", true, setup_on_dev, op_cpu_read, verify_cpu_read, err_dm },
-	{ "exclusive", true, setup_dm, op_exclusive, verify_exclusive, err_dm },
-	{ "fork_device_pages", true, setup_on_dev, op_fork, verify_fork, err_dm },
-	{ "dmirror_read_write_snapshot", true, setup_dm, op_rw, verify_rw, err_dm },
+	{ "range_fault_populated", false, setup_filled, op_rf, verify_rf_filled, err_rf, 0 },
+	{ "range_fault_unpopulated", false, setup_empty, op_rf, verify_rf_empty, err_rf, 0 },
+	{ "notifier_munmap", false, setup_filled, op_munmap, verify_munmap, err_rf, 0 },
+	{ "migrate_roundtrip", true, setup_dm, op_migrate, verify_migrate, err_dm, 0 },
+	{ "cpu_fault_back", true, setup_on_dev, op_cpu_read, verify_cpu_read, err_dm, 0 },
+	{ "exclusive", true, setup_dm, op_exclusive, verify_exclusive, err_dm, 0 },
+	{ "fork_device_pages", true, setup_on_dev, op_fork, verify_fork, err_dm, 0 },
+	{ "dmirror_read_write_snapshot", true, setup_dm, op_rw, verify_rw, err_dm, 0 },
+	/* The same on a coherent device: frames move in and out. */
+	{ "coherent_migrate_roundtrip", true, setup_dm, op_migrate, verify_coherent_migrate, err_dm, 2 },
+	{ "coherent_exclusive", true, setup_dm, op_exclusive, verify_exclusive, err_dm, 2 },
+	{ "coherent_read_write_snapshot", true, setup_dm, op_rw, verify_rw, err_dm, 2 },
 };
 
 /* ------------------------------------------------------------ the walk */
@@ -496,7 +520,7 @@ static void teardown(struct st *s)
 static void point(const struct scenario *sc, int kind, unsigned long nth,
 		  int err, int fd)
 {
-	struct st s = { .n = NPAGES };
+	struct st s = { .n = NPAGES, .dev = sc->dev };
 	struct sigaction sa = { .sa_handler = cpu_sig };
 	int fds0 = count_fds(), r, fds1;
 	uint64_t dev0 = device_pages(), dev1;
@@ -723,6 +747,9 @@ TEST_TIMEOUT(inject_cpu_fault_back, 300) { sweep(&scenarios[4]); }
 TEST_TIMEOUT(inject_exclusive, 300) { sweep(&scenarios[5]); }
 TEST_TIMEOUT(inject_fork_device_pages, 300) { sweep(&scenarios[6]); }
 TEST_TIMEOUT(inject_dmirror_read_write_snapshot, 300) { sweep(&scenarios[7]); }
+TEST_TIMEOUT(inject_coherent_migrate_roundtrip, 300) { sweep(&scenarios[8]); }
+TEST_TIMEOUT(inject_coherent_exclusive, 300) { sweep(&scenarios[9]); }
+TEST_TIMEOUT(inject_coherent_read_write_snapshot, 300) { sweep(&scenarios[10]); }
 
 /* The counters count, and a count of consecutive failures stops. */
 TEST(inject_counter_and_repeat)
@@ -811,4 +838,35 @@ TEST_TIMEOUT(inject_readers_survive_poll_and_read_errors, 60)
 		ASSERT_TRUE(WIFEXITED(status));
 		ASSERT_EQ(WEXITSTATUS(status), 0);
 	}
+}
+
+/*
+ * A coherent page on its way home whose frame cannot be put back (the
+ * system page's install fails, then so does the frame's: ENOMEM twice)
+ * stays on the device with its frame in the pool slot and nothing
+ * mapped. A CPU access then must find the data: before, the fault
+ * handler mapped the zero page there (it took any coherent entry it
+ * faulted on for an empty slot), and the page read zeros.
+ */
+TEST_TIMEOUT(inject_coherent_frame_not_back_keeps_data, 60)
+{
+	struct st s = { .n = 1, .dev = 2 };
+	unsigned long cp = 0;
+
+	if (uhmm_init() == -ENOSYS)
+		SKIP("kernel without PROCMAP_QUERY/PAGEMAP_SCAN");
+	require_uffd(true);
+	ASSERT_EQ(setup_on_dev(&s), 0);
+	ASSERT_EQ(cpu_check(s.buf, s.n, 1), 0);
+	/* MIGRATE_TO_SYS: MOVE #1 isolates the frame, #2 installs the
+	 * system page, #3 puts the frame back. */
+	uhmm__os_calls_reset();
+	uhmm__fault_inject_n(OS_CALL_UFFD_MOVE, 2, 2, ENOMEM);
+	ASSERT_EQ(dm_cmd(&s, UHMM_DMIRROR_MIGRATE_TO_SYS, s.buf, NULL, s.n, &cp), 0);
+	disarm();
+	ASSERT_GE(uhmm__os_calls(OS_CALL_UFFD_MOVE), 3UL);
+	ASSERT_EQ(cpu_check(s.buf, s.n, 1), 0);
+	ASSERT_EQ(dm_cmd(&s, UHMM_DMIRROR_MIGRATE_TO_SYS, s.buf, NULL, s.n, &cp), 0);
+	ASSERT_EQ(cpu_check(s.buf, s.n, 1), 0);
+	teardown(&s);
 }
