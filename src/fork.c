@@ -225,10 +225,14 @@ void uhmm__exec_prepare(struct uhmm_rt *rt, const char *path,
 {
 	void *tid;
 
-	if (!atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
-		return;
+	/* The gate first, then the look, as fork's: a first migration that
+	 * began after the look was else not waited for, and took the
+	 * descriptor's page away during the exec (test_transparency,
+	 * exec_racing_first_migration_of_tcb). */
 	gate_close(rt);
 	exec_gated = true;
+	if (!atomic_load_explicit(&rt->has_device_pages, memory_order_relaxed))
+		return;
 	touch_robust_list(rt);
 	if (!uhmm__os_tid_address(&tid) && tid)
 		touch(rt, tid, sizeof(int));

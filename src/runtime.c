@@ -448,6 +448,16 @@ static struct uhmm_rt *exec_begin(const char *path, char *const argv[],
 {
 	struct uhmm_rt *rt = uhmm__rt_peek();
 
+	/*
+	 * A vfork child (or posix_spawn's, calling execve by name) shares
+	 * its parent's memory and runtime: its robust list is empty and its
+	 * arguments are the parent's memory, served by the parent's
+	 * threads. Left alone: a gate closed here would stay closed in the
+	 * parent (tests/test_transparency.c,
+	 * vfork_exec_leaves_the_parent_migrating).
+	 */
+	if (rt && rt->pid != uhmm__os_getpid())
+		rt = NULL;
 	if (rt)
 		rt->hooks->exec_prepare(rt, path, argv, envp);
 	return rt;

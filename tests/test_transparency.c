@@ -523,6 +523,125 @@ TEST_TIMEOUT(exec_with_tcb_on_device, 60)
 	ASSERT_EQ(WEXITSTATUS(st), 7);
 }
 
+static _Atomic int tcb_go;
+
+/* From tcb_go on: the descriptor's page to the device and back, until
+ * the exec kills this thread. */
+static void *race_tcb(void *arg)
+{
+	struct uhmm_dmirror *dm = arg;
+	struct uhmm_dmirror_cmd c;
+	char *back = uhmm_alloc(ps());
+
+	while (!atomic_load(&tcb_go))
+		;
+	for (;;) {
+		dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, (void *)tcb_page, back, 1, &c);
+		dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, (void *)tcb_page, NULL, 1, &c);
+	}
+	return NULL;
+}
+
+/*
+ * The same, with the process's first migration racing the exec: the
+ * main thread calls execve() as another thread starts moving its
+ * descriptor's page. uhmm's execve looked at whether any page was on a
+ * device before it held migrations off, so a first migration that began
+ * after that look was not waited for, and the exec hung in
+ * exec_mm_release (found by the chaos runner: `env -u LD_PRELOAD tee`
+ * in a pipeline, 1 run in about 300).
+ */
+TEST_TIMEOUT(exec_racing_first_migration_of_tcb, 120)
+{
+	int hung = 0, bad = 0;
+	void *head;
+	size_t len;
+
+	require_uffd(true);
+	ASSERT_EQ(syscall(SYS_get_robust_list, 0, &head, &len), 0);
+	tcb_page = (uintptr_t)head & ~(ps() - 1);
+	for (int i = 0; i < 60 && !hung; i++) {
+		pid_t pid = fork();
+		int st;
+
+		ASSERT_GE(pid, 0);
+		if (pid == 0) {
+			char *const argv[] = { "/bin/sh", "-c", "exit 7", NULL };
+			struct uhmm_dmirror *dm;
+			pthread_t t;
+
+			execve("/nonexistent/uhmm-test", argv, environ);
+			if (uhmm_dmirror_open(0, &dm))
+				_exit(2);
+			if (pthread_create(&t, NULL, race_tcb, dm))
+				_exit(3);
+			atomic_store(&tcb_go, 1);
+			/* Spread the exec over the migration's phases. */
+			for (volatile int k = 0; k < (i % 30) * 20000; k++)
+				;
+			execve(argv[0], argv, environ);
+			_exit(5);
+		}
+		st = wait_deadline(pid, 10);
+		if (st == -1)
+			hung++;
+		else if (!WIFEXITED(st) || WEXITSTATUS(st) != 7)
+			bad++;
+	}
+	if (hung)
+		printf("# an exec hung (killed after 10 s)\n");
+	ASSERT_EQ(hung, 0);
+	ASSERT_EQ(bad, 0);
+}
+
+/*
+ * vfork() and execve() in a process with pages on a device: the child
+ * shares the parent's memory, and with it uhmm's runtime, until the exec.
+ * Its execve must leave the runtime as it found it: holding migrations
+ * off for the exec (as an exec of the process itself does) would hold
+ * the parent's off for good, since the exec succeeds and nothing in the
+ * parent undoes it.
+ */
+static char vfork_stack[64 * 1024] __attribute__((aligned(16)));
+
+static int vfork_child(void *arg)
+{
+	char *const *argv = arg;
+
+	execve(argv[0], argv, environ);
+	_exit(127);
+}
+
+TEST_TIMEOUT(vfork_exec_leaves_the_parent_migrating, 60)
+{
+	char *p = map_anon(4 * ps(), RW), *mirror = map_anon(4 * ps(), RW);
+	char *const argv[] = { "/bin/sh", "-c", "exit 7", NULL };
+	struct uhmm_dmirror *dm;
+	struct uhmm_dmirror_cmd c;
+	int st;
+	pid_t pid;
+
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	fill(p, 4, 3);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, 4, &c), 0);
+	ASSERT_EQ(c.cpages, 4ULL);
+	/* vfork, on a stack of its own (as posix_spawn does it). */
+	pid = clone(vfork_child, vfork_stack + sizeof(vfork_stack),
+		    CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)argv);
+	ASSERT_GE(pid, 0);
+	ASSERT_EQ(waitpid(pid, &st, 0), pid);
+	ASSERT_TRUE(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 7);
+	/* The parent migrates on, and its data came through. */
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, 4, &c), 0);
+	ASSERT_TRUE(check(p, 4, 3));
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, 4, &c), 0);
+	ASSERT_EQ(c.cpages, 4ULL);
+	ASSERT_TRUE(check(p, 4, 3));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
 /* ---- a thread that migrates its own descriptor, or libc's data ---- */
 
 struct libc_data {
