@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 
 #include "os.h"
@@ -255,6 +256,35 @@ int uhmm__os_open(const char *path, int flags)
 {
 	INJECT(OS_CALL_OPEN);
 	return ret_err(open(path, flags | O_CLOEXEC));
+}
+
+/*
+ * @fd moved to a number at or above 900 (or 16 below the descriptor
+ * limit, where that is lower), close-on-exec; @fd itself where no number
+ * up there is free. A program juggles its own low numbers, and closes
+ * some twice (bash closes a pipe's ends twice after forking): harmless
+ * alone, but with uhmm's descriptor opened on another thread in between,
+ * the second close took uhmm's, and the number's next owner (the
+ * program's next pipe) got read in its place.
+ */
+int uhmm__os_fd_high(int fd)
+{
+	struct rlimit rl;
+	long base = 900;
+	int h;
+
+	if (fd < 0)
+		return fd;
+	if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur != RLIM_INFINITY &&
+	    (long)rl.rlim_cur < base + 16)
+		base = (long)rl.rlim_cur - 16;
+	if (base <= fd)
+		return fd;
+	h = fcntl(fd, F_DUPFD_CLOEXEC, (int)base);
+	if (h < 0)
+		return fd;
+	close(fd);
+	return h;
 }
 
 int uhmm__os_close(int fd)

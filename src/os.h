@@ -141,6 +141,7 @@ int uhmm__os_madvise(void *addr, size_t len, int advice);
 /* files and descriptors */
 int uhmm__os_open(const char *path, int flags);
 int uhmm__os_close(int fd);
+int uhmm__os_fd_high(int fd);
 ssize_t uhmm__os_read(int fd, void *buf, size_t len);
 ssize_t uhmm__os_write(int fd, const void *buf, size_t len);
 ssize_t uhmm__os_pread(int fd, void *buf, size_t len, off_t off);

@@ -101,7 +101,7 @@ static void probe_uffd(struct uhmm_rt *rt)
 			rt->uffd_err = r;
 			continue;
 		}
-		rt->uffd = fd;
+		rt->uffd = uhmm__os_fd_high(fd);
 		rt->uffd_path = paths[i];
 		rt->uffd_avail = avail;
 		rt->uffd_features = avail & WANT_FEATURES;
@@ -123,10 +123,11 @@ static int probe_procfs(struct uhmm_rt *rt)
 	struct os_pm_scan_arg a;
 	int r;
 
-	rt->maps_fd = uhmm__os_open("/proc/self/maps", O_RDONLY);
+	/* Held for the runtime's life: out of the program's way (os.c). */
+	rt->maps_fd = uhmm__os_fd_high(uhmm__os_open("/proc/self/maps", O_RDONLY));
 	if (rt->maps_fd < 0)
 		return rt->maps_fd;
-	rt->pagemap_fd = uhmm__os_open("/proc/self/pagemap", O_RDONLY);
+	rt->pagemap_fd = uhmm__os_fd_high(uhmm__os_open("/proc/self/pagemap", O_RDONLY));
 	if (rt->pagemap_fd < 0)
 		return rt->pagemap_fd;
 
@@ -243,7 +244,7 @@ static int rt_create(struct uhmm_rt **out)
 		goto err;
 	probe_pages(rt);
 	probe_uffd(rt);
-	rt->evfd = uhmm__os_eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	rt->evfd = uhmm__os_fd_high(uhmm__os_eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
 	if (rt->evfd < 0) {
 		r = rt->evfd;
 		goto err;

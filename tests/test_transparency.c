@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -639,6 +640,48 @@ TEST_TIMEOUT(vfork_exec_leaves_the_parent_migrating, 60)
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, 4, &c), 0);
 	ASSERT_EQ(c.cpages, 4ULL);
 	ASSERT_TRUE(check(p, 4, 3));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+}
+
+/*
+ * uhmm's own descriptors (its userfaultfd, /proc/self/maps and pagemap)
+ * sit far above the program's (docs/semantics.md row 19): a program that
+ * closes one of its low numbers twice, as bash does after a fork, never
+ * meets one of uhmm's, whichever thread opened it meanwhile.
+ */
+TEST(uhmm_descriptors_sit_above_the_programs)
+{
+	char *p = map_anon(ps(), RW), *mirror = map_anon(ps(), RW);
+	struct uhmm_dmirror *dm;
+	struct uhmm_dmirror_cmd c;
+	struct rlimit rl;
+	long base = 900;
+	int seen = 0;
+	char path[64], to[256];
+
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, 1, &c), 0);
+	ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_cur != RLIM_INFINITY && (long)rl.rlim_cur < base + 16)
+		base = (long)rl.rlim_cur - 16;
+	for (int fd = 0; fd < 4096; fd++) {
+		ssize_t n;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		n = readlink(path, to, sizeof(to) - 1);
+		if (n <= 0)
+			continue;
+		to[n] = 0;
+		if (!strstr(to, "[userfaultfd]") &&
+		    !(strstr(to, "/maps") && !strncmp(to, "/proc/", 6)) &&
+		    !(strstr(to, "/pagemap") && !strncmp(to, "/proc/", 6)))
+			continue;
+		TH_LOG("descriptor %d: %s", fd, to);
+		ASSERT_GE(fd, base);
+		seen++;
+	}
+	ASSERT_GE(seen, 3);
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
 

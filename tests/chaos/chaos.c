@@ -130,6 +130,7 @@ struct chaos {
 
 	char *stack;			/* CHAOS_STACK bytes */
 	char *maps;			/* CHAOS_MAPS_BYTES */
+	int maps_fd;			/* /proc/self/maps, held (open_high) */
 	char *buf;			/* CHAOS_MAX_PAGES pages */
 	unsigned char *snap;		/* CHAOS_MAX_PAGES bytes */
 	struct chaos_range *ranges;	/* CHAOS_MAX_RANGES */
@@ -334,8 +335,32 @@ static void range_add_cut(struct chaos *c, uintptr_t s, uintptr_t e,
 }
 
 /*
- * Read /proc/self/maps (open/read/close into a buffer of ours: no stdio,
- * no malloc) and keep the private anonymous writable mappings.
+ * A descriptor held for the process's life, at a number far above the
+ * program's (800 on): the program juggles its low numbers from its own
+ * thread and closes some twice (bash, a pipe's ends after a fork). A
+ * descriptor this thread opened and closed for each scan was once taken
+ * by such a second close, the program's next pipe got its number, and the
+ * scan read the pipe: the first pipe buffer of `cut | sort -u` never
+ * reached sort (issue 11's lost pipe buffers). Opened where the program
+ * runs no code: the constructor, and the atfork child handler.
+ */
+static int open_high(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), h;
+
+	if (fd < 0)
+		return fd;
+	h = fcntl(fd, F_DUPFD_CLOEXEC, 800);
+	if (h < 0)
+		return fd;
+	close(fd);
+	return h;
+}
+
+/*
+ * Read /proc/self/maps (pread of the held descriptor into a buffer of
+ * ours: no stdio, no malloc) and keep the private anonymous writable
+ * mappings.
  */
 static void chaos_scan(struct chaos *c)
 {
@@ -348,11 +373,12 @@ static void chaos_scan(struct chaos *c)
 
 	c->nranges = 0;
 	c->scans++;
-	fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	fd = c->maps_fd;
 	if (fd < 0)
 		return;
 	for (;;) {
-		ssize_t r = read(fd, c->maps + len, CHAOS_MAPS_BYTES - len);
+		ssize_t r = pread(fd, c->maps + len, CHAOS_MAPS_BYTES - len,
+				  (off_t)len);
 
 		if (r < 0 && errno == EINTR)
 			continue;
@@ -364,7 +390,6 @@ static void chaos_scan(struct chaos *c)
 			break;
 		}
 	}
-	close(fd);
 
 	for (p = c->maps, end = c->maps + len; p < end;) {
 		const char *eol = memchr(p, '\n', (size_t)(end - p));
@@ -675,6 +700,10 @@ static void chaos_child(void)
 	c->generation = 0;
 	c->rng = splitmix64(&seed);
 	c->in_child = true;
+	/* The parent's names the parent's maps. */
+	if (c->maps_fd >= 0)
+		close(c->maps_fd);
+	c->maps_fd = open_high("/proc/self/maps");
 	if (c->fork_chaos)
 		chaos_start(c);
 }
@@ -873,6 +902,7 @@ __attribute__((constructor)) static void chaos_init(void)
 
 	if (!c || ps <= 0)
 		return;
+	c->maps_fd = -1;
 	c->page = (unsigned long)ps;
 	chaos_read_cmd(c);
 	if (chaos_config(c)) {
@@ -885,6 +915,7 @@ __attribute__((constructor)) static void chaos_init(void)
 	chaos_start_line(c);
 	c->stack = uhmm_alloc(CHAOS_STACK);
 	c->maps = uhmm_alloc(CHAOS_MAPS_BYTES);
+	c->maps_fd = open_high("/proc/self/maps");
 	c->buf = uhmm_alloc(CHAOS_MAX_PAGES * c->page);
 	c->snap = uhmm_alloc(CHAOS_MAX_PAGES);
 	c->ranges = uhmm_calloc(CHAOS_MAX_RANGES, sizeof(*c->ranges));
