@@ -473,6 +473,35 @@ static int wait_deadline(pid_t pid, int secs)
 	return -1;
 }
 
+/* tcb_page: the page of the robust list's head, in the calling
+ * thread's descriptor. */
+static void tcb_page_find(void)
+{
+	void *head;
+	size_t len;
+
+	ASSERT_EQ(syscall(SYS_get_robust_list, 0, &head, &len), 0);
+	tcb_page = (uintptr_t)head & ~(ps() - 1);
+}
+
+/*
+ * In a forked child: execve bound first (a first call binds the C
+ * library's execve lazily, which would touch the descriptor's page and
+ * bring it home), then @fn started on a thread with device 0.
+ */
+static void tcb_child_start(void *(*fn)(void *))
+{
+	char *const argv[] = { "/nonexistent/uhmm-test", NULL };
+	struct uhmm_dmirror *dm;
+	pthread_t t;
+
+	execve(argv[0], argv, environ);
+	if (uhmm_dmirror_open(0, &dm))
+		_exit(2);
+	if (pthread_create(&t, NULL, fn, dm))
+		_exit(3);
+}
+
 /*
  * Another thread moves the page of the main thread's struct pthread (its
  * robust-futex list head) to device-private memory; the main thread
@@ -488,26 +517,13 @@ TEST_TIMEOUT(exec_with_tcb_on_device, 60)
 	pid_t pid;
 
 	require_uffd(true);
-	/* The page of the robust list's head, in the thread's descriptor. */
-	void *head;
-	size_t len;
-
-	ASSERT_EQ(syscall(SYS_get_robust_list, 0, &head, &len), 0);
-	tcb_page = (uintptr_t)head & ~(ps() - 1);
+	tcb_page_find();
 	pid = fork();
 	ASSERT_GE(pid, 0);
 	if (pid == 0) {
 		char *const argv[] = { "/bin/sh", "-c", "exit 7", NULL };
-		struct uhmm_dmirror *dm;
-		pthread_t t;
 
-		/* A first call binds the C library's execve lazily, which
-		 * would touch the descriptor's page (and bring it home). */
-		execve("/nonexistent/uhmm-test", argv, environ);
-		if (uhmm_dmirror_open(0, &dm))
-			_exit(2);
-		if (pthread_create(&t, NULL, move_tcb, dm))
-			_exit(3);
+		tcb_child_start(move_tcb);
 		while (!atomic_load(&tcb_moved))
 			;
 		if (atomic_load(&tcb_moved) != 1)
@@ -555,12 +571,9 @@ static void *race_tcb(void *arg)
 TEST_TIMEOUT(exec_racing_first_migration_of_tcb, 120)
 {
 	int hung = 0, bad = 0;
-	void *head;
-	size_t len;
 
 	require_uffd(true);
-	ASSERT_EQ(syscall(SYS_get_robust_list, 0, &head, &len), 0);
-	tcb_page = (uintptr_t)head & ~(ps() - 1);
+	tcb_page_find();
 	for (int i = 0; i < 60 && !hung; i++) {
 		pid_t pid = fork();
 		int st;
@@ -568,14 +581,8 @@ TEST_TIMEOUT(exec_racing_first_migration_of_tcb, 120)
 		ASSERT_GE(pid, 0);
 		if (pid == 0) {
 			char *const argv[] = { "/bin/sh", "-c", "exit 7", NULL };
-			struct uhmm_dmirror *dm;
-			pthread_t t;
 
-			execve("/nonexistent/uhmm-test", argv, environ);
-			if (uhmm_dmirror_open(0, &dm))
-				_exit(2);
-			if (pthread_create(&t, NULL, race_tcb, dm))
-				_exit(3);
+			tcb_child_start(race_tcb);
 			atomic_store(&tcb_go, 1);
 			/* Spread the exec over the migration's phases. */
 			for (volatile int k = 0; k < (i % 30) * 20000; k++)
