@@ -447,12 +447,23 @@ static _Atomic int tcb_moved;
 static void *move_tcb(void *arg)
 {
 	struct uhmm_dmirror *dm = arg;
-	struct uhmm_dmirror_cmd c;
+	struct uhmm_dmirror_cmd c = { 0 };
 	char *back = uhmm_alloc(ps());
+	int r = -ENOMEM;
 
-	atomic_store(&tcb_moved, back ? dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV,
-					     (void *)tcb_page, back, 1, &c) == 0 &&
-					     c.cpages == 1 ? 1 : -1 : -1);
+	/* Again while a touch brought it back (under TSan the runtime reads
+	 * its thread state next to the descriptor: the page comes home as
+	 * soon as it left, and -ENOENT says so). */
+	for (int i = 0; back && i < 50; i++) {
+		r = dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, (void *)tcb_page,
+			 back, 1, &c);
+		if (r == 0 && c.cpages == 1)
+			break;
+	}
+	if (r || c.cpages != 1)
+		fprintf(stderr, "# MIGRATE_TO_DEV of the descriptor's page: %d, %llu moved\n",
+			r, (unsigned long long)c.cpages);
+	atomic_store(&tcb_moved, r == 0 && c.cpages == 1 ? 1 : -1);
 	return NULL;
 }
 
@@ -537,6 +548,8 @@ TEST_TIMEOUT(exec_with_tcb_on_device, 60)
 	ASSERT_NE(st, -1);
 	ASSERT_TRUE(WIFEXITED(st));
 	/* 4: the page did not move, and the test tested nothing. */
+	if (UTIL_TSAN && WEXITSTATUS(st) == 4)
+		SKIP("under TSan the descriptor's page never stays on the device (the runtime's thread state shares it)");
 	ASSERT_EQ(WEXITSTATUS(st), 7);
 }
 
