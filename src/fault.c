@@ -318,9 +318,9 @@ static bool fault_decline_wait(struct uhmm_rt *rt, struct stripe *s,
  * apart. Installed like any page going in, under the mover hold and the
  * stripe lock, and only while the entry is still @v: a migration that
  * claims the page and takes its frame out meanwhile must not find
- * another page there on its way back (that lost a pipe buffer written
- * into such a page, issue 11). Called with the stripe lock held; returns
- * with it released.
+ * another page there on its way back: the data would read as zeros
+ * (test_inject, inject_coherent_frame_not_back_keeps_data). Called with
+ * the stripe lock held; returns with it released.
  */
 static void fault_coherent(struct uhmm_rt *rt, unsigned long addr,
 			   _Atomic uintptr_t *e, uintptr_t v, struct stripe *s)
