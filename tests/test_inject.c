@@ -158,12 +158,12 @@ static int dm_cmd(struct st *s, enum uhmm_dmirror_op op, void *addr,
 
 struct scenario {
 	const char *name;
-	bool dmirror;			/* needs a dmirror device (dev) */
+	int dev;			/* the dmirror device it opens (2, 3:
+					 * coherent); -1: none */
 	int (*setup)(struct st *s);	/* not injected */
 	int (*op)(struct st *s);	/* injected: 0 or -errno */
 	bool (*verify)(struct st *s, int r);	/* after disarming */
 	const int *allowed;		/* documented errors of op */
-	int dev;			/* the dmirror device (2, 3: coherent) */
 };
 
 /* -EMFILE/-ENFILE/-ENOENT: opening /proc/self files when the runtime
@@ -460,18 +460,18 @@ static bool verify_rw(struct st *s, int r)
 }
 
 static const struct scenario scenarios[] = {
-	{ "range_fault_populated", false, setup_filled, op_rf, verify_rf_filled, err_rf, 0 },
-	{ "range_fault_unpopulated", false, setup_empty, op_rf, verify_rf_empty, err_rf, 0 },
-	{ "notifier_munmap", false, setup_filled, op_munmap, verify_munmap, err_rf, 0 },
-	{ "migrate_roundtrip", true, setup_dm, op_migrate, verify_migrate, err_dm, 0 },
-	{ "cpu_fault_back", true, setup_on_dev, op_cpu_read, verify_cpu_read, err_dm, 0 },
-	{ "exclusive", true, setup_dm, op_exclusive, verify_exclusive, err_dm, 0 },
-	{ "fork_device_pages", true, setup_on_dev, op_fork, verify_fork, err_dm, 0 },
-	{ "dmirror_read_write_snapshot", true, setup_dm, op_rw, verify_rw, err_dm, 0 },
+	{ "range_fault_populated", -1, setup_filled, op_rf, verify_rf_filled, err_rf },
+	{ "range_fault_unpopulated", -1, setup_empty, op_rf, verify_rf_empty, err_rf },
+	{ "notifier_munmap", -1, setup_filled, op_munmap, verify_munmap, err_rf },
+	{ "migrate_roundtrip", 0, setup_dm, op_migrate, verify_migrate, err_dm },
+	{ "cpu_fault_back", 0, setup_on_dev, op_cpu_read, verify_cpu_read, err_dm },
+	{ "exclusive", 0, setup_dm, op_exclusive, verify_exclusive, err_dm },
+	{ "fork_device_pages", 0, setup_on_dev, op_fork, verify_fork, err_dm },
+	{ "dmirror_read_write_snapshot", 0, setup_dm, op_rw, verify_rw, err_dm },
 	/* The same on a coherent device: frames move in and out. */
-	{ "coherent_migrate_roundtrip", true, setup_dm, op_migrate, verify_coherent_migrate, err_dm, 2 },
-	{ "coherent_exclusive", true, setup_dm, op_exclusive, verify_exclusive, err_dm, 2 },
-	{ "coherent_read_write_snapshot", true, setup_dm, op_rw, verify_rw, err_dm, 2 },
+	{ "coherent_migrate_roundtrip", 2, setup_dm, op_migrate, verify_coherent_migrate, err_dm },
+	{ "coherent_exclusive", 2, setup_dm, op_exclusive, verify_exclusive, err_dm },
+	{ "coherent_read_write_snapshot", 2, setup_dm, op_rw, verify_rw, err_dm },
 };
 
 /* ------------------------------------------------------------ the walk */
@@ -667,7 +667,7 @@ static void sweep(const struct scenario *sc)
 			_exit(10);
 		if (uhmm_features(&f))
 			_exit(1);
-		_exit(sc->dmirror && (!(f.flags & UHMM_FEAT_MOVE) ||
+		_exit(sc->dev >= 0 && (!(f.flags & UHMM_FEAT_MOVE) ||
 				      f.uffd_path == UHMM_UFFD_NONE) ? 11 : 0);
 	}
 	ASSERT_EQ(waitpid(pid, &r, 0), pid);
