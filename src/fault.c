@@ -187,6 +187,20 @@ static enum fault_ret fault_device_held(struct uhmm_rt *rt, unsigned long addr,
 		vmf.vm_start = q.vma_start;
 		vmf.vm_end = q.vma_end;
 	}
+	/*
+	 * The window stays inside that VMA, as a kernel driver's fault-around
+	 * stays inside vmf->vma: beyond it lies other memory (a library's
+	 * .bss next to a heap mapping), which a driver trying smaller ranges
+	 * would migrate and register, though nothing of it is on a device.
+	 */
+	if (!vmf.vm_end) {
+		vmf.ra_start = addr;
+		vmf.ra_end = addr + rt->page_size;
+	}
+	if (vmf.ra_start < vmf.vm_start)
+		vmf.ra_start = vmf.vm_start;
+	if (vmf.ra_end > vmf.vm_end)
+		vmf.ra_end = vmf.vm_end;
 	uhmm__take_eagain();
 	uhmm__stat_fault_back_begin(addr);
 	r = p->pgmap->ops->migrate_to_ram(&vmf);

@@ -631,6 +631,46 @@ TEST(migrate_large)
 	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
 }
 
+/*
+ * Faults walking down a migrated buffer widen the read-ahead window
+ * below each fault; at the buffer's first pages it reaches into the VMA
+ * below (here: the same kind of memory, split off by MADV_DONTDUMP; in
+ * a program, a library's .bss). The kernel's fault-around stays in
+ * vmf->vma: nothing of the VMA below is migrated or registered. It was
+ * registered for missing pages (dmirror tried halves of the window),
+ * and a reader of the process with every thread stopped, LeakSanitizer
+ * scanning a library's .bss at exit, waited for good on a first touch.
+ */
+TEST(fault_back_window_stays_in_the_vma)
+{
+	unsigned long n = 32, blk = 512 * ps();
+	char *raw = map_anon(2 * blk, RW), *mirror = map_anon(n * ps(), RW);
+	struct uhmm_dmirror *dm = dopen(0);
+	struct uhmm_dmirror_cmd c;
+	char *below, *p;
+
+	ASSERT_NOT_NULL(raw);
+	below = (char *)(((uintptr_t)raw + blk - 1) & ~(blk - 1));
+	p = below + n * ps();
+	ASSERT_EQ(madvise(below, n * ps(), MADV_DONTDUMP), 0);
+	fill_ints(below, n, 40);
+	fill_ints(p, n, 41);
+	ASSERT_EQ(migrate(dm, p, mirror, n, &c), 0);
+	ASSERT_EQ(c.cpages, n);
+	ASSERT_EQ(vma_registered_missing(below), 0);
+	/* Page by page from the top: the window doubles downwards. */
+	for (unsigned long i = n; i-- > 0;)
+		ASSERT_EQ(((volatile int *)(p + i * ps()))[0],
+			  (int)(41 + i * (ps() / sizeof(int))));
+	ASSERT_TRUE(check_ints(p, n, 41));
+	ASSERT_TRUE(check_ints(below, n, 40));
+	for (unsigned long i = 0; i < n; i++)
+		ASSERT_EQ(vma_registered_missing(below + i * ps()), 0);
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	munmap(raw, 2 * blk);
+	munmap(mirror, n * ps());
+}
+
 /* EXCLUSIVE stays unsupported (not in the core). */
 /* EXCLUSIVE of an untouched page faults it in first; CHECK of a range
  * never made exclusive is 0. */

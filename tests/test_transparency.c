@@ -289,7 +289,53 @@ struct move_churn {
 	_Atomic bool busy;	/* a command of the churner's is under way */
 	struct uhmm_dmirror *dm[2];	/* private, coherent */
 	unsigned long ops;
+	struct move_op {	/* the last commands, for a failure's report */
+		char *p;
+		unsigned long i, n;
+		int op, dev, rc, gen;
+		unsigned long long cpages;
+	} log[64];
+	_Atomic int gen;	/* the main thread's move under way */
 };
+
+/* Does page @i of a buffer filled with @seed hold its data? */
+static bool page_of(const char *pg, unsigned long i, uint32_t seed)
+{
+	const uint32_t *w = (const uint32_t *)pg;
+	uint32_t base = (uint32_t)(i * ps() / sizeof(*w));
+
+	for (unsigned long j = 0; j < ps() / sizeof(*w); j++)
+		if (w[j] != seed * 0x01000193u + base + (uint32_t)j)
+			return false;
+	return true;
+}
+
+/* What each wrong page of generation @k holds, and the last commands. */
+static void move_report(struct move_churn *c, const char *buf, int k)
+{
+	static const char *const names[] = {
+		[UHMM_DMIRROR_MIGRATE_TO_DEV] = "to_dev",
+		[UHMM_DMIRROR_MIGRATE_TO_SYS] = "to_sys",
+		[UHMM_DMIRROR_EXCLUSIVE] = "exclusive",
+	};
+
+	for (unsigned long i = 0; i < MOVE_PAGES; i++) {
+		const char *pg = buf + i * ps();
+
+		if (page_of(pg, i, (uint32_t)k))
+			continue;
+		printf("# page %lu of generation %d holds %s\n", i, k,
+		       page_of(pg, i, (uint32_t)k - 1) ? "the previous generation" :
+		       all_zero(pg, ps()) ? "zeros" : "other data");
+	}
+	for (unsigned long j = c->ops > 64 ? c->ops - 64 : 0; j < c->ops; j++) {
+		const struct move_op *o = &c->log[j % 64];
+
+		printf("#   op %lu (move %d): %s dev %d at %p, pages %lu+%lu: %d, %llu\n",
+		       j, o->gen, names[o->op], o->dev, (void *)o->p, o->i, o->n,
+		       o->rc, o->cpages);
+	}
+}
 
 /* Migrates random ranges of the buffer to either device and back, or
  * makes them exclusive; never writes it (the read-back buffer is
@@ -313,8 +359,17 @@ static void *move_churner(void *arg)
 		atomic_store(&c->busy, true);
 		p = atomic_load(&c->where);
 		if (p) {
-			dcmd(c->dm[rand_r(&seed) & 1], ops[rand_r(&seed) % 4],
-			     p + i * ps(), back, n, &cmd);
+			struct move_op *o = &c->log[c->ops % 64];
+
+			o->p = p;
+			o->i = i;
+			o->n = n;
+			o->dev = rand_r(&seed) & 1;
+			o->op = ops[rand_r(&seed) % 4];
+			memset(&cmd, 0, sizeof(cmd));
+			o->rc = dcmd(c->dm[o->dev], o->op, p + i * ps(), back, n, &cmd);
+			o->cpages = cmd.cpages;
+			o->gen = atomic_load(&c->gen);
 			c->ops++;
 		}
 		atomic_store(&c->busy, false);
@@ -370,20 +425,28 @@ TEST_TIMEOUT(mremap_while_migrating_keeps_data, 180)
 		char *tmp;
 
 		usleep((unsigned int)(k % 7) * 50);
+		atomic_store(&c.gen, k);
 		for (unsigned long i = 0; i < MOVE_PAGES; i++)
 			if (mremap(cur + i * ps(), ps(), ps(),
 				   MREMAP_MAYMOVE | MREMAP_FIXED,
 				   other + i * ps()) != other + i * ps())
 				failed++;
 		atomic_store(&c.where, other);
-		if (!check(other, MOVE_PAGES, (uint32_t)k))
+		if (!check(other, MOVE_PAGES, (uint32_t)k)) {
 			bad_data++;
+			/* The churner stops first: its log is read. */
+			atomic_store(&c.where, NULL);
+			while (atomic_load(&c.busy))
+				sched_yield();
+			move_report(&c, other, k);
+		}
 		/* Written with the churner off it (its device reads would
 		 * race the stores); the moves above raced its migrations. */
 		atomic_store(&c.where, NULL);
 		while (atomic_load(&c.busy))
 			sched_yield();
 		fill(other, MOVE_PAGES, (uint32_t)k + 1);
+		atomic_store(&c.gen, -k);	/* filled, not moved yet */
 		atomic_store(&c.where, other);
 		tmp = move_reserve(cur);
 		ASSERT_NOT_NULL(tmp);

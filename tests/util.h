@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -104,6 +105,34 @@ TH_UNUSED static int page_present(const void *addr)
 	if (n != (ssize_t)sizeof(e))
 		return -1;
 	return (int)((e >> 63) & 1);
+}
+
+/*
+ * Is the VMA around @addr registered on a userfaultfd for missing pages
+ * ("um" in its /proc/self/smaps VmFlags)? 1, 0, or -1 (no such VMA).
+ */
+TH_UNUSED static int vma_registered_missing(const void *addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	char line[512];
+	bool in = false;
+	int r = -1;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		char c;
+
+		if (sscanf(line, "%lx-%lx %c", &lo, &hi, &c) == 3)
+			in = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+		else if (in && !strncmp(line, "VmFlags:", 8)) {
+			r = strstr(line, " um") != NULL;
+			break;
+		}
+	}
+	fclose(f);
+	return r;
 }
 
 /* An unlinked temporary file of @size bytes; its fd, or -1. */

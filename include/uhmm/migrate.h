@@ -33,7 +33,8 @@ struct uhmm_fault {
 	struct uhmm_page *page;	/* the device page there; pass it as
 				 * uhmm_migrate.fault_page */
 	unsigned long ra_start;	/* a window around @address that the */
-	unsigned long ra_end;	/* access pattern suggests migrating too */
+	unsigned long ra_end;	/* access pattern suggests migrating too,
+				 * inside the VMA of @address */
 	unsigned int flags;	/* UHMM_FAULT_* */
 	/* Added after the fields above (never reordered): */
 	pid_t tid;		/* the faulting thread (gettid()); 0 when
