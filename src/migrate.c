@@ -519,16 +519,16 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	uhmm__inv_begin(rt, &inv);
 	uhmm__mover_begin(rt);
 	/*
-	 * Registered MISSING under the hold: a registration found in place
-	 * before it could be of a mapping unmapped since (its event not read
-	 * yet), and a move out of a mapping uhmm does not watch would leave
-	 * a hole a CPU touch fills with zeros.
+	 * Registered MISSING under the hold, every time (track_missing()):
+	 * a move out of a mapping uhmm does not watch would leave a hole a
+	 * CPU touch fills with zeros. Not for device-private pages coming
+	 * home: they left a VMA registered then, whose mode moved with it.
 	 */
-	err = register_missing(rt, m->start, reg_end, tlo, thi);
-	if (!err) {
-		ms->registered = true;
+	if (m->flags & (UHMM_MIGRATE_SELECT_SYSTEM |
+			UHMM_MIGRATE_SELECT_DEVICE_COHERENT))
+		err = register_missing(rt, m->start, reg_end, tlo, thi);
+	if (!err)
 		err = collect(rt, m, writable);
-	}
 	uhmm__mover_end(rt);
 	release_dropped(rt, ms, m->npages);
 	if (!err) {

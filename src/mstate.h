@@ -31,7 +31,6 @@ struct mcell {
 struct mstate {
 	unsigned long *slot;	/* staging slot holding the source, per entry */
 	struct mcell *cell;	/* per entry */
-	bool registered;
 	unsigned long nhs;	/* 2 MiB slots in use, and their fate */
 	long *hs;
 	uint8_t *hs_fate;

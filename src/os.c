@@ -184,9 +184,24 @@ const int *uhmm__os_call_errnos(enum os_call call)
 	return call < OS_CALL_NR ? os_calls[call].err : none;
 }
 
+static void (*_Atomic before_fn[OS_CALL_NR])(void *);
+static void *_Atomic before_arg[OS_CALL_NR];
+
+__attribute__((visibility("hidden")))
+void uhmm__os_before(enum os_call call, void (*fn)(void *), void *arg)
+{
+	atomic_store(&before_arg[call], arg);
+	atomic_store(&before_fn[call], fn);
+}
+
 static int injected(enum os_call call)
 {
+	void (*fn)(void *);
 	unsigned long n;
+
+	if (atomic_load_explicit(&before_fn[call], memory_order_relaxed) &&
+	    (fn = atomic_exchange(&before_fn[call], NULL)))
+		fn(atomic_load(&before_arg[call]));
 
 	atomic_fetch_add_explicit(&call_count[call], 1, memory_order_relaxed);
 	n = atomic_load_explicit(&inject_nth[call], memory_order_relaxed);

@@ -196,6 +196,10 @@ void uhmm__fault_inject(enum os_call call, unsigned long nth, int err);
 /* The same, failing @count consecutive calls from the @nth on. */
 void uhmm__fault_inject_n(enum os_call call, unsigned long nth,
 			  unsigned long count, int err);
+/* Call @fn(@arg) once, at the next call of @call, before it is made (a
+ * test's pause point: another thread changes the address space there).
+ * NULL disarms. Internal, for tests. */
+void uhmm__os_before(enum os_call call, void (*fn)(void *), void *arg);
 /* Calls of @call since the last uhmm__os_calls_reset() (injected ones
  * included); the name of a kind; the realistic errnos of a kind (positive,
  * 0-terminated). Internal, for tests. */

@@ -122,7 +122,6 @@ struct uhmm_rt {
 	struct ivset grants;	/* access reported, for revalidation */
 	struct ivset regs;	/* ranges registered on uffd */
 	struct ivset noreg;	/* VMAs that cannot be registered */
-	struct ivset missing;	/* ranges registered MISSING (migration) */
 	_Atomic bool forked;	/* fork() happened since start */
 	unsigned long fork_inv;	/* invalidations held open across fork */
 

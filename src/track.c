@@ -120,7 +120,6 @@ void uhmm__track_event_early(struct uhmm_rt *rt, const struct uffd_msg *m)
 		uhmm__ivset_set(&rt->regs, s, e, 0);
 		uhmm__ivset_set(&rt->noreg, s, e, 0);
 		uhmm__ivset_set(&rt->grants, s, e, 0);
-		uhmm__ivset_set(&rt->missing, s, e, 0);
 		pthread_mutex_unlock(&rt->tlock);
 		break;
 	case UFFD_EVENT_REMAP:
@@ -128,13 +127,14 @@ void uhmm__track_event_early(struct uhmm_rt *rt, const struct uffd_msg *m)
 		e = s + m->arg.remap.len;
 		to = m->arg.remap.to;
 		pthread_mutex_lock(&rt->tlock);
-		/* The registration moves with the VMA (EVENT_REMAP on). */
+		/*
+		 * The registration moves with the VMA (EVENT_REMAP on): a
+		 * VMA that raised REMAP was registered, in WP mode at least
+		 * (every registration includes it).
+		 */
 		if (uhmm__ivset_covers(&rt->regs, s, e))
 			uhmm__ivset_set(&rt->regs, to, to + (e - s), 1);
 		uhmm__ivset_set(&rt->regs, s, e, 0);
-		if (uhmm__ivset_covers(&rt->missing, s, e))
-			uhmm__ivset_set(&rt->missing, to, to + (e - s), 1);
-		uhmm__ivset_set(&rt->missing, s, e, 0);
 		uhmm__ivset_set(&rt->grants, s, e, 0);
 		pthread_mutex_unlock(&rt->tlock);
 		break;
@@ -326,24 +326,30 @@ void uhmm__track_fork_parent(struct uhmm_rt *rt)
 	}
 }
 
-/* Register [start, end) MISSING|WP once, so device pages fault to us. */
+/*
+ * Register [start, end) MISSING|WP, so that a page taken out faults to
+ * uhmm. Every time, never from a cache of what was registered: the
+ * kernel registers the VMAs in the range and succeeds over holes, so a
+ * VMA that an mremap moved away just before (its event not read yet:
+ * the mover hold keeps it unread) or that a munmap took, replaced since
+ * by a new mapping, is not registered though the range was. A page
+ * taken out of such a VMA read as zeros, with no fault (issue 11's
+ * mremap loss). The same registration again costs 0.8 us (mmap write
+ * lock, no change) on this machine kind.
+ */
 int uhmm__track_missing(struct uhmm_rt *rt, unsigned long start,
 			unsigned long end)
 {
-	int r = 0;
+	int r;
 
 	pthread_mutex_lock(&rt->tlock);
-	if (!uhmm__ivset_covers(&rt->missing, start, end)) {
-		r = uhmm__rt_start_threads(rt);
-		if (r == 0)
-			r = uhmm__os_uffd_register(rt->uffd, start, end - start,
-						   UFFDIO_REGISTER_MODE_MISSING |
-						   UFFDIO_REGISTER_MODE_WP, NULL);
-		if (r == 0) {
-			uhmm__ivset_set(&rt->missing, start, end, 1);
-			uhmm__ivset_set(&rt->regs, start, end, 1);
-		}
-	}
+	r = uhmm__rt_start_threads(rt);
+	if (r == 0)
+		r = uhmm__os_uffd_register(rt->uffd, start, end - start,
+					   UFFDIO_REGISTER_MODE_MISSING |
+					   UFFDIO_REGISTER_MODE_WP, NULL);
+	if (r == 0)
+		uhmm__ivset_set(&rt->regs, start, end, 1);
 	pthread_mutex_unlock(&rt->tlock);
 	return r;
 }
@@ -359,6 +365,5 @@ void uhmm__track_destroy(struct uhmm_rt *rt)
 	uhmm__ivset_free(&rt->grants);
 	uhmm__ivset_free(&rt->regs);
 	uhmm__ivset_free(&rt->noreg);
-	uhmm__ivset_free(&rt->missing);
 	pthread_mutex_destroy(&rt->tlock);
 }
