@@ -21,7 +21,8 @@
 /* What a collection keeps out of reach: the caller's stack and thread
  * area (it runs on them meanwhile). */
 struct self {
-	unsigned long sp, tlo, thi;
+	unsigned long sp;
+	struct thread_area ta;
 	bool gated;		/* counted in the fork gate (fork.c) */
 };
 
@@ -80,7 +81,7 @@ static void collect_page(struct uhmm_rt *rt, struct uhmm_page *p,
 		 * on it with its own claim held. Kept in place, as a frame
 		 * that cannot leave (below).
 		 */
-		if ((a < self->thi && a + rt->page_size > self->tlo) ||
+		if (thread_area_hits(&self->ta, a, a + rt->page_size) ||
 		    (a + rt->page_size + SELF_STACK > self->sp &&
 		     a < self->sp + SELF_STACK_EVICT)) {
 			r = -EBUSY;
@@ -137,7 +138,7 @@ static void collect_begin(struct uhmm_rt *rt, struct self *self)
 	 * (as in uhmm_migrate_setup()): those are not collected. */
 	uhmm__wait_readers(rt);
 	self->sp = (uintptr_t)__builtin_frame_address(0);
-	uhmm__thread_area(rt, &self->tlo, &self->thi);
+	uhmm__thread_area(rt, &self->ta);
 }
 
 /* After it: the pages collected hold forks off until their finalize. */

@@ -34,11 +34,12 @@ static int make_exclusive(struct uhmm_rt *rt, unsigned long addr,
 	/* A page of this thread's live stack, descriptor or static TLS, or
 	 * of the libraries' data (see migrate.c's self_ranges): taken away,
 	 * the thread would fault on it with its claim held. */
-	unsigned long sp = (uintptr_t)__builtin_frame_address(0), tlo, thi;
+	unsigned long sp = (uintptr_t)__builtin_frame_address(0);
+	struct thread_area ta;
 
-	uhmm__thread_area(rt, &tlo, &thi);
+	uhmm__thread_area(rt, &ta);
 	if ((sp >= q.vma_start && sp < q.vma_end && addr + rt->page_size > sp - SELF_STACK) ||
-	    (addr < thi && addr + rt->page_size > tlo) ||
+	    thread_area_hits(&ta, addr, addr + rt->page_size) ||
 	    uhmm__alloc_libdata(addr, addr + rt->page_size))
 		return -EBUSY;
 	err = uhmm__stage_setup(rt);

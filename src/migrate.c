@@ -219,9 +219,10 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
  * (the kernel's thread runs in the kernel meanwhile, not on these
  * pages). They are not collected, like pinned pages (semantics M14, M15).
  */
-#define SELF_N 5
+#define SELF_N 4
 struct self_ranges {
 	unsigned long lo[SELF_N], hi[SELF_N];
+	struct thread_area ta;
 	bool libdata;		/* the range meets the libraries' data */
 };
 
@@ -231,10 +232,11 @@ struct self_ranges {
  * main thread's is a small mapping of its own, which the application's
  * next mmap may sit right against). Once per thread.
  */
-void uhmm__thread_area(struct uhmm_rt *rt, unsigned long *lo, unsigned long *hi)
+void uhmm__thread_area(struct uhmm_rt *rt, struct thread_area *ta)
 {
 	static _Thread_local unsigned long t_lo, t_hi;
 	struct os_procmap_query q;
+	unsigned long ss_lo, ss_hi;
 
 	if (!t_hi) {
 		unsigned long tp = (uintptr_t)__builtin_thread_pointer();
@@ -247,8 +249,14 @@ void uhmm__thread_area(struct uhmm_rt *rt, unsigned long *lo, unsigned long *hi)
 				t_hi = q.vma_end;
 		}
 	}
-	*lo = t_lo;
-	*hi = t_hi;
+	ta->lo[0] = t_lo;
+	ta->hi[0] = t_hi;
+	/* Asked each time: a program may change it (one system call). */
+	ta->lo[1] = ta->hi[1] = 0;
+	if (uhmm__os_altstack(&ss_lo, &ss_hi) == 0) {
+		ta->lo[1] = ss_lo & ~(rt->page_size - 1);
+		ta->hi[1] = (ss_hi + rt->page_size - 1) & ~(rt->page_size - 1);
+	}
 }
 
 static void self_ranges(struct uhmm_rt *rt, const struct uhmm_migrate *m,
@@ -271,7 +279,7 @@ static void self_ranges(struct uhmm_rt *rt, const struct uhmm_migrate *m,
 	r->hi[2] = (uintptr_t)m->src + n;
 	r->lo[3] = (uintptr_t)m->dst;
 	r->hi[3] = (uintptr_t)m->dst + n;
-	uhmm__thread_area(rt, &r->lo[4], &r->hi[4]);
+	uhmm__thread_area(rt, &r->ta);
 	r->libdata = uhmm__alloc_libdata(m->start, m->end);
 }
 
@@ -281,6 +289,8 @@ static bool is_self(const struct self_ranges *r, unsigned long a,
 	for (int k = 0; k < SELF_N; k++)
 		if (a < r->hi[k] && a + ps > r->lo[k])
 			return true;
+	if (thread_area_hits(&r->ta, a, a + ps))
+		return true;
 	return r->libdata && uhmm__alloc_libdata(a, a + ps);
 }
 
@@ -292,17 +302,17 @@ static bool is_self(const struct self_ranges *r, unsigned long a,
  * wait for good on uhmm's stopped readers.
  */
 static int register_missing(struct uhmm_rt *rt, unsigned long start,
-			    unsigned long end, unsigned long tlo, unsigned long thi)
+			    unsigned long end, const struct thread_area *ta)
 {
 	unsigned long ps = rt->page_size, run = start;
 	int err = 0;
 
 	if (end <= start)
 		return 0;
-	if (!(start < thi && end > tlo) && !uhmm__alloc_libdata(start, end))
+	if (!thread_area_hits(ta, start, end) && !uhmm__alloc_libdata(start, end))
 		return uhmm__track_missing(rt, start, end);
 	for (unsigned long a = start; a < end && !err; a += ps) {
-		if (!(a < thi && a + ps > tlo) && !uhmm__alloc_libdata(a, a + ps))
+		if (!thread_area_hits(ta, a, a + ps) && !uhmm__alloc_libdata(a, a + ps))
 			continue;
 		if (a > run)
 			err = uhmm__track_missing(rt, run, a);
@@ -466,9 +476,9 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	 * faulted on a device page would be a deadlock. The libraries'
 	 * segments were found when the runtime started (rt_create).
 	 */
-	unsigned long tlo, thi;
+	struct thread_area ta;
 
-	uhmm__thread_area(rt, &tlo, &thi);
+	uhmm__thread_area(rt, &ta);
 	/*
 	 * The live part of this thread's stack is never collected (see
 	 * self_ranges()), nor registered: a registration would split the
@@ -526,7 +536,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	 */
 	if (m->flags & (UHMM_MIGRATE_SELECT_SYSTEM |
 			UHMM_MIGRATE_SELECT_DEVICE_COHERENT))
-		err = register_missing(rt, m->start, reg_end, tlo, thi);
+		err = register_missing(rt, m->start, reg_end, &ta);
 	if (!err)
 		err = collect(rt, m, writable);
 	uhmm__mover_end(rt);

@@ -42,10 +42,25 @@ UHMM_INTERNAL void uhmm__exec_failed(struct uhmm_rt *rt);
  * (uhmm's and a driver's frames): never collected by its migrations. */
 #define SELF_STACK (256UL << 10)
 
-/* The calling thread's descriptor and static TLS (never collected by
- * its own migrations): [*lo, *hi). */
-UHMM_INTERNAL void uhmm__thread_area(struct uhmm_rt *rt, unsigned long *lo,
-				   unsigned long *hi);
+/*
+ * What the calling thread needs to run uhmm's and a driver's code, never
+ * collected nor registered by its own migrations: [lo[0], hi[0]) its
+ * descriptor and static TLS; [lo[1], hi[1]) its alternate signal stack,
+ * if any (sanitizers give every thread one): a signal taken under a
+ * driver's lock (uhmm_copy_nofault's guard) writes its frame there, and a
+ * fault on it would wait for a reader that waits for that lock.
+ */
+struct thread_area {
+	unsigned long lo[2], hi[2];
+};
+UHMM_INTERNAL void uhmm__thread_area(struct uhmm_rt *rt, struct thread_area *ta);
+
+static inline bool thread_area_hits(const struct thread_area *ta,
+				    unsigned long start, unsigned long end)
+{
+	return (start < ta->hi[0] && end > ta->lo[0]) ||
+	       (start < ta->hi[1] && end > ta->lo[1]);
+}
 
 /*
  * The one finalize of a device page collected (claimed BUSY), wherever

@@ -546,6 +546,19 @@ int uhmm__os_yield(void)
 	return sched_yield();
 }
 
+int uhmm__os_altstack(unsigned long *lo, unsigned long *hi)
+{
+	stack_t ss;
+
+	if (sigaltstack(NULL, &ss))
+		return -errno;
+	if ((ss.ss_flags & SS_DISABLE) || !ss.ss_size)
+		return -ENOENT;
+	*lo = (uintptr_t)ss.ss_sp;
+	*hi = (uintptr_t)ss.ss_sp + ss.ss_size;
+	return 0;
+}
+
 pid_t uhmm__os_getpid(void)
 {
 	return getpid();

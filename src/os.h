@@ -181,6 +181,9 @@ int uhmm__os_raise(int sig);
 /* The calling thread's signal mask (pthread_sigmask); -errno. */
 int uhmm__os_sigmask(int how, const sigset_t *set, sigset_t *old);
 int uhmm__os_yield(void);
+/* The calling thread's alternate signal stack, [*lo, *hi): 0, or
+ * -ENOENT when it has none (or it is disabled). */
+int uhmm__os_altstack(unsigned long *lo, unsigned long *hi);
 
 /* True when running under valgrind (uhmm then opens no userfaultfd:
  * valgrind holds its lock across munmap and page faults, which would

@@ -502,6 +502,95 @@ TEST_TIMEOUT(thread_migrates_its_own_stack, 60)
 	uhmm_free(back);
 }
 
+/* ---- a thread that migrates its own signal stack ---- */
+
+#define ALT_PAGES 8
+
+struct alt_run {
+	struct uhmm_dmirror *dm;
+	char *alt;
+	int mig_rc, excl_rc, present, handled;
+	unsigned long long cpages;
+};
+
+static _Atomic int alt_handled;
+
+static void alt_handler(int sig)
+{
+	volatile char frame[512];
+
+	(void)sig;
+	frame[0] = 1;
+	atomic_store(&alt_handled, frame[0]);
+}
+
+static void *alt_main(void *arg)
+{
+	struct alt_run *a = arg;
+	char *back = uhmm_alloc(ALT_PAGES * ps());
+	struct uhmm_dmirror_cmd c = { 0 };
+	stack_t ss = { .ss_sp = a->alt, .ss_size = ALT_PAGES * ps() };
+	struct sigaction sa = { .sa_handler = alt_handler, .sa_flags = SA_ONSTACK };
+
+	if (!back || sigaltstack(&ss, NULL) || sigaction(SIGUSR1, &sa, NULL))
+		return NULL;
+	a->mig_rc = dcmd(a->dm, UHMM_DMIRROR_MIGRATE_TO_DEV, a->alt, back,
+			 ALT_PAGES, &c);
+	a->cpages = c.cpages;
+	a->excl_rc = dcmd(a->dm, UHMM_DMIRROR_EXCLUSIVE, a->alt, back, 1, &c);
+	for (int i = 0; i < ALT_PAGES; i++)
+		a->present += page_present(a->alt + i * ps());
+	raise(SIGUSR1);
+	a->handled = atomic_load(&alt_handled);
+	ss.ss_flags = SS_DISABLE;
+	sigaltstack(&ss, NULL);
+	uhmm_free(back);
+	return NULL;
+}
+
+/*
+ * The thread's alternate signal stack (sanitizers give every thread one)
+ * is never taken by its own migrations (semantics M14): a signal taken
+ * under a driver's lock (uhmm_copy_nofault's guard in a dmirror command)
+ * writes its frame there, and the fault on a page taken away waited for
+ * a reader that waited for that lock (found under ASan: the chaos thread
+ * made its own signal stack exclusive, mapped into a hole its buffer's
+ * mremap had left).
+ */
+TEST_TIMEOUT(thread_migrates_its_own_signal_stack, 60)
+{
+	struct alt_run a = { 0 };
+	pthread_t t;
+
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(0, &a.dm), 0);
+	a.alt = mmap(NULL, ALT_PAGES * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_TRUE(a.alt != MAP_FAILED);
+	memset(a.alt, 0x3c, ALT_PAGES * ps());
+	ASSERT_EQ(pthread_create(&t, NULL, alt_main, &a), 0);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	printf("# MIGRATE_TO_DEV of its signal stack: %d, %llu moved; EXCLUSIVE: %d\n",
+	       a.mig_rc, a.cpages, a.excl_rc);
+	ASSERT_EQ(a.cpages, 0);
+	ASSERT_EQ(a.excl_rc, -EBUSY);
+	ASSERT_EQ(a.present, ALT_PAGES);
+	ASSERT_EQ(a.handled, 1);
+	/* Another thread may move them: they are memory like any other. */
+	{
+		struct uhmm_dmirror_cmd c;
+		char *back = uhmm_alloc(ALT_PAGES * ps());
+
+		ASSERT_NOT_NULL(back);
+		ASSERT_EQ(dcmd(a.dm, UHMM_DMIRROR_MIGRATE_TO_DEV, a.alt, back,
+			       ALT_PAGES, &c), 0);
+		ASSERT_EQ(c.cpages, ALT_PAGES);
+		uhmm_free(back);
+	}
+	ASSERT_EQ((unsigned char)a.alt[0], 0x3c);
+	ASSERT_EQ(uhmm_dmirror_close(a.dm), 0);
+	munmap(a.alt, ALT_PAGES * ps());
+}
+
 /* ---- exec with the caller's thread descriptor on a device ---- */
 
 static uintptr_t tcb_page;
