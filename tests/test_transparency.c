@@ -214,6 +214,26 @@ struct remap_churn {
 	unsigned long ops;
 };
 
+/* A migration there and back: uhmm's threads run after it. */
+static int warm_up(struct uhmm_dmirror *dm)
+{
+	char *p = mmap(NULL, ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *back = uhmm_alloc(ps());
+	struct uhmm_dmirror_cmd c;
+	int r = -ENOMEM;
+
+	if (p != MAP_FAILED && back) {
+		p[0] = 1;
+		r = dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, back, 1, &c);
+		if (r == 0)
+			r = dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, p, NULL, 1, &c);
+	}
+	if (p != MAP_FAILED)
+		munmap(p, ps());
+	uhmm_free(back);
+	return r;
+}
+
 /* Moves random ranges of whatever is mapped there to the device and
  * back; never writes the memory (its read-back buffer is uhmm's). */
 static void *remap_churner(void *arg)
@@ -254,6 +274,8 @@ TEST_TIMEOUT(remap_same_address_while_migrating_keeps_data, 180)
 
 	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(0, &c.dm), 0);
+	/* uhmm's threads first (see mremap_while_migrating_keeps_data). */
+	ASSERT_EQ(warm_up(c.dm), 0);
 	ASSERT_EQ(pthread_create(&t, NULL, remap_churner, &c), 0);
 	for (int k = 0; k < iters; k++) {
 		char *p = mmap(NULL, REMAP_PAGES * ps(), RW,
@@ -414,6 +436,15 @@ TEST_TIMEOUT(mremap_while_migrating_keeps_data, 180)
 	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(0, &c.dm[0]), 0);
 	ASSERT_EQ(uhmm_dmirror_open(2, &c.dm[1]), 0);
+	/*
+	 * uhmm's threads started first. The churner's commands may name a
+	 * range the buffer has just left (a hole): what the kernel maps into
+	 * it then is migrated too. Started later, a thread's sanitizer state
+	 * (its AsanThread and signal stack, mapped at thread start) landed in
+	 * such a hole, went to a device, and the thread hung in malloc on
+	 * it: uhmm's threads cannot serve their own faults.
+	 */
+	ASSERT_EQ(warm_up(c.dm[0]), 0);
 	cur = mmap(NULL, MOVE_PAGES * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_TRUE(cur != MAP_FAILED);
 	other = move_reserve(NULL);
