@@ -156,7 +156,13 @@ static void note_moved(struct uhmm_rt *rt, struct uhmm_migrate *m,
 	}
 }
 
-/* After a move that failed part-way: how many pages from @a left. */
+/*
+ * After a move that failed part-way: how many pages from @a left (a hole
+ * of the mapping counts, as the kernel migrates pte_none). An address
+ * with no mapping stops the count: the page went with an mremap, or a
+ * munmap took it, and nothing of it moved. Counted as moved, it went to
+ * the device as zeros, recorded where the page was then put back.
+ */
 static unsigned long count_moved(struct uhmm_rt *rt, unsigned long a,
 				 unsigned long n)
 {
@@ -166,7 +172,7 @@ static unsigned long count_moved(struct uhmm_rt *rt, unsigned long a,
 		unsigned char vec;
 
 		if (uhmm__os_mincore((void *)(a + (moved << rt->page_shift)),
-				     rt->page_size, &vec) == 0 && (vec & 1))
+				     rt->page_size, &vec) || (vec & 1))
 			break;
 		moved++;
 	}

@@ -1004,3 +1004,96 @@ TEST_TIMEOUT(unmap_during_registration_then_new_mapping_keeps_data, 30)
 {
 	hole_during_registration(false);
 }
+
+/*
+ * The page leaves the range after the migration looked at its VMA and
+ * before it took the mover hold, and the mremap's event is read at once:
+ * the migration registers and claims an address with no mapping. A move
+ * there that fails must not count that address as moved (count_moved()
+ * took a failing mincore for a page gone: a zero page would have gone
+ * to the device, its entry left where nothing is mapped). Here the run's
+ * first page stays and the address is let go before it is counted, so
+ * this passed before that change too; it pins the behaviour: the page
+ * keeps its data where it went, and a new mapping at the old address
+ * migrates and keeps its own.
+ */
+struct mig_notifier {
+	struct holer *h;
+	_Atomic int fired;
+};
+
+static bool move_on_migrate(struct uhmm_interval_notifier *sub,
+			    const struct uhmm_notifier_range *range,
+			    unsigned long cur_seq)
+{
+	struct mig_notifier *n = uhmm_interval_notifier_priv(sub);
+
+	uhmm_interval_set_seq(sub, cur_seq);
+	if (range->event == UHMM_NOTIFY_MIGRATE && !atomic_exchange(&n->fired, 1)) {
+		atomic_store(&n->h->go, 1);
+		/* The mremap returns once its event was read. */
+		pthread_join(n->h->t, NULL);
+	}
+	return true;
+}
+
+static const struct uhmm_interval_notifier_ops move_on_migrate_ops = {
+	.invalidate = move_on_migrate,
+};
+
+TEST_TIMEOUT(remap_before_the_mover_hold_leaves_no_entry, 30)
+{
+	struct uhmm_interval_notifier *sub;
+	struct uhmm_dmirror *dm;
+	struct uhmm_dmirror_cmd c;
+	struct holer h = { 0 };
+	struct mig_notifier n = { .h = &h };
+	char *p, *q, *mirror, *fresh;
+
+	if (uhmm_init() == -ENOSYS)
+		SKIP("kernel without PROCMAP_QUERY/PAGEMAP_SCAN");
+	require_uffd(true);
+	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
+	p = mmap(NULL, 2 * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	q = mmap(NULL, ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	mirror = mmap(NULL, 2 * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_TRUE(p != MAP_FAILED && q != MAP_FAILED && mirror != MAP_FAILED);
+	fill(p, 2, 5);
+	/* Watched, so that the mremap raises an event. */
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, mirror, 2, &c), 0);
+	h.from = p + ps();
+	h.to = q;
+	ASSERT_EQ(pthread_create(&h.t, NULL, holer_main, &h), 0);
+	ASSERT_EQ(uhmm_interval_notifier_insert(&sub, (unsigned long)p, 2 * ps(),
+						&move_on_migrate_ops, &n), 0);
+	dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, p, mirror, 2, &c);
+	ASSERT_EQ(atomic_load(&n.fired), 1);
+	ASSERT_EQ(h.rc, 0);
+	ASSERT_EQ(uhmm_interval_notifier_remove(sub), 0);
+	/* The page where it went: its data. */
+	ASSERT_TRUE(check_bytes(p, ps(), 5));
+	{
+		char expect[2 * 4096];
+
+		if (ps() == 4096) {
+			fill(expect, 2, 5);
+			ASSERT_EQ(memcmp(q, expect + ps(), ps()), 0);
+		}
+	}
+	/* A new mapping where it was migrates, and keeps its data. */
+	fresh = mmap(p + ps(), ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS |
+		     MAP_FIXED_NOREPLACE, -1, 0);
+	ASSERT_TRUE(fresh == p + ps());
+	fill_bytes(fresh, ps(), 11);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, fresh, mirror, 1, &c), 0);
+	ASSERT_EQ(c.cpages, 1);
+	ASSERT_TRUE(check_bytes(fresh, ps(), 11));
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, fresh, mirror, 1, &c), 0);
+	ASSERT_EQ(c.cpages, 1);
+	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_SYS, fresh, NULL, 1, &c), 0);
+	ASSERT_TRUE(check_bytes(fresh, ps(), 11));
+	ASSERT_EQ(uhmm_dmirror_close(dm), 0);
+	munmap(p, 2 * ps());
+	munmap(q, ps());
+	munmap(mirror, 2 * ps());
+}
