@@ -928,6 +928,19 @@ static void holer_before_register(void *arg)
 		sched_yield();
 }
 
+/* Two pages filled with @seed, a page reserved to move one into, and a
+ * read-back buffer. */
+static bool hole_maps(char **p, char **q, char **mirror, uint32_t seed)
+{
+	*p = mmap(NULL, 2 * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	*q = mmap(NULL, ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	*mirror = mmap(NULL, 2 * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (*p == MAP_FAILED || *q == MAP_FAILED || *mirror == MAP_FAILED)
+		return false;
+	fill(*p, 2, seed);
+	return true;
+}
+
 static void hole_during_registration(bool remap)
 {
 	struct uhmm_dmirror *dm;
@@ -941,11 +954,7 @@ static void hole_during_registration(bool remap)
 	if (ps() != 4096)
 		SKIP("4 KiB pages assumed (%lu here)", ps());
 	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
-	p = mmap(NULL, 2 * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	q = mmap(NULL, ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	mirror = mmap(NULL, 2 * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT_TRUE(p != MAP_FAILED && q != MAP_FAILED && mirror != MAP_FAILED);
-	fill(p, 2, 7);
+	ASSERT_TRUE(hole_maps(&p, &q, &mirror, 7));
 	/* The runtime's own registrations (staging, device memory) done
 	 * first: the hook must meet the migration's. */
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_MIGRATE_TO_DEV, mirror, mirror + ps(), 1, &c), 0);
@@ -1054,11 +1063,7 @@ TEST_TIMEOUT(remap_before_the_mover_hold_leaves_no_entry, 30)
 		SKIP("kernel without PROCMAP_QUERY/PAGEMAP_SCAN");
 	require_uffd(true);
 	ASSERT_EQ(uhmm_dmirror_open(0, &dm), 0);
-	p = mmap(NULL, 2 * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	q = mmap(NULL, ps(), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	mirror = mmap(NULL, 2 * ps(), RW, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT_TRUE(p != MAP_FAILED && q != MAP_FAILED && mirror != MAP_FAILED);
-	fill(p, 2, 5);
+	ASSERT_TRUE(hole_maps(&p, &q, &mirror, 5));
 	/* Watched, so that the mremap raises an event. */
 	ASSERT_EQ(dcmd(dm, UHMM_DMIRROR_READ, p, mirror, 2, &c), 0);
 	h.from = p + ps();
