@@ -2,8 +2,9 @@
 /*
  * Layer 3 of src/ (docs/design.md): what the runtime knows of the
  * address space (track.c): the ranges registered on its userfaultfd, the
- * access range_fault granted, the ranges registered MISSING for device
- * pages; uffd events and found differences turned into invalidations.
+ * access range_fault granted; the MISSING registration of what migrates
+ * (made every time, never cached: track_missing()); uffd events and found
+ * differences turned into invalidations.
  * Includes only notifier.h (layer 2) and below. Never installed.
  */
 #ifndef UHMM_MIRROR_H
