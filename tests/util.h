@@ -181,12 +181,17 @@ TH_UNUSED static void require_uffd(bool move)
  * from it and MADV_POPULATE_* (range_fault with REQ_FAULT) fail with
  * EFAULT (docs/semantics.md).
  */
-TH_UNUSED static void require_kernel_faults(void)
+TH_UNUSED static bool kernel_faults_served(void)
 {
 	struct uhmm_features f = { .size = sizeof(f) };
 
+	return !(uhmm_features(&f) == 0 && f.uffd_path == UHMM_UFFD_SYSCALL_USER_ONLY);
+}
+
+TH_UNUSED static void require_kernel_faults(void)
+{
 	require_uffd(true);
-	if (uhmm_features(&f) == 0 && f.uffd_path == UHMM_UFFD_SYSCALL_USER_ONLY)
+	if (!kernel_faults_served())
 		SKIP("userfaultfd in UFFD_USER_MODE_ONLY (unprivileged): kernel-mode faults on device pages fail with EFAULT");
 }
 
