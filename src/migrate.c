@@ -212,17 +212,17 @@ static struct mstate *mstate_new(struct uhmm_rt *rt, struct uhmm_migrate *m,
  * What the migrating thread itself touches until finalize returns: its
  * stack from below the call (uhmm's frames and the driver's callbacks
  * go deeper) to the top (the callers' frames), its descriptor and static
- * TLS (the canary every call reads, errno), the struct uhmm_migrate and
- * the src and dst arrays; and what every thread touches, the writable
+ * TLS (the canary every call reads, errno), its signal stack (a signal's
+ * frame), the struct uhmm_migrate and the src and dst arrays; and what
+ * every thread touches, the writable
  * data of the C library, the loader and libuhmm. Taken away, such a page
  * would fault while the thread's own claim (or the mover lock) holds it
  * (the kernel's thread runs in the kernel meanwhile, not on these
  * pages). They are not collected, like pinned pages (semantics M14, M15).
  */
-#define SELF_N 4
+#define SELF_N 6
 struct self_ranges {
 	unsigned long lo[SELF_N], hi[SELF_N];
-	struct thread_area ta;
 	bool libdata;		/* the range meets the libraries' data */
 };
 
@@ -259,8 +259,7 @@ void uhmm__thread_area(struct uhmm_rt *rt, struct thread_area *ta)
 	}
 }
 
-static void self_ranges(struct uhmm_rt *rt, const struct uhmm_migrate *m,
-			struct self_ranges *r)
+static void self_ranges(const struct uhmm_migrate *m, struct self_ranges *r)
 {
 	const struct mstate *ms = (const struct mstate *)(uintptr_t)m->_private[0];
 	unsigned long sp = (uintptr_t)__builtin_frame_address(0);
@@ -279,7 +278,10 @@ static void self_ranges(struct uhmm_rt *rt, const struct uhmm_migrate *m,
 	r->hi[2] = (uintptr_t)m->src + n;
 	r->lo[3] = (uintptr_t)m->dst;
 	r->hi[3] = (uintptr_t)m->dst + n;
-	uhmm__thread_area(rt, &r->ta);
+	for (int k = 0; k < 2; k++) {
+		r->lo[4 + k] = ms->ta.lo[k];
+		r->hi[4 + k] = ms->ta.hi[k];
+	}
 	r->libdata = uhmm__alloc_libdata(m->start, m->end);
 }
 
@@ -289,8 +291,6 @@ static bool is_self(const struct self_ranges *r, unsigned long a,
 	for (int k = 0; k < SELF_N; k++)
 		if (a < r->hi[k] && a + ps > r->lo[k])
 			return true;
-	if (thread_area_hits(&r->ta, a, a + ps))
-		return true;
 	return r->libdata && uhmm__alloc_libdata(a, a + ps);
 }
 
@@ -332,7 +332,7 @@ static int collect(struct uhmm_rt *rt, struct uhmm_migrate *m, bool writable)
 	_Atomic uintptr_t *e = NULL;
 	struct self_ranges self;
 
-	self_ranges(rt, m, &self);
+	self_ranges(m, &self);
 	for (unsigned long i = 0; i < n; i++) {
 		unsigned long vpn = (m->start >> shift) + i;
 		struct uhmm_page *p;
@@ -471,14 +471,13 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	ms->vma_start = q.vma_start;
 	ms->vma_end = q.vma_end;
 	/*
-	 * This thread's area (a VMA query, once per thread) found now, not
-	 * in collect: under the mover hold, a wait for a thread that
+	 * This thread's area (a VMA query once per thread, its signal stack
+	 * every time) found now, once for the registration and the
+	 * collection, not in collect: under the mover hold, a wait for a thread that
 	 * faulted on a device page would be a deadlock. The libraries'
 	 * segments were found when the runtime started (rt_create).
 	 */
-	struct thread_area ta;
-
-	uhmm__thread_area(rt, &ta);
+	uhmm__thread_area(rt, &ms->ta);
 	/*
 	 * The live part of this thread's stack is never collected (see
 	 * self_ranges()), nor registered: a registration would split the
@@ -536,7 +535,7 @@ int uhmm_migrate_setup(struct uhmm_migrate *m)
 	 */
 	if (m->flags & (UHMM_MIGRATE_SELECT_SYSTEM |
 			UHMM_MIGRATE_SELECT_DEVICE_COHERENT))
-		err = register_missing(rt, m->start, reg_end, &ta);
+		err = register_missing(rt, m->start, reg_end, &ms->ta);
 	if (!err)
 		err = collect(rt, m, writable);
 	uhmm__mover_end(rt);

@@ -47,6 +47,7 @@ struct mstate {
 	unsigned long nputs;
 	bool gated;		/* counted in rt->mig_inflight */
 	unsigned long vma_start, vma_end;	/* the range's VMA */
+	struct thread_area ta;	/* the caller's, found once at setup */
 };
 
 static inline struct mstate *mstate_of(struct uhmm_migrate *m)
