@@ -73,7 +73,11 @@ static enum fault_ret fault_hole(struct uhmm_rt *rt, unsigned long addr,
 /*
  * Sequential faults widen the window, up to 2 MiB, in the direction of
  * the access (memcpy may copy backwards). The window stays inside the
- * fault's 2 MiB block.
+ * fault's 2 MiB block and inside vmf->vm_start/vm_end, as a kernel
+ * driver's fault-around stays inside vmf->vma: beyond lies other memory
+ * (a library's .bss next to a heap mapping), which a driver trying
+ * smaller ranges would migrate and register, though nothing of it is on
+ * a device. No VMA known: the page alone.
  */
 static void fault_window(struct uhmm_rt *rt, unsigned long addr,
 			 struct uhmm_fault *vmf)
@@ -81,8 +85,8 @@ static void fault_window(struct uhmm_rt *rt, unsigned long addr,
 	unsigned long vpn = addr >> rt->page_shift;
 	unsigned long last = atomic_load_explicit(&rt->last_fault_vpn, memory_order_relaxed);
 	unsigned long ra = atomic_load_explicit(&rt->ra_pages, memory_order_relaxed);
-	unsigned long blk_lo = addr & ~((512ul << rt->page_shift) - 1);
-	unsigned long blk_hi = blk_lo + (512ul << rt->page_shift);
+	unsigned long lo = addr & ~((512ul << rt->page_shift) - 1);
+	unsigned long hi = lo + (512ul << rt->page_shift);
 	bool down = vpn + 1 == last || vpn + ra == last;
 
 	if (vpn == last + 1 || vpn == last + ra || down)
@@ -91,16 +95,24 @@ static void fault_window(struct uhmm_rt *rt, unsigned long addr,
 		ra = 1;
 	atomic_store_explicit(&rt->ra_pages, ra, memory_order_relaxed);
 	atomic_store_explicit(&rt->last_fault_vpn, vpn, memory_order_relaxed);
+	if (!vmf->vm_end) {
+		lo = addr;
+		hi = addr + rt->page_size;
+	}
+	if (lo < vmf->vm_start)
+		lo = vmf->vm_start;
+	if (hi > vmf->vm_end)
+		hi = vmf->vm_end;
 	if (down) {
 		vmf->ra_end = addr + rt->page_size;
 		vmf->ra_start = addr - ((ra - 1) << rt->page_shift);
-		if (vmf->ra_start < blk_lo || vmf->ra_start > addr)
-			vmf->ra_start = blk_lo;
+		if (vmf->ra_start < lo || vmf->ra_start > addr)
+			vmf->ra_start = lo;
 	} else {
 		vmf->ra_start = addr;
 		vmf->ra_end = addr + (ra << rt->page_shift);
-		if (vmf->ra_end > blk_hi || vmf->ra_end < addr)
-			vmf->ra_end = blk_hi;
+		if (vmf->ra_end > hi || vmf->ra_end < addr)
+			vmf->ra_end = hi;
 	}
 }
 
@@ -175,7 +187,6 @@ static enum fault_ret fault_device_held(struct uhmm_rt *rt, unsigned long addr,
 	p->fault_claim = read_seq;
 	pthread_mutex_unlock(&s->lock);
 
-	fault_window(rt, addr, &vmf);
 	vmf.address = addr;
 	vmf.page = p;
 	vmf.flags = write ? UHMM_FAULT_WRITE : 0;
@@ -187,20 +198,7 @@ static enum fault_ret fault_device_held(struct uhmm_rt *rt, unsigned long addr,
 		vmf.vm_start = q.vma_start;
 		vmf.vm_end = q.vma_end;
 	}
-	/*
-	 * The window stays inside that VMA, as a kernel driver's fault-around
-	 * stays inside vmf->vma: beyond it lies other memory (a library's
-	 * .bss next to a heap mapping), which a driver trying smaller ranges
-	 * would migrate and register, though nothing of it is on a device.
-	 */
-	if (!vmf.vm_end) {
-		vmf.ra_start = addr;
-		vmf.ra_end = addr + rt->page_size;
-	}
-	if (vmf.ra_start < vmf.vm_start)
-		vmf.ra_start = vmf.vm_start;
-	if (vmf.ra_end > vmf.vm_end)
-		vmf.ra_end = vmf.vm_end;
+	fault_window(rt, addr, &vmf);
 	uhmm__take_eagain();
 	uhmm__stat_fault_back_begin(addr);
 	r = p->pgmap->ops->migrate_to_ram(&vmf);
