@@ -76,23 +76,11 @@ static bool thp_never(void)
 /* AnonHugePages (kB) of the VMA containing @addr, from /proc/self/smaps. */
 static long anon_huge_kb(const void *addr)
 {
-	FILE *f = fopen("/proc/self/smaps", "r");
 	char line[512];
-	bool in = false;
 	long kb = -1;
 
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
-		unsigned long s, e;
-		if (sscanf(line, "%lx-%lx ", &s, &e) == 2) {	/* a VMA header */
-			in = (unsigned long)addr >= s && (unsigned long)addr < e;
-			continue;
-		}
-		if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
-			break;
-	}
-	fclose(f);
+	if (smaps_line(addr, "AnonHugePages:", line, sizeof(line)))
+		sscanf(line, "AnonHugePages: %ld kB", &kb);
 	return kb;
 }
 

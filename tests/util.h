@@ -108,31 +108,41 @@ TH_UNUSED static int page_present(const void *addr)
 }
 
 /*
- * Is the VMA around @addr registered on a userfaultfd for missing pages
- * ("um" in its /proc/self/smaps VmFlags)? 1, 0, or -1 (no such VMA).
+ * The line starting with @key of the VMA around @addr in
+ * /proc/self/smaps, into @out; false if there is none.
  */
-TH_UNUSED static int vma_registered_missing(const void *addr)
+TH_UNUSED static bool smaps_line(const void *addr, const char *key,
+				 char *out, size_t size)
 {
 	FILE *f = fopen("/proc/self/smaps", "re");
-	char line[512];
-	bool in = false;
-	int r = -1;
+	bool in = false, found = false;
 
 	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f)) {
+		return false;
+	while (!found && fgets(out, (int)size, f)) {
 		unsigned long lo, hi;
 		char c;
 
-		if (sscanf(line, "%lx-%lx %c", &lo, &hi, &c) == 3)
+		if (sscanf(out, "%lx-%lx %c", &lo, &hi, &c) == 3)
 			in = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
-		else if (in && !strncmp(line, "VmFlags:", 8)) {
-			r = strstr(line, " um") != NULL;
-			break;
-		}
+		else
+			found = in && !strncmp(out, key, strlen(key));
 	}
 	fclose(f);
-	return r;
+	return found;
+}
+
+/*
+ * Is the VMA around @addr registered on a userfaultfd for missing pages
+ * ("um" in its VmFlags)? 1, 0, or -1 (no such VMA).
+ */
+TH_UNUSED static int vma_registered_missing(const void *addr)
+{
+	char line[512];
+
+	if (!smaps_line(addr, "VmFlags:", line, sizeof(line)))
+		return -1;
+	return strstr(line, " um") != NULL;
 }
 
 /* An unlinked temporary file of @size bytes; its fd, or -1. */
