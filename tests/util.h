@@ -258,16 +258,24 @@ TH_UNUSED static void fill_bytes(void *buf, unsigned long len, uint32_t seed)
 		w[i] = seed * 0x01000193u + (uint32_t)i;
 }
 
-/* Does [buf, buf + len) hold what fill_bytes(buf, len, seed) wrote? */
-TH_UNUSED static bool check_bytes(const void *buf, unsigned long len,
-				  uint32_t seed)
+/* Does [buf, buf + len) hold what fill_bytes() with @seed wrote there,
+ * @buf being its word @first on? */
+TH_UNUSED static bool check_words(const void *buf, unsigned long len,
+				  uint32_t seed, unsigned long first)
 {
 	const uint32_t *w = buf;
 
 	for (unsigned long i = 0; i < len / sizeof(*w); i++)
-		if (w[i] != seed * 0x01000193u + (uint32_t)i)
+		if (w[i] != seed * 0x01000193u + (uint32_t)(first + i))
 			return false;
 	return true;
+}
+
+/* Does [buf, buf + len) hold what fill_bytes(buf, len, seed) wrote? */
+TH_UNUSED static bool check_bytes(const void *buf, unsigned long len,
+				  uint32_t seed)
+{
+	return check_words(buf, len, seed, 0);
 }
 
 /* fill_bytes() and check_bytes() over @npages pages. */
